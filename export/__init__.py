@@ -1,0 +1,1 @@
+"""Checkpoint -> ONNX / GGUF bundles (torch side)."""

@@ -1,0 +1,301 @@
+"""Model configuration: torch-free dataclasses shared by the reference, export and runtime.
+
+A config describes geometry only (no weights). Each dataclass has
+``from_dict`` that ignores unknown keys, so a checkpoint's JSON maps onto it
+without ceremony, and ``to_dict`` for the project's own checkpoint layout and
+the bundle manifest. The vision tower is a typed, pluggable part: its ``type``
+selects the dataclass (``clip_vit`` for MobileVLM checkpoints).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from mobilevlm.errors import UnsupportedModelError
+
+PROJECTOR_TYPES = ("ldpnet", "ldpnetv2", "mlp2x_gelu", "linear")
+SELECT_FEATURES = ("patch", "cls_patch")
+
+
+def _from_dict(cls, data: dict[str, Any]):
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _to_dict(obj) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+@dataclass(frozen=True)
+class ClipVisionConfig:
+    """A CLIP vision transformer (the tower of MobileVLM checkpoints).
+
+    ``select_layer`` indexes the encoder's hidden states as the original does
+    (``hidden_states[select_layer]``, where index 0 is the embedding output),
+    so -2 is the output of the second-to-last block.
+    """
+
+    type: ClassVar[str] = "clip_vit"
+    hidden_size: int = 1024
+    intermediate_size: int = 4096
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    image_size: int = 336
+    patch_size: int = 14
+    num_channels: int = 3
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    select_layer: int = -2
+    select_feature: str = "patch"
+
+    def __post_init__(self) -> None:
+        if self.select_feature not in SELECT_FEATURES:
+            raise UnsupportedModelError(
+                f"mm_vision_select_feature {self.select_feature!r} is not supported "
+                f"(expected one of {', '.join(SELECT_FEATURES)})"
+            )
+        n = self.num_hidden_layers
+        if not (-n - 1 <= self.select_layer <= n):
+            raise UnsupportedModelError(
+                f"mm_vision_select_layer {self.select_layer} is outside the {n} layers of the tower"
+            )
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side of the square patch grid."""
+        return self.image_size // self.patch_size
+
+    @property
+    def output_dim(self) -> int:
+        return self.hidden_size
+
+    @property
+    def num_output_tokens(self) -> int:
+        """Feature tokens handed to the projector (patches, plus the class token for cls_patch)."""
+        return self.grid_size**2 + (1 if self.select_feature == "cls_patch" else 0)
+
+    @property
+    def num_layers_used(self) -> int:
+        """Blocks that must run to produce ``hidden_states[select_layer]``."""
+        return self.select_layer % (self.num_hidden_layers + 1)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClipVisionConfig:
+        return _from_dict(cls, data)
+
+    @classmethod
+    def from_hf_dict(cls, data: dict[str, Any], select_layer: int, select_feature: str):
+        """Build from a transformers CLIP ``config.json`` (a CLIPConfig or a CLIPVisionConfig)."""
+        vision = data.get("vision_config", data) if data.get("model_type") == "clip" else data
+        # transformers' CLIPVisionConfig defaults, for keys a minimal config omits
+        defaults = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                    "num_attention_heads": 12, "image_size": 224, "patch_size": 32}
+        merged = {**defaults, **vision, "select_layer": select_layer,
+                  "select_feature": select_feature}
+        return cls.from_dict(merged)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **_to_dict(self)}
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """Keyword arguments for ``transformers.CLIPVisionConfig``."""
+        d = _to_dict(self)
+        d.pop("select_layer")
+        d.pop("select_feature")
+        return d
+
+
+VISION_CONFIGS: dict[str, type] = {ClipVisionConfig.type: ClipVisionConfig}
+
+VisionConfig = ClipVisionConfig  # the union of VISION_CONFIGS' classes; one member so far
+
+
+def vision_config_from_dict(data: dict[str, Any]) -> VisionConfig:
+    kind = data.get("type", ClipVisionConfig.type)
+    if kind not in VISION_CONFIGS:
+        raise UnsupportedModelError(
+            f"vision tower type {kind!r} is not supported "
+            f"(expected one of {', '.join(VISION_CONFIGS)})"
+        )
+    return VISION_CONFIGS[kind].from_dict(data)
+
+
+@dataclass(frozen=True)
+class ProjectorConfig:
+    """The vision-to-language projector (``mm_projector_type`` in MobileVLM)."""
+
+    type: str = "ldpnetv2"
+    input_dim: int = 1024  # mm_hidden_size: the vision tower's feature width
+    output_dim: int = 2048  # the LLM's hidden size
+
+    def __post_init__(self) -> None:
+        if self.type not in PROJECTOR_TYPES:
+            raise UnsupportedModelError(
+                f"projector type {self.type!r} is not supported "
+                f"(expected one of {', '.join(PROJECTOR_TYPES)})"
+            )
+
+    def output_tokens(self, input_tokens: int) -> int:
+        """Image tokens the LLM sees for ``input_tokens`` feature tokens.
+
+        LDP's stride-2 block gives ceil(g/2) per side; LDPv2 pools to exactly
+        half the grid, so its grid must be even.
+        """
+        if self.type in ("mlp2x_gelu", "linear"):
+            return input_tokens
+        grid = _square_side(input_tokens, self.type)
+        if self.type == "ldpnet":
+            return ((grid + 1) // 2) ** 2
+        if grid % 2:
+            raise UnsupportedModelError(
+                f"ldpnetv2 pools the patch grid by 2 and needs an even grid, got {grid}x{grid}"
+            )
+        return (grid // 2) ** 2
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProjectorConfig:
+        return _from_dict(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+
+def _square_side(tokens: int, projector: str) -> int:
+    side = int(round(tokens**0.5))
+    if side * side != tokens:
+        raise UnsupportedModelError(
+            f"{projector} reshapes image tokens to a square grid; {tokens} tokens is not a square "
+            "(use mm_vision_select_feature 'patch')"
+        )
+    return side
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """A LLaMA-architecture causal LM (the keys of transformers' LlamaConfig)."""
+
+    vocab_size: int = 32000
+    hidden_size: int = 2048
+    intermediate_size: int = 5632
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 16
+    head_dim: int | None = None
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 2
+    pad_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.head_dim is None:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        eos = self.eos_token_id
+        if eos is None:
+            return ()
+        return tuple(eos) if isinstance(eos, list | tuple) else (eos,)
+
+    def kv_cache_bytes_per_token(self, bytes_per_value: int = 4) -> int:
+        """Memory of one position of the K and V caches over all layers."""
+        per_layer = 2 * self.num_key_value_heads * self.head_dim * bytes_per_value
+        return per_layer * self.num_hidden_layers
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LLMConfig:
+        return _from_dict(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How an image becomes pixel values; see :mod:`mobilevlm.preprocess`.
+
+    ``aspect``: ``pad`` (expand to a square with the mean color, then resize:
+    MobileVLM's ``image_aspect_ratio: pad``), ``crop`` (resize the shortest
+    edge, center-crop: CLIPImageProcessor's default) or ``resize`` (squash).
+    """
+
+    image_size: int = 336
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    aspect: str = "pad"
+    resample: str = "bicubic"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(x) for x in self.mean))
+        object.__setattr__(self, "std", tuple(float(x) for x in self.std))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
+        return _from_dict(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A whole MobileVLM: vision tower, projector, LLM, preprocessing and prompt template."""
+
+    vision: VisionConfig
+    projector: ProjectorConfig
+    llm: LLMConfig
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    template: str = "v1"
+    system_prompt: str | None = None  # None: the template's own system message
+
+    def __post_init__(self) -> None:
+        if self.projector.input_dim != self.vision.output_dim:
+            raise UnsupportedModelError(
+                f"projector input width {self.projector.input_dim} does not match "
+                f"the vision tower's feature width {self.vision.output_dim}"
+            )
+        if self.projector.output_dim != self.llm.hidden_size:
+            raise UnsupportedModelError(
+                f"projector output width {self.projector.output_dim} does not match "
+                f"the LLM hidden size {self.llm.hidden_size}"
+            )
+        self.projector.output_tokens(self.vision.num_output_tokens)  # raises on a bad grid
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Embeddings one image contributes to the LLM's input sequence."""
+        return self.projector.output_tokens(self.vision.num_output_tokens)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        return cls(
+            vision=vision_config_from_dict(data["vision"]),
+            projector=ProjectorConfig.from_dict(data["projector"]),
+            llm=LLMConfig.from_dict(data["llm"]),
+            preprocess=PreprocessConfig.from_dict(data.get("preprocess", {})),
+            template=data.get("template", "v1"),
+            system_prompt=data.get("system_prompt"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "vision": self.vision.to_dict(),
+            "projector": self.projector.to_dict(),
+            "llm": self.llm.to_dict(),
+            "preprocess": self.preprocess.to_dict(),
+            "template": self.template,
+            "system_prompt": self.system_prompt,
+        }

@@ -1,0 +1,48 @@
+"""Typed exceptions for user errors.
+
+Every error a user can cause (a wrong path, a broken image, an unsupported
+checkpoint) is a subclass of :class:`MobileVLMError` whose message names the
+file or the limit in one line. The CLI maps these to exit code 2 and prints
+only the message; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MobileVLMError(Exception):
+    """Base class of user errors: bad input, not a bug in the library."""
+
+
+class ImageError(MobileVLMError):
+    """An image that cannot be read or decoded."""
+
+
+class CheckpointError(MobileVLMError):
+    """A checkpoint directory that is missing, incomplete or inconsistent."""
+
+
+class UnsupportedModelError(CheckpointError):
+    """A checkpoint whose architecture (projector, vision tower) is not supported."""
+
+
+class TokenizerError(MobileVLMError):
+    """A tokenizer file that is missing or cannot be used."""
+
+
+class PromptError(MobileVLMError):
+    """A prompt or template that cannot be rendered (unknown template, misplaced image)."""
+
+
+class MissingDependencyError(MobileVLMError):
+    """An optional extra (torch for the reference, llama-cpp-python, ...) is not installed."""
+
+
+def at(path: str | Path, problem: str) -> str:
+    """Format the one-line message convention: ``<path>: <problem>``."""
+    return f"{path}: {problem}"
+
+
+class ContextOverflowError(MobileVLMError):
+    """A prompt (with its image tokens) longer than the model's context."""
