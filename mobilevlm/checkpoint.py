@@ -27,8 +27,20 @@ from typing import Any
 
 import torch
 
-from mobilevlm.config import ClipVisionConfig, LLMConfig, ModelConfig, PreprocessConfig, ProjectorConfig
-from mobilevlm.errors import CheckpointError, MobileVLMError, TokenizerError, UnsupportedModelError, at
+from mobilevlm.config import (
+    ClipVisionConfig,
+    LLMConfig,
+    ModelConfig,
+    PreprocessConfig,
+    ProjectorConfig,
+)
+from mobilevlm.errors import (
+    CheckpointError,
+    MobileVLMError,
+    TokenizerError,
+    UnsupportedModelError,
+    at,
+)
 from mobilevlm.model import MobileVLM
 from mobilevlm.tokenizer import Tokenizer
 
@@ -63,7 +75,9 @@ def rename(key: str, prefixes: tuple[tuple[str, str], ...], reverse: bool = Fals
 def original_key(own_key: str, projector_type: str) -> str:
     """The original checkpoint's name of one of :class:`MobileVLM`'s parameters."""
     if own_key.startswith("projector."):
-        prefix = "model.mm_projector.model." if projector_type == "ldpnet" else "model.mm_projector."
+        prefix = (
+            "model.mm_projector.model." if projector_type == "ldpnet" else "model.mm_projector."
+        )
         return prefix + own_key[len("projector.") :]
     if own_key.startswith("vision_tower."):
         return rename(own_key, CLIP_PREFIXES, reverse=True)
@@ -90,7 +104,9 @@ def _weight_files(directory: Path) -> list[Path]:
             shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
             missing = [s for s in shards if not (directory / s).is_file()]
             if missing:
-                raise CheckpointError(at(directory / missing[0], f"shard listed in {index_name} is missing"))
+                raise CheckpointError(
+                    at(directory / missing[0], f"shard listed in {index_name} is missing")
+                )
             return [directory / s for s in shards]
     for pattern in ("*.safetensors", "pytorch_model*.bin", "*.bin"):
         files = sorted(directory.glob(pattern))
@@ -111,7 +127,9 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
             else:
                 weights.update(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
         except Exception as exc:  # safetensors and torch raise assorted types on corrupt files
-            raise CheckpointError(at(path, f"cannot read weights ({exc.__class__.__name__}: {exc})")) from exc
+            raise CheckpointError(
+                at(path, f"cannot read weights ({exc.__class__.__name__}: {exc})")
+            ) from exc
     return weights
 
 
@@ -133,7 +151,9 @@ def detect_layout(path: str | Path) -> str:
 # ---------------------------------------------------------------- configs
 
 
-def resolve_vision_tower_dir(checkpoint: Path, config: dict[str, Any], override: str | Path | None) -> Path:
+def resolve_vision_tower_dir(
+    checkpoint: Path, config: dict[str, Any], override: str | Path | None
+) -> Path:
     if override is not None:
         directory = Path(override)
         if not directory.is_dir():
@@ -141,7 +161,9 @@ def resolve_vision_tower_dir(checkpoint: Path, config: dict[str, Any], override:
         return directory
     name = config.get("mm_vision_tower") or config.get("vision_tower")
     if not name:
-        raise CheckpointError(at(checkpoint / CONFIG_FILE, "has no mm_vision_tower; pass the CLIP directory"))
+        raise CheckpointError(
+            at(checkpoint / CONFIG_FILE, "has no mm_vision_tower; pass the CLIP directory")
+        )
     for candidate in (Path(name), checkpoint / name):
         if candidate.is_dir():
             return candidate
@@ -158,13 +180,15 @@ def original_model_config(checkpoint: Path, vision_dir: Path) -> ModelConfig:
     """ModelConfig of an original-layout checkpoint (torch-free: reads JSON only)."""
     config_path = checkpoint / CONFIG_FILE
     config = _read_json(config_path)
+    clip = _read_json(vision_dir / CONFIG_FILE)
+    proc_path = vision_dir / "preprocessor_config.json"
+    proc = _read_json(proc_path) if proc_path.is_file() else {}
     try:
         if config.get("mm_use_im_start_end"):
             raise UnsupportedModelError("mm_use_im_start_end=true is not supported")
         tower_type = config.get("vision_tower_type", "clip")
         if tower_type != "clip":
             raise UnsupportedModelError(f"vision_tower_type {tower_type!r} is not supported")
-        clip = _read_json(vision_dir / CONFIG_FILE)
         vision = ClipVisionConfig.from_hf_dict(
             clip,
             select_layer=config.get("mm_vision_select_layer", -2),
@@ -179,21 +203,21 @@ def original_model_config(checkpoint: Path, vision_dir: Path) -> ModelConfig:
             vision=vision,
             projector=projector,
             llm=LLMConfig.from_dict(config),
-            preprocess=_clip_preprocess(vision_dir, vision, config.get("image_aspect_ratio")),
+            preprocess=_clip_preprocess(proc, vision, config.get("image_aspect_ratio")),
             template="v1",
         )
-    except CheckpointError:
-        raise
     except MobileVLMError as exc:
         raise UnsupportedModelError(at(config_path, str(exc))) from exc
     except KeyError as exc:
         raise CheckpointError(at(config_path, f"missing key {exc}")) from exc
 
 
-def _clip_preprocess(vision_dir: Path, vision: ClipVisionConfig, aspect_ratio: str | None) -> PreprocessConfig:
+def _clip_preprocess(
+    proc: dict[str, Any], vision: ClipVisionConfig, aspect_ratio: str | None
+) -> PreprocessConfig:
+    """From a CLIP preprocessor_config.json; MobileVLM pads to square when image_aspect_ratio
+    is ``pad``, otherwise CLIPImageProcessor resizes the short side and center-crops."""
     defaults = PreprocessConfig()
-    proc_path = vision_dir / "preprocessor_config.json"
-    proc = _read_json(proc_path) if proc_path.is_file() else {}
     return PreprocessConfig(
         image_size=vision.image_size,
         mean=tuple(proc.get("image_mean", defaults.mean)),
@@ -217,7 +241,10 @@ def _own_model_config(path: Path) -> ModelConfig:
     data = _read_json(config_path)
     if data.get("format_version") != OWN_FORMAT_VERSION:
         raise CheckpointError(
-            at(config_path, f"format_version {data.get('format_version')!r} is not {OWN_FORMAT_VERSION}")
+            at(
+                config_path,
+                f"format_version {data.get('format_version')!r} is not {OWN_FORMAT_VERSION}",
+            )
         )
     try:
         return ModelConfig.from_dict(data["model"])
@@ -260,17 +287,30 @@ def _skip_init() -> Iterator[None]:
 def _load_state(model: MobileVLM, state: dict[str, torch.Tensor], source: Path) -> MobileVLM:
     expected = model.state_dict()
     tied = model.config.llm.tie_word_embeddings
-    missing = [k for k in expected if k not in state and not (tied and k.endswith("lm_head.weight"))]
+    missing = [
+        k for k in expected if k not in state and not (tied and k.endswith("lm_head.weight"))
+    ]
     if missing:
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        shown = ", ".join(missing[:3]) + (
+            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        )
         raise CheckpointError(at(source, f"missing {len(missing)} tensors: {shown}"))
     unexpected = [k for k in state if k not in expected]
     if unexpected:
-        log.debug("%s: ignoring %d tensors not used by the model: %s", source, len(unexpected), unexpected[:5])
+        log.debug(
+            "%s: ignoring %d tensors not used by the model: %s",
+            source,
+            len(unexpected),
+            unexpected[:5],
+        )
     for key, value in state.items():
         if key in expected and tuple(value.shape) != tuple(expected[key].shape):
             raise CheckpointError(
-                at(source, f"tensor {key} has shape {tuple(value.shape)}, the config implies {tuple(expected[key].shape)}")
+                at(
+                    source,
+                    f"tensor {key} has shape {tuple(value.shape)}, "
+                    f"the config implies {tuple(expected[key].shape)}",
+                )
             )
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
     if tied:
@@ -312,7 +352,11 @@ def load_checkpoint(
         sources = path
     if tokenizer.vocab_size > config.llm.vocab_size:
         raise CheckpointError(
-            at(tokenizer.source, f"tokenizer has {tokenizer.vocab_size} tokens, the LLM only {config.llm.vocab_size}")
+            at(
+                tokenizer.source,
+                f"tokenizer has {tokenizer.vocab_size} tokens, "
+                f"the LLM only {config.llm.vocab_size}",
+            )
         )
     with _skip_init():
         model = MobileVLM(config, tokenizer)
@@ -352,15 +396,21 @@ def _own_state(model: MobileVLM) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
-def save_checkpoint(model: MobileVLM, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    model: MobileVLM, path: str | Path, extra: dict[str, Any] | None = None
+) -> Path:
     """Write ``model`` in the project's own layout, atomically. ``extra`` adds config keys
     (e.g. ``random_weights``)."""
     from safetensors.torch import save_file
 
     if model.tokenizer is None:
         raise CheckpointError(at(path, "cannot save a model without a tokenizer"))
-    config = {"format": OWN_FORMAT, "format_version": OWN_FORMAT_VERSION, **(extra or {}),
-              "model": model.config.to_dict()}
+    config = {
+        "format": OWN_FORMAT,
+        "format_version": OWN_FORMAT_VERSION,
+        **(extra or {}),
+        "model": model.config.to_dict(),
+    }
     with atomic_directory(path) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         save_file(_own_state(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -371,4 +421,6 @@ def save_checkpoint(model: MobileVLM, path: str | Path, extra: dict[str, Any] | 
 def read_checkpoint_extra(path: str | Path) -> dict[str, Any]:
     """Top-level keys of an own-layout config.json besides the model (empty for originals)."""
     data = _read_json(Path(path) / CONFIG_FILE)
-    return {k: v for k, v in data.items() if k != "model"} if data.get("format") == OWN_FORMAT else {}
+    return (
+        {k: v for k, v in data.items() if k != "model"} if data.get("format") == OWN_FORMAT else {}
+    )

@@ -94,10 +94,20 @@ class ClipVisionConfig:
         """Build from a transformers CLIP ``config.json`` (a CLIPConfig or a CLIPVisionConfig)."""
         vision = data.get("vision_config", data) if data.get("model_type") == "clip" else data
         # transformers' CLIPVisionConfig defaults, for keys a minimal config omits
-        defaults = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-                    "num_attention_heads": 12, "image_size": 224, "patch_size": 32}
-        merged = {**defaults, **vision, "select_layer": select_layer,
-                  "select_feature": select_feature}
+        defaults = {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "image_size": 224,
+            "patch_size": 32,
+        }
+        merged = {
+            **defaults,
+            **vision,
+            "select_layer": select_layer,
+            "select_feature": select_feature,
+        }
         return cls.from_dict(merged)
 
     def to_dict(self) -> dict[str, Any]:

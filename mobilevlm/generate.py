@@ -65,7 +65,8 @@ def generate(
     if stats.prefill_tokens >= context:
         raise ContextOverflowError(
             f"the prompt needs {stats.prefill_tokens} positions "
-            f"({stats.image_tokens} image + {stats.prompt_tokens} text); the context holds {context}"
+            f"({stats.image_tokens} image + {stats.prompt_tokens} text); "
+            f"the context holds {context}"
         )
 
     stop_strings = get_template(model.config.template).stop_strings + config.stop_strings

@@ -91,4 +91,3 @@ class MobileVLM(nn.Module):
     ) -> GenerationResult:
         """Answer ``prompt`` about ``image`` (or text only when ``image`` is None)."""
         return generate(self, image, prompt, config or GenerationConfig(), on_text=on_text)
-

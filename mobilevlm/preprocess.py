@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -20,7 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from mobilevlm.config import PreprocessConfig
 from mobilevlm.errors import ImageError, at
 
-ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,

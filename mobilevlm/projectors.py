@@ -86,7 +86,9 @@ class LDPNetProjector(nn.Module):
     def __init__(self, input_dim: int, output_dim: int) -> None:
         super().__init__()
         self.mlp = nn.Sequential(
-            nn.Identity(), nn.Linear(input_dim, output_dim), nn.GELU(),
+            nn.Identity(),
+            nn.Linear(input_dim, output_dim),
+            nn.GELU(),
             nn.Linear(output_dim, output_dim),
         )
         self.mb_block = nn.Sequential(

@@ -40,7 +40,8 @@ class PromptTemplate:
         for turn in turns:
             if IMAGE_PLACEHOLDER in turn.user:
                 raise PromptError(
-                    f"the prompt must not contain {IMAGE_PLACEHOLDER!r}: the template places the image"
+                    f"the prompt must not contain {IMAGE_PLACEHOLDER!r}: "
+                    "the template places the image"
                 )
         system = self.default_system if system is None else system
         users = [t.user for t in turns]

@@ -42,8 +42,12 @@ class GenerationStats:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for name in ("prefill_tokens", "time_to_first_token_ms", "prefill_tokens_per_s",
-                     "decode_tokens_per_s"):
+        for name in (
+            "prefill_tokens",
+            "time_to_first_token_ms",
+            "prefill_tokens_per_s",
+            "decode_tokens_per_s",
+        ):
             d[name] = getattr(self, name)
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}
 

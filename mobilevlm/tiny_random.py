@@ -17,7 +17,13 @@ from pathlib import Path
 import torch
 
 from mobilevlm.checkpoint import CONFIG_FILE, atomic_directory, original_key, save_checkpoint
-from mobilevlm.config import ClipVisionConfig, LLMConfig, ModelConfig, PreprocessConfig, ProjectorConfig
+from mobilevlm.config import (
+    ClipVisionConfig,
+    LLMConfig,
+    ModelConfig,
+    PreprocessConfig,
+    ProjectorConfig,
+)
 from mobilevlm.model import MobileVLM
 from mobilevlm.tokenizer import Tokenizer
 
@@ -42,7 +48,9 @@ def tiny_tokenizer(vocab_size: int = 320, add_bos: bool = True) -> Tokenizer:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
@@ -63,14 +71,27 @@ def tiny_config(
 ) -> ModelConfig:
     """A 4x4-patch CLIP (56 px, patch 14), 2-layer LLaMA with GQA; 32/64-wide."""
     vision = ClipVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-        image_size=image_size, patch_size=14, select_layer=-2, select_feature=select_feature,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=14,
+        select_layer=-2,
+        select_feature=select_feature,
     )
     llm = LLMConfig(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        rms_norm_eps=1e-6, tie_word_embeddings=tie_word_embeddings,
-        bos_token_id=1, eos_token_id=2 if template == "v1" else 4,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=tie_word_embeddings,
+        bos_token_id=1,
+        eos_token_id=2 if template == "v1" else 4,
     )
     return ModelConfig(
         vision=vision,
@@ -85,7 +106,7 @@ def random_init_(model: torch.nn.Module, seed: int, std: float = 0.05) -> torch.
     """Seeded noise in every parameter; norm scales stay near one so activations keep scale."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for module_name, module in model.named_modules():
+        for module in model.modules():
             is_norm = "Norm" in type(module).__name__
             for name, param in module.named_parameters(recurse=False):
                 noise = torch.randn(param.shape, generator=gen) * std
@@ -101,7 +122,9 @@ def build_tiny_model(seed: int = 0, **config_kwargs) -> MobileVLM:
     return random_init_(model, seed).eval()
 
 
-def write_original(model: MobileVLM, path: str | Path, weights: str = "safetensors") -> tuple[Path, Path]:
+def write_original(
+    model: MobileVLM, path: str | Path, weights: str = "safetensors"
+) -> tuple[Path, Path]:
     """Write ``model`` as a published MobileVLM checkpoint plus a separate CLIP directory.
 
     Returns (checkpoint_dir, clip_dir); the checkpoint's ``mm_vision_tower`` is the
@@ -128,13 +151,23 @@ def write_original(model: MobileVLM, path: str | Path, weights: str = "safetenso
     with atomic_directory(clip_dir) as tmp:
         vision = cfg.vision.to_hf_dict()
         # the layout of openai/clip-vit-*: a full CLIPConfig with a vision_config inside
-        clip_config = {"model_type": "clip", "vision_config": {**vision, "model_type": "clip_vision_model"}}
+        clip_config = {
+            "model_type": "clip",
+            "vision_config": {**vision, "model_type": "clip_vision_model"},
+        }
         (tmp / CONFIG_FILE).write_text(json.dumps(clip_config, indent=2))
-        (tmp / "preprocessor_config.json").write_text(json.dumps({
-            "crop_size": cfg.preprocess.image_size, "image_mean": list(cfg.preprocess.mean),
-            "image_std": list(cfg.preprocess.std), "resample": 3,
-            "size": {"shortest_edge": cfg.preprocess.image_size},
-        }, indent=2))
+        (tmp / "preprocessor_config.json").write_text(
+            json.dumps(
+                {
+                    "crop_size": cfg.preprocess.image_size,
+                    "image_mean": list(cfg.preprocess.mean),
+                    "image_std": list(cfg.preprocess.std),
+                    "resample": 3,
+                    "size": {"shortest_edge": cfg.preprocess.image_size},
+                },
+                indent=2,
+            )
+        )
         write_weights(tmp, clip_state, "model")
 
     with atomic_directory(path) as tmp:
@@ -161,7 +194,9 @@ def write_original(model: MobileVLM, path: str | Path, weights: str = "safetenso
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write a tiny random MobileVLM checkpoint.")
     parser.add_argument("out", type=Path)
-    parser.add_argument("--projector", default="ldpnetv2", choices=["ldpnet", "ldpnetv2", "mlp2x_gelu", "linear"])
+    parser.add_argument(
+        "--projector", default="ldpnetv2", choices=["ldpnet", "ldpnetv2", "mlp2x_gelu", "linear"]
+    )
     parser.add_argument("--layout", default="own", choices=["own", "original"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

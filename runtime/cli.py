@@ -26,22 +26,31 @@ EXIT_INTERRUPTED = 130
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("generation")
     g.add_argument("--max-new-tokens", type=int, default=128, metavar="N")
-    g.add_argument("--temperature", type=float, default=0.0, metavar="T",
-                   help="0 (default) decodes greedily")
+    g.add_argument(
+        "--temperature", type=float, default=0.0, metavar="T", help="0 (default) decodes greedily"
+    )
     g.add_argument("--top-k", type=int, default=0, metavar="K", help="0 disables")
     g.add_argument("--top-p", type=float, default=1.0, metavar="P", help="1 disables")
     g.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R")
-    g.add_argument("--seed", type=int, default=None, metavar="S",
-                   help="makes sampling repeatable")
-    g.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="extra stop string (repeatable); the template's own always apply")
+    g.add_argument("--seed", type=int, default=None, metavar="S", help="makes sampling repeatable")
+    g.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="extra stop string (repeatable); the template's own always apply",
+    )
 
 
 def _generation_config(args: argparse.Namespace) -> GenerationConfig:
     try:
         return GenerationConfig(
-            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-            top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            repetition_penalty=args.repetition_penalty,
+            seed=args.seed,
             stop_strings=tuple(args.stop),
         )
     except ValueError as exc:
@@ -58,22 +67,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser(
-        "run", help="answer one prompt about an image",
+        "run",
+        help="answer one prompt about an image",
         description="Answer one prompt about an image, streaming the answer to stdout. "
         "Runs the PyTorch reference model (needs the [export] extra).",
     )
-    run.add_argument("--model", required=True, type=Path, metavar="DIR",
-                     help="checkpoint directory: the project's own layout or an original "
-                     "MobileVLM / LLaVA one")
-    run.add_argument("--vision-tower", type=Path, metavar="DIR",
-                     help="local CLIP vision tower directory for an original checkpoint "
-                     "(default: its mm_vision_tower, when that is a local path)")
+    run.add_argument(
+        "--model",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="checkpoint directory: the project's own layout or an original MobileVLM / LLaVA one",
+    )
+    run.add_argument(
+        "--vision-tower",
+        type=Path,
+        metavar="DIR",
+        help="local CLIP vision tower directory for an original checkpoint "
+        "(default: its mm_vision_tower, when that is a local path)",
+    )
     run.add_argument("--image", type=Path, metavar="IMG", help="image file (omit for text only)")
     run.add_argument("--prompt", required=True, metavar="TEXT")
-    run.add_argument("--threads", type=int, default=None, metavar="N",
-                     help="CPU threads (default: all cores)")
-    run.add_argument("--json", action="store_true",
-                     help="print one JSON object with text and stats instead of streaming")
+    run.add_argument(
+        "--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)"
+    )
+    run.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object with text and stats instead of streaming",
+    )
     _add_generation_options(run)
     run.set_defaults(handler=cmd_run)
     return parser
@@ -94,8 +116,11 @@ def _load_reference_model(model_dir: Path, vision_tower: Path | None, threads: i
         torch.set_num_threads(threads)
     model = load_checkpoint(model_dir, vision_tower=vision_tower)
     if read_checkpoint_extra(model_dir).get("random_weights"):
-        print(f"warning: {model_dir} holds random weights (a test model): its answers are "
-              "meaningless", file=sys.stderr)
+        print(
+            f"warning: {model_dir} holds random weights (a test model): its answers are "
+            "meaningless",
+            file=sys.stderr,
+        )
     return model
 
 

@@ -1,0 +1,183 @@
+"""The `mobilevlm` command: answers, JSON output and one-line user errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+from mobilevlm.runtime.cli import main
+from PIL import Image
+
+from mobilevlm.checkpoint import save_checkpoint
+from mobilevlm.sampling import GenerationConfig
+from mobilevlm.tiny_random import write_original
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_models, tmp_path_factory):
+    return save_checkpoint(
+        tiny_models(projector="ldpnetv2"),
+        tmp_path_factory.mktemp("ck") / "tiny",
+        extra={"random_weights": True},
+    )
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "shapes.png"
+    Image.new("RGB", (120, 90), (211, 211, 211)).save(path)
+    return path
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_output_has_text_and_stats_equal_to_the_api(capsys, checkpoint, image, tiny_models):
+    code, out, _ = run_cli(
+        capsys,
+        "run",
+        "--model",
+        checkpoint,
+        "--image",
+        image,
+        "--prompt",
+        "What color is the circle?",
+        "--max-new-tokens",
+        "6",
+        "--json",
+    )
+    assert code == 0
+    data = json.loads(out)
+    expected = tiny_models(projector="ldpnetv2").generate(
+        image, "What color is the circle?", GenerationConfig(max_new_tokens=6)
+    )
+    assert data["text"] == expected.text and data["token_ids"] == expected.token_ids
+    stats = data["stats"]
+    assert stats["generated_tokens"] == len(expected.token_ids)
+    assert stats["image_tokens"] == 4 and stats["prompt_tokens"] == expected.stats.prompt_tokens
+    for key in ("image_encode_ms", "prefill_ms", "decode_ms", "total_ms", "load_ms"):
+        assert stats[key] >= 0
+
+
+def test_streamed_answer_matches_json_and_warns_about_random_weights(capsys, checkpoint, image):
+    args = [
+        "run",
+        "--model",
+        checkpoint,
+        "--image",
+        image,
+        "--prompt",
+        "Where is the star?",
+        "--max-new-tokens",
+        "8",
+        "--temperature",
+        "0.7",
+        "--seed",
+        "3",
+    ]
+    code, streamed, err = run_cli(capsys, *args)
+    assert code == 0 and "random weights" in err
+    _, out, _ = run_cli(capsys, *args, "--json")
+    assert streamed == json.loads(out)["text"] + "\n"
+
+
+def test_original_layout_with_explicit_vision_tower(capsys, tiny_models, tmp_path, image):
+    ckpt, clip = write_original(tiny_models(projector="ldpnet"), tmp_path / "orig")
+    code, out, _ = run_cli(
+        capsys,
+        "run",
+        "--model",
+        ckpt,
+        "--vision-tower",
+        clip,
+        "--image",
+        image,
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "2",
+        "--json",
+    )
+    assert code == 0 and len(json.loads(out)["token_ids"]) <= 2
+
+
+@pytest.mark.parametrize(
+    "case,needle",
+    [
+        ("missing_model", "no such checkpoint directory"),
+        ("missing_image", "no such image file"),
+        ("broken_image", "cannot read image"),
+        ("unknown_projector", "projector type 'qformer' is not supported"),
+        ("bad_top_p", "top_p must be in (0, 1]"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(
+    capsys, checkpoint, image, tiny_models, tmp_path, case, needle
+):
+    model, img, extra = checkpoint, image, []
+    if case == "missing_model":
+        model = tmp_path / "nope"
+    elif case == "missing_image":
+        img = tmp_path / "nope.png"
+    elif case == "broken_image":
+        img = tmp_path / "broken.jpg"
+        img.write_bytes(b"\xff\xd8garbage")
+    elif case == "unknown_projector":
+        model, _ = write_original(tiny_models(projector="ldpnetv2"), tmp_path / "q")
+        config = json.loads((model / "config.json").read_text())
+        config["mm_projector_type"] = "qformer"
+        (model / "config.json").write_text(json.dumps(config))
+    elif case == "bad_top_p":
+        extra = ["--top-p", "1.5"]
+    code, out, err = run_cli(
+        capsys, "run", "--model", model, "--image", img, "--prompt", "hi", *extra
+    )
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mobilevlm: error: ") and needle in lines[0]
+
+
+def test_console_script_exit_code_in_a_real_process(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mobilevlm.runtime.cli",
+            "run",
+            "--model",
+            str(tmp_path / "x"),
+            "--prompt",
+            "hi",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip() == f"mobilevlm: error: {tmp_path / 'x'}: no such checkpoint directory"
+    )
+    help_text = subprocess.run(
+        [sys.executable, "-m", "mobilevlm.runtime.cli", "run", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    for option in (
+        "--model",
+        "--vision-tower",
+        "--image",
+        "--prompt",
+        "--max-new-tokens",
+        "--temperature",
+        "--seed",
+        "--json",
+    ):
+        assert option in help_text
