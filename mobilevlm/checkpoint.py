@@ -405,6 +405,11 @@ def save_checkpoint(
 
     if model.tokenizer is None:
         raise CheckpointError(at(path, "cannot save a model without a tokenizer"))
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and _is_own_checkpoint(path)):
+        raise CheckpointError(
+            at(path, "exists and is not a mobilevlm checkpoint; not replacing it")
+        )
     config = {
         "format": OWN_FORMAT,
         "format_version": OWN_FORMAT_VERSION,
@@ -415,7 +420,14 @@ def save_checkpoint(
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         save_file(_own_state(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / TOKENIZER_FILE).write_text(model.tokenizer.to_str(), encoding="utf-8")
-    return Path(path)
+    return path
+
+
+def _is_own_checkpoint(path: Path) -> bool:
+    try:
+        return detect_layout(path) == "own"
+    except CheckpointError:
+        return False
 
 
 def read_checkpoint_extra(path: str | Path) -> dict[str, Any]:

@@ -56,7 +56,13 @@ def _open(source, name) -> Image.Image:
         with Image.open(source) as img:
             img.load()
             return _to_rgb(ImageOps.exif_transpose(img))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        OSError,
+        SyntaxError,
+        ValueError,
+    ) as exc:
         raise ImageError(at(name, f"cannot read image ({exc.__class__.__name__}: {exc})")) from exc
 
 

@@ -104,18 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_reference_model(model_dir: Path, vision_tower: Path | None, threads: int | None):
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        import torch
-
-        from mobilevlm.checkpoint import load_checkpoint, read_checkpoint_extra
+        from mobilevlm.reference import has_random_weights, load_reference
     except ImportError as exc:
         raise MissingDependencyError(
             f"the PyTorch reference needs torch and transformers ({exc.name} is missing): "
             "pip install torch==2.13.0 && pip install 'mobilevlm-runtime[export]'"
         ) from exc
-    if threads:
-        torch.set_num_threads(threads)
-    model = load_checkpoint(model_dir, vision_tower=vision_tower)
-    if read_checkpoint_extra(model_dir).get("random_weights"):
+    model = load_reference(model_dir, vision_tower=vision_tower, threads=threads)
+    if has_random_weights(model_dir):
         print(
             f"warning: {model_dir} holds random weights (a test model): its answers are "
             "meaningless",

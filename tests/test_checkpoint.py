@@ -138,6 +138,27 @@ def test_saving_over_an_existing_checkpoint_replaces_it_atomically(tiny_models, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
 
 
+def test_saving_never_replaces_a_directory_that_is_not_a_checkpoint(tiny_models, tmp_path):
+    precious = tmp_path / "photos"
+    precious.mkdir()
+    (precious / "holiday.jpg").write_bytes(b"jpeg")
+    with pytest.raises(CheckpointError, match="photos: exists and is not a mobilevlm checkpoint"):
+        save_checkpoint(tiny_models(projector="linear"), precious)
+    assert (precious / "holiday.jpg").read_bytes() == b"jpeg"
+
+
+def test_a_failed_save_leaves_nothing_behind(tiny_models, tmp_path, monkeypatch):
+    import mobilevlm.checkpoint as checkpoint
+
+    def explode(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("safetensors.torch.save_file", explode)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save_checkpoint(tiny_models(projector="linear"), tmp_path / "ck")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_missing_tensor_is_named(tiny_models, tmp_path):
     ckpt, _ = write_original(tiny_models(projector="ldpnetv2"), tmp_path / "m")
     weights = load_file(ckpt / "model.safetensors")

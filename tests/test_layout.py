@@ -72,3 +72,11 @@ def test_cli_without_torch_names_the_missing_extra(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "torch==2.13.0" in lines[0], proc.stderr
+
+
+def test_runtime_sources_have_no_torch_import_statement():
+    import re
+
+    pattern = re.compile(r"^\s*(import|from)\s+(torch|transformers)\b", re.MULTILINE)
+    offenders = [p.name for p in (REPO / "runtime").rglob("*.py") if pattern.search(p.read_text())]
+    assert offenders == []
