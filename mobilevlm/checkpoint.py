@@ -52,13 +52,15 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 
-# (original prefix, own prefix); the first match wins, so the longest comes first
+# (original prefix, own prefix) pairs; the first match wins, so the longest comes first
+LDP_PROJECTOR = ("model.mm_projector.model.", "projector.")  # ldpnet wraps its block in `.model`
+PROJECTOR = ("model.mm_projector.", "projector.")
+LLM_PREFIXES = (("model.", "language_model.model."), ("lm_head.", "language_model.lm_head."))
 ORIGINAL_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("model.mm_projector.model.", "projector."),  # ldpnet wraps its block in `.model`
-    ("model.mm_projector.", "projector."),
+    LDP_PROJECTOR,
+    PROJECTOR,
     ("model.vision_tower.vision_tower.", "vision_tower."),  # present when the tower was saved
-    ("model.", "language_model.model."),
-    ("lm_head.", "language_model.lm_head."),
+    *LLM_PREFIXES,
 )
 CLIP_PREFIXES: tuple[tuple[str, str], ...] = (("vision_model.", "vision_tower.vision_model."),)
 
@@ -74,14 +76,10 @@ def rename(key: str, prefixes: tuple[tuple[str, str], ...], reverse: bool = Fals
 
 def original_key(own_key: str, projector_type: str) -> str:
     """The original checkpoint's name of one of :class:`MobileVLM`'s parameters."""
-    if own_key.startswith("projector."):
-        prefix = (
-            "model.mm_projector.model." if projector_type == "ldpnet" else "model.mm_projector."
-        )
-        return prefix + own_key[len("projector.") :]
-    if own_key.startswith("vision_tower."):
+    if own_key.startswith("vision_tower."):  # published towers live in their own CLIP directory
         return rename(own_key, CLIP_PREFIXES, reverse=True)
-    return rename(own_key, ORIGINAL_PREFIXES[3:], reverse=True)
+    projector = LDP_PROJECTOR if projector_type == "ldpnet" else PROJECTOR
+    return rename(own_key, (projector, *LLM_PREFIXES), reverse=True)
 
 
 # ---------------------------------------------------------------- reading files
@@ -275,15 +273,6 @@ def _original_tokenizer(checkpoint: Path) -> Tokenizer:
 # ---------------------------------------------------------------- weights into a model
 
 
-@contextmanager
-def _skip_init() -> Iterator[None]:
-    """Build modules without random initialisation: every weight is loaded right after."""
-    from transformers.modeling_utils import no_init_weights
-
-    with no_init_weights():
-        yield
-
-
 def _load_state(model: MobileVLM, state: dict[str, torch.Tensor], source: Path) -> MobileVLM:
     expected = model.state_dict()
     tied = model.config.llm.tie_word_embeddings
@@ -325,18 +314,9 @@ def load_checkpoint(
     path = Path(path)
     layout = detect_layout(path)
     if layout == "own":
-        from safetensors.torch import load_file
-
         config = _own_model_config(path)
         tokenizer = Tokenizer.from_file(path / TOKENIZER_FILE)
-        weights_path = path / WEIGHTS_FILE
-        if not weights_path.is_file():
-            raise CheckpointError(at(weights_path, "missing"))
-        try:
-            state = load_file(str(weights_path))
-        except Exception as exc:
-            raise CheckpointError(at(weights_path, f"cannot read weights ({exc})")) from exc
-        sources = weights_path
+        state = read_weights(path)
     else:
         raw = _read_json(path / CONFIG_FILE)
         vision_dir = resolve_vision_tower_dir(path, raw, vision_tower)
@@ -349,7 +329,6 @@ def load_checkpoint(
         for key, value in read_weights(path).items():  # a saved tower here takes precedence
             if (own := rename(key, ORIGINAL_PREFIXES)) is not None:
                 state[own] = value
-        sources = path
     if tokenizer.vocab_size > config.llm.vocab_size:
         raise CheckpointError(
             at(
@@ -358,9 +337,11 @@ def load_checkpoint(
                 f"the LLM only {config.llm.vocab_size}",
             )
         )
-    with _skip_init():
+    from transformers.modeling_utils import no_init_weights
+
+    with no_init_weights():  # skip random initialisation: every weight is loaded right after
         model = MobileVLM(config, tokenizer)
-    model = _load_state(model, state, sources)
+    model = _load_state(model, state, path)
     return model.to(dtype)
 
 

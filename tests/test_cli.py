@@ -32,6 +32,10 @@ def image(tmp_path_factory):
     return path
 
 
+def run_args(model, image, prompt, *options):
+    return ["run", "--model", model, "--image", image, "--prompt", prompt, *options]
+
+
 def run_cli(capsys, *argv):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -39,19 +43,8 @@ def run_cli(capsys, *argv):
 
 
 def test_json_output_has_text_and_stats_equal_to_the_api(capsys, checkpoint, image, tiny_models):
-    code, out, _ = run_cli(
-        capsys,
-        "run",
-        "--model",
-        checkpoint,
-        "--image",
-        image,
-        "--prompt",
-        "What color is the circle?",
-        "--max-new-tokens",
-        "6",
-        "--json",
-    )
+    args = run_args(checkpoint, image, "What color is the circle?", "--max-new-tokens", "6")
+    code, out, _ = run_cli(capsys, *args, "--json")
     assert code == 0
     data = json.loads(out)
     expected = tiny_models(projector="ldpnetv2").generate(
@@ -66,21 +59,8 @@ def test_json_output_has_text_and_stats_equal_to_the_api(capsys, checkpoint, ima
 
 
 def test_streamed_answer_matches_json_and_warns_about_random_weights(capsys, checkpoint, image):
-    args = [
-        "run",
-        "--model",
-        checkpoint,
-        "--image",
-        image,
-        "--prompt",
-        "Where is the star?",
-        "--max-new-tokens",
-        "8",
-        "--temperature",
-        "0.7",
-        "--seed",
-        "3",
-    ]
+    options = ["--max-new-tokens", "8", "--temperature", "0.7", "--seed", "3"]
+    args = run_args(checkpoint, image, "Where is the star?", *options)
     code, streamed, err = run_cli(capsys, *args)
     assert code == 0 and "random weights" in err
     _, out, _ = run_cli(capsys, *args, "--json")
@@ -89,21 +69,8 @@ def test_streamed_answer_matches_json_and_warns_about_random_weights(capsys, che
 
 def test_original_layout_with_explicit_vision_tower(capsys, tiny_models, tmp_path, image):
     ckpt, clip = write_original(tiny_models(projector="ldpnet"), tmp_path / "orig")
-    code, out, _ = run_cli(
-        capsys,
-        "run",
-        "--model",
-        ckpt,
-        "--vision-tower",
-        clip,
-        "--image",
-        image,
-        "--prompt",
-        "hi",
-        "--max-new-tokens",
-        "2",
-        "--json",
-    )
+    options = ["--vision-tower", clip, "--max-new-tokens", "2", "--json"]
+    code, out, _ = run_cli(capsys, *run_args(ckpt, image, "hi", *options))
     assert code == 0 and len(json.loads(out)["token_ids"]) <= 2
 
 
@@ -135,9 +102,7 @@ def test_user_errors_are_one_line_and_exit_2(
         (model / "config.json").write_text(json.dumps(config))
     elif case == "bad_top_p":
         extra = ["--top-p", "1.5"]
-    code, out, err = run_cli(
-        capsys, "run", "--model", model, "--image", img, "--prompt", "hi", *extra
-    )
+    code, out, err = run_cli(capsys, *run_args(model, img, "hi", *extra))
     assert code == 2 and out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mobilevlm: error: ") and needle in lines[0]

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from mobilevlm.config import ClipVisionConfig
 from mobilevlm.errors import UnsupportedModelError
-from mobilevlm.tiny_random import random_init_
+from mobilevlm.tiny_random import random_init_, tiny_config
 from mobilevlm.vision_tower import ClipVisionTower
 
 
 def tower(select_layer: int, select_feature: str) -> ClipVisionTower:
-    config = ClipVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        image_size=56,
-        patch_size=14,
-        select_layer=select_layer,
-        select_feature=select_feature,
+    config = dataclasses.replace(
+        tiny_config().vision, select_layer=select_layer, select_feature=select_feature
     )
     return random_init_(ClipVisionTower(config), seed=select_layer + 10).eval()
 
