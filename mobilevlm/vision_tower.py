@@ -1,7 +1,8 @@
 """Vision towers: pixel values -> feature tokens for the projector.
 
-``clip_vit`` is MobileVLM's CLIP ViT (transformers' CLIP vision transformer).
-Only the blocks up to ``select_layer`` run: the original computes every block
+``clip_vit`` is MobileVLM's CLIP ViT (transformers' CLIP vision transformer);
+``efficientnet_lite`` the default model's CNN (:mod:`mobilevlm.efficientnet_lite`).
+For CLIP, only the blocks up to ``select_layer`` run: the original computes every block
 and then picks ``hidden_states[select_layer]``; the result is the same.
 """
 
@@ -10,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mobilevlm.config import ClipVisionConfig, VisionConfig
+from mobilevlm.config import ClipVisionConfig, EfficientNetLiteConfig, VisionConfig
+from mobilevlm.efficientnet_lite import EfficientNetLiteTower
 from mobilevlm.errors import UnsupportedModelError
 
 
@@ -36,7 +38,10 @@ class ClipVisionTower(nn.Module):
         return hidden
 
 
-VISION_TOWERS: dict[str, type[nn.Module]] = {ClipVisionConfig.type: ClipVisionTower}
+VISION_TOWERS: dict[str, type[nn.Module]] = {
+    ClipVisionConfig.type: ClipVisionTower,
+    EfficientNetLiteConfig.type: EfficientNetLiteTower,
+}
 
 
 def build_vision_tower(config: VisionConfig) -> nn.Module:

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from mobilevlm.runtime.evaluate import SHAPES_VQA
+
 from mobilevlm import __version__
 from mobilevlm.errors import MissingDependencyError, MobileVLMError
 from mobilevlm.preprocess import load_image
@@ -72,25 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Answer one prompt about an image, streaming the answer to stdout. "
         "Runs the PyTorch reference model (needs the [export] extra).",
     )
-    run.add_argument(
-        "--model",
-        required=True,
-        type=Path,
-        metavar="DIR",
-        help="checkpoint directory: the project's own layout or an original MobileVLM / LLaVA one",
-    )
-    run.add_argument(
-        "--vision-tower",
-        type=Path,
-        metavar="DIR",
-        help="local CLIP vision tower directory for an original checkpoint "
-        "(default: its mm_vision_tower, when that is a local path)",
-    )
+    _add_model_options(run)
     run.add_argument("--image", type=Path, metavar="IMG", help="image file (omit for text only)")
     run.add_argument("--prompt", required=True, metavar="TEXT")
-    run.add_argument(
-        "--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)"
-    )
     run.add_argument(
         "--json",
         action="store_true",
@@ -98,13 +84,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_generation_options(run)
     run.set_defaults(handler=cmd_run)
+
+    ev = sub.add_parser(
+        "eval",
+        help="score a model on Shapes-VQA or a JSONL of questions",
+        description="Ask every question as `run` would (greedy) and score the answers with "
+        "the Shapes-VQA rule; print accuracy overall and per question kind.",
+    )
+    _add_model_options(ev)
+    ev.add_argument(
+        "--dataset",
+        default=SHAPES_VQA,
+        metavar="NAME|FILE",
+        help=f"'{SHAPES_VQA}' (generated held-out split, the default) or a JSONL file of "
+        '{"image": path, "question": ..., "answer": ..., "kind": optional} lines',
+    )
+    ev.add_argument("--n", type=int, default=200, metavar="N", help="questions to ask (200)")
+    ev.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    ev.set_defaults(handler=cmd_eval)
     return parser
 
 
-def _load_reference_model(model_dir: Path, vision_tower: Path | None, threads: int | None):
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        type=Path,
+        metavar="DIR",
+        help="checkpoint directory: the project's own layout or an original MobileVLM / LLaVA "
+        "one (default: the built-in Shapes-VQA model, assembled on first use)",
+    )
+    parser.add_argument(
+        "--vision-tower",
+        type=Path,
+        metavar="DIR",
+        help="local CLIP vision tower directory for an original checkpoint "
+        "(default: its mm_vision_tower, when that is a local path)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)"
+    )
+
+
+def _load_reference_model(model_dir: Path | None, vision_tower: Path | None, threads: int | None):
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         from mobilevlm.reference import has_random_weights, load_reference
+
+        if model_dir is None:
+            from mobilevlm.default_model.assemble import assemble
+
+            model_dir = assemble()
     except ImportError as exc:
         raise MissingDependencyError(
             f"the PyTorch reference needs torch and transformers ({exc.name} is missing): "
@@ -135,7 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         out = result.to_dict()
         out["stats"]["load_ms"] = round(load_ms, 3)
-        out["model"] = str(args.model)
+        out["model"] = str(args.model or "default")
         print(json.dumps(out, ensure_ascii=False))
     else:
         print()
@@ -146,6 +175,36 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{s.decode_tokens_per_s:.1f} tok/s; stop: {s.stop_reason}]",
             file=sys.stderr,
         )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from mobilevlm.runtime.evaluate import evaluate, jsonl_items, shapes_vqa_items
+
+    if args.n < 1:
+        raise MobileVLMError(f"--n must be at least 1, got {args.n}")
+    if args.dataset == SHAPES_VQA:
+        items = shapes_vqa_items(args.n)
+    else:
+        items = jsonl_items(args.dataset, args.n)
+        items = iter(list(items))  # read and validate the whole file before loading a model
+    model = _load_reference_model(args.model, args.vision_tower, args.threads)
+    from tqdm.auto import tqdm
+
+    done = correct = 0
+    with tqdm(total=args.n, desc="eval", unit="q", disable=not sys.stderr.isatty()) as bar:
+
+        def progress(record) -> None:
+            nonlocal done, correct
+            done, correct = done + 1, correct + record.correct
+            bar.update()
+            bar.set_postfix_str(f"accuracy {correct / done:.1%}")
+
+        report = evaluate(model, items, args.dataset, on_record=progress)
+    if args.json:
+        print(json.dumps({**report.to_dict(), "model": str(args.model or "default")}))
+    else:
+        print(report.table())
     return 0
 
 

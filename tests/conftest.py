@@ -12,6 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 REPO = Path(__file__).resolve().parents[1]
+# the assembled default model is cached inside the repository, shared with `make demo`
+os.environ.setdefault("MOBILEVLM_CACHE", str(REPO / ".cache" / "mobilevlm"))
 
 
 @pytest.fixture(scope="session")

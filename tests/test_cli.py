@@ -146,3 +146,55 @@ def test_console_script_exit_code_in_a_real_process(tmp_path):
         "--json",
     ):
         assert option in help_text
+
+
+def test_eval_reports_accuracy_per_question_kind(capsys, checkpoint):
+    code, out, err = run_cli(capsys, "eval", "--model", checkpoint, "--n", "6", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["dataset"] == "shapes-vqa" and report["n"] == 6
+    assert sum(k["n"] for k in report["per_kind"].values()) == 6
+    assert set(report["per_kind"]) <= {
+        "color",
+        "shape",
+        "count",
+        "count_color",
+        "position",
+        "exists",
+    }
+    assert 0.0 <= report["accuracy"] <= 1.0
+    code, out, _ = run_cli(capsys, "eval", "--model", checkpoint, "--n", "2")
+    assert code == 0 and out.splitlines()[0].split() == ["kind", "n", "accuracy"]
+    assert out.splitlines()[-1].split()[:2] == ["overall", "2"]
+
+
+def test_eval_on_a_jsonl_file_reads_images_relative_to_it(capsys, checkpoint, image, tmp_path):
+    data = tmp_path / "qa.jsonl"
+    rows = [
+        {"image": str(image), "question": "What color is it?", "answer": "gray"},
+        {"image": str(image), "question": "How many?", "answer": "0", "kind": "count_color"},
+    ]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    code, out, err = run_cli(capsys, "eval", "--model", checkpoint, "--dataset", data, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["n"] == 2 and set(report["per_kind"]) == {"all", "count_color"}
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (None, "cannot read"),
+        ("not json\n", "line 1 is not an image/question/answer object"),
+        ('{"image": "a.png"}\n', "line 1 is not an image/question/answer object"),
+    ],
+)
+def test_eval_refuses_a_bad_dataset_before_loading_the_model(capsys, tmp_path, content, needle):
+    data = tmp_path / "qa.jsonl"
+    if content is not None:
+        data.write_text(content)
+    code, out, err = run_cli(capsys, "eval", "--model", tmp_path / "absent", "--dataset", data)
+    assert code == 2 and out == ""
+    assert err.strip() == f"mobilevlm: error: {data}: {needle}" or (
+        err.startswith(f"mobilevlm: error: {data}: {needle}") and len(err.splitlines()) == 1
+    )

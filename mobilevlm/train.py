@@ -1,0 +1,365 @@
+"""Train the default model's parts on Shapes-VQA: ``python -m mobilevlm.train``.
+
+What is trained: the LDPv2 projector (from scratch) and a LoRA adapter on
+SmolLM2-135M's linear layers. What is frozen: EfficientNet-Lite0 (ImageNet
+weights) and SmolLM2's own weights. Because the encoder is frozen its
+features are computed once per image and cached (rendering and the CNN are a
+real cost on 2 cores); the 1x1 head conv runs on the fly from the cached
+last-block output, which is 4x smaller than the head's.
+
+Supervision is dense: every training sequence is a multi-turn chat about one
+image in the runtime's exact template (the first turn is exactly what
+``mobilevlm run`` sends), with a loss on every answer and its end token;
+some end with a caption turn listing every object. The loop is seeded and
+resumable: ``WORK/checkpoint.pt`` is written every ``--checkpoint-every``
+steps and picked up on restart; the log is ``WORK/log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mobilevlm import shapes_vqa
+from mobilevlm.default_model import TRAINED_WEIGHTS, default_config
+from mobilevlm.default_model.assemble import (
+    LORA_PREFIX,
+    PROJECTOR_PREFIX,
+    TRAINED_FORMAT,
+    base_model,
+    lora_config,
+)
+from mobilevlm.efficientnet_lite import EfficientNetLiteTower, load_imagenet_weights
+from mobilevlm.preprocess import preprocess
+from mobilevlm.prompts import Turn, get_template
+from mobilevlm.tokenizer import IMAGE_TOKEN_ID
+
+log = logging.getLogger("mobilevlm.train")
+SHARD = 250
+
+
+@dataclass
+class TrainConfig:
+    work: str = ".cache/train"
+    train_images: int = 5000
+    eval_images: int = 200
+    steps: int = 650
+    batch_size: int = 8
+    projector_lr: float = 1e-3
+    lora_lr: float = 4e-4
+    warmup: int = 30
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    max_turns: int = 4
+    caption_rate: float = 0.25
+    seed: int = 0
+    eval_every: int = 130
+    checkpoint_every: int = 50
+    threads: int = 2
+    output: str = str(TRAINED_WEIGHTS)
+
+
+# ---------------------------------------------------------------- features
+
+
+def _frozen_tower() -> EfficientNetLiteTower:
+    tower = EfficientNetLiteTower(default_config().vision)
+    state = {k: v for k, v in load_imagenet_weights().items() if not k.startswith("_fc.")}
+    tower.load_state_dict(state)
+    return tower.eval().requires_grad_(False)
+
+
+def cache_features(split: str, count: int, work: Path, tower: EfficientNetLiteTower) -> np.ndarray:
+    """(count, 320, g, g) float16 last-block features of the split's first ``count`` images,
+    computed in shards of 250 that survive an interruption."""
+    folder = work / f"features-{split}"
+    folder.mkdir(parents=True, exist_ok=True)
+    prep = default_config().preprocess
+    shards = []
+    for start in range(0, count, SHARD):
+        n = min(SHARD, count - start)
+        path = folder / f"{start:06d}-{n}.npy"
+        if not path.exists():
+            t0 = time.perf_counter()
+            out = []
+            for batch in range(start, start + n, 25):
+                pixels = np.stack(
+                    [
+                        preprocess(shapes_vqa.sample(split, i).image(), prep)
+                        for i in range(batch, min(batch + 25, start + n))
+                    ]
+                )
+                with torch.no_grad():
+                    out.append(tower.blocks(torch.from_numpy(pixels)).half().numpy())
+            tmp = path.with_suffix(".tmp.npy")
+            np.save(tmp, np.concatenate(out))
+            os.replace(tmp, path)
+            log.info(
+                "%s features %d-%d in %.1fs", split, start, start + n, time.perf_counter() - t0
+            )
+        shards.append(np.load(path))
+    return np.concatenate(shards)
+
+
+# ---------------------------------------------------------------- sequences
+
+
+@dataclass
+class Sequence:
+    ids: list[int]  # IMAGE_TOKEN_ID marks the image
+    labels: list[int]  # -100 where no loss
+
+
+def conversation(
+    scene: shapes_vqa.Scene, rng: np.random.Generator, max_turns: int, caption_rate: float
+) -> list[tuple[str, str]]:
+    """(question, answer) turns about one scene; the last may be the dense caption."""
+    turns = []
+    for _ in range(int(rng.integers(1, max_turns + 1))):
+        q = shapes_vqa.random_question(scene, rng)
+        turns.append((q.question, q.answer))
+    if rng.random() < caption_rate:
+        turns.append(("List every object with its color and position.", shapes_vqa.describe(scene)))
+    return turns
+
+
+def encode_conversation(model, turns: list[tuple[str, str]]) -> Sequence:
+    """Token ids and labels of a chat in the model's template: loss on each answer and the
+    stop token that ends it. Each turn's prompt is the template's own rendering of the whole
+    history, so the text is exactly what the runtime sends after the same turns."""
+    template = get_template(model.config.template)
+    ids: list[int] = []
+    labels: list[int] = []
+    history: list[Turn] = []
+    system, stop = model.config.system_prompt, template.stop_strings[0]
+    for question, answer in turns:
+        text = template.render([*history, Turn(question)], system=system)
+        prompt = model.tokenizer.encode_prompt(text)
+        if prompt[: len(ids)] != ids:
+            raise RuntimeError(f"template {template.name!r} does not tokenize turn by turn")
+        labels += [-100] * (len(prompt) - len(ids))
+        # the answer as the template writes it (v1 puts a space before it), up to its stop
+        full = template.render([*history, Turn(question, answer), Turn("")], system=system)
+        reply = model.tokenizer.encode(full[len(text) : full.index(stop, len(text)) + len(stop)])
+        ids = prompt + reply
+        labels += reply
+        history.append(Turn(question, answer))
+    return Sequence(ids, labels)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def image_embeddings(model, features: torch.Tensor) -> torch.Tensor:
+    """Cached last-block features (B, 320, g, g) -> image embeddings (B, tokens, hidden)."""
+    with torch.no_grad():
+        head = model.vision_tower.head(features.float())
+    return model.projector(head.flatten(2).transpose(1, 2))
+
+
+def batch_loss(model, features: torch.Tensor, seqs: list[Sequence]) -> tuple[torch.Tensor, dict]:
+    """Mean cross-entropy over answer tokens; logits are computed only where a label is."""
+    images = image_embeddings(model, features)
+    embeds, labels = [], []
+    for seq, image in zip(seqs, images, strict=True):
+        embeds.append(model.embed(seq.ids, image)[0])
+        at = seq.ids.index(IMAGE_TOKEN_ID)
+        labels.append(seq.labels[:at] + [-100] * image.shape[0] + seq.labels[at + 1 :])
+    length = max(e.shape[0] for e in embeds)
+    mask = torch.zeros(len(seqs), length, dtype=torch.long)
+    target = torch.full((len(seqs), length), -100, dtype=torch.long)
+    padded = torch.zeros(len(seqs), length, embeds[0].shape[1])
+    for b, (e, lab) in enumerate(zip(embeds, labels, strict=True)):
+        padded[b, : e.shape[0]] = e
+        mask[b, : e.shape[0]] = 1
+        target[b, : len(lab)] = torch.tensor(lab)
+    lm = model.language_model.get_base_model()  # the LlamaForCausalLM, LoRA layers inside
+    hidden = lm.model(inputs_embeds=padded, attention_mask=mask).last_hidden_state
+    where = target[:, 1:] != -100
+    logits = lm.lm_head(hidden[:, :-1][where])
+    gold = target[:, 1:][where]
+    loss = F.cross_entropy(logits, gold)
+    return loss, {"tokens": int(where.sum()), "exact": _exact(logits.argmax(-1), gold, where)}
+
+
+def _exact(pred: torch.Tensor, gold: torch.Tensor, where: torch.Tensor) -> list[bool]:
+    """Per sequence: every supervised token predicted (teacher forcing == greedy decoding)."""
+    ok = (pred == gold).tolist()
+    out, i = [], 0
+    for n in where.sum(dim=1).tolist():
+        out.append(all(ok[i : i + n]))
+        i += n
+    return out
+
+
+def heldout_accuracy(model, features: np.ndarray, batch: int = 25) -> dict[str, float]:
+    """Exact-answer accuracy per question kind on cached held-out images (single turn, as
+    ``mobilevlm run`` asks): teacher-forced, so it equals greedy decoding's exact match."""
+    correct: dict[str, list[bool]] = {}
+    with torch.no_grad():
+        for start in range(0, len(features), batch):
+            idx = range(start, min(start + batch, len(features)))
+            samples = [shapes_vqa.sample("heldout", i) for i in idx]
+            seqs = [
+                encode_conversation(model, [(s.question.question, s.question.answer)])
+                for s in samples
+            ]
+            _, stats = batch_loss(model, torch.from_numpy(features[idx.start : idx.stop]), seqs)
+            for s, ok in zip(samples, stats["exact"], strict=True):
+                correct.setdefault(s.question.kind, []).append(ok)
+    acc = {k: float(np.mean(v)) for k, v in sorted(correct.items())}
+    acc["overall"] = float(np.mean([x for v in correct.values() for x in v]))
+    return acc
+
+
+def _batch(config: TrainConfig, step: int, count: int) -> list[int]:
+    """Image indices of a step: epoch-wise permutations, a pure function of (seed, step)."""
+    first = step * config.batch_size
+    out = []
+    for k in range(first, first + config.batch_size):
+        epoch, pos = divmod(k, count)
+        out.append(int(np.random.default_rng([config.seed, epoch]).permutation(count)[pos]))
+    return out
+
+
+def _lr_factor(config: TrainConfig, step: int) -> float:
+    if step < config.warmup:
+        return (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(config.steps - config.warmup, 1)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train(config: TrainConfig, train_feats: np.ndarray, eval_feats: np.ndarray) -> None:
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    work = Path(config.work)
+    torch.manual_seed(config.seed)
+    model = base_model()
+    model.requires_grad_(False)
+    model.projector.requires_grad_(True)
+    model.language_model = get_peft_model(
+        model.language_model, lora_config(config.lora_rank, config.lora_alpha)
+    )
+    lora_params = [p for p in model.language_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": list(model.projector.parameters()), "lr": config.projector_lr},
+            {"params": lora_params, "lr": config.lora_lr},
+        ],
+        weight_decay=0.0,
+    )
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    start = 0
+    ckpt_path = work / "checkpoint.pt"
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, weights_only=True)
+        model.projector.load_state_dict(ckpt["projector"])
+        set_peft_model_state_dict(model.language_model, ckpt["lora"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start = ckpt["step"]
+        log.info("resumed at step %d", start)
+    log_file = open(work / "log.jsonl", "a")  # noqa: SIM115
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(start, config.steps):
+        for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = lr * _lr_factor(config, step)
+        indices = _batch(config, step, len(train_feats))
+        seqs = []
+        for b, i in enumerate(indices):
+            rng = np.random.default_rng([config.seed, step, b])
+            scene = shapes_vqa.sample("train", i).scene
+            seqs.append(
+                encode_conversation(
+                    model, conversation(scene, rng, config.max_turns, config.caption_rate)
+                )
+            )
+        loss, stats = batch_loss(model, torch.from_numpy(train_feats[indices]), seqs)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.projector.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(lora_params, 1.0)
+        optimizer.step()
+        record = {
+            "step": step + 1,
+            "loss": round(loss.item(), 4),
+            "tokens": stats["tokens"],
+            "s_per_step": round((time.perf_counter() - t0) / (step + 1 - start), 2),
+        }
+        done = step + 1 == config.steps
+        if (step + 1) % config.eval_every == 0 or done:
+            model.eval()
+            record["heldout"] = heldout_accuracy(model, eval_feats)
+            model.train()
+        log.info(json.dumps(record))
+        log_file.write(json.dumps(record) + "\n")
+        log_file.flush()
+        if (step + 1) % config.checkpoint_every == 0 or done:
+            state = {
+                "step": step + 1,
+                "projector": model.projector.state_dict(),
+                "lora": get_peft_model_state_dict(model.language_model),
+                "optimizer": optimizer.state_dict(),
+            }
+            tmp = ckpt_path.with_suffix(".tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, ckpt_path)
+    write_trained(model, config)
+
+
+def write_trained(model, config: TrainConfig) -> Path:
+    """The repository's part of the model: projector and LoRA tensors in fp16."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    tensors = {PROJECTOR_PREFIX + k: v for k, v in model.projector.state_dict().items()}
+    lora = get_peft_model_state_dict(model.language_model)
+    tensors.update({LORA_PREFIX + k: v for k, v in lora.items()})
+    tensors = {k: v.detach().half().contiguous() for k, v in tensors.items()}
+    meta = {
+        "format": TRAINED_FORMAT,
+        "lora": json.dumps({"rank": config.lora_rank, "alpha": config.lora_alpha}),
+        "train_config": json.dumps(asdict(config)),
+    }
+    out = Path(config.output)
+    tmp = out.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, out)
+    log.info("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m mobilevlm.train", description=__doc__.split("\n")[0]
+    )
+    for name, value in asdict(TrainConfig()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    parser.add_argument("--features-only", action="store_true", help="only build the caches")
+    args = parser.parse_args(argv)
+    features_only = args.__dict__.pop("features_only")
+    config = TrainConfig(**vars(args))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    torch.set_num_threads(config.threads)
+    work = Path(config.work)
+    tower = _frozen_tower()
+    train_feats = cache_features("train", config.train_images, work, tower)
+    eval_feats = cache_features("heldout", config.eval_images, work, tower)
+    if features_only:
+        return
+    del tower
+    train(config, train_feats, eval_feats)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The training recipe's sequences are exactly what the runtime sends, turn after turn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mobilevlm import shapes_vqa
+from mobilevlm.prompts import Turn, get_template
+
+
+@pytest.mark.parametrize("template", ["chatml", "v1"])
+def test_conversation_tokens_equal_the_runtime_prompt_and_answers(tiny_models, template):
+    from mobilevlm.train import encode_conversation
+
+    model = tiny_models(template=template)
+    turns = [("What color is the star?", "red"), ("How many shapes are there?", "3")]
+    seq = encode_conversation(model, turns)
+    stop = get_template(template).stop_strings[0]
+    # the first turn is exactly `run`'s prompt, followed by the answer and the stop string
+    first = model.prompt_ids(turns[0][0])
+    assert seq.ids[: len(first)] == first
+    assert all(label == -100 for label in seq.labels[: len(first)])
+    # labels are the answers with their stop strings, nothing else
+    supervised = [t for t, label in zip(seq.ids, seq.labels, strict=True) if label != -100]
+    space = " " if template == "v1" else ""  # v1 writes "ASSISTANT: {answer}</s>"
+    answers = [model.tokenizer.encode(f"{space}{a}{stop}") for a in ("red", "3")]
+    assert supervised == answers[0] + answers[1]
+    # the second turn's prompt is the template's rendering of the whole history
+    text = get_template(template).render([Turn(*turns[0]), Turn(turns[1][0])])
+    second = model.tokenizer.encode_prompt(text)
+    assert seq.ids[: len(second)] == second
+
+
+def test_batches_are_a_pure_function_of_the_step_and_cover_each_epoch():
+    from mobilevlm.train import TrainConfig, _batch
+
+    config = TrainConfig(batch_size=4)
+    assert _batch(config, 3, 10) == _batch(config, 3, 10)
+    epoch = [i for step in range(5) for i in _batch(config, step, 20)]
+    assert sorted(epoch) == list(range(20))
+
+
+def test_conversations_end_with_the_caption_listing_every_object():
+    from mobilevlm.train import conversation
+
+    scene = shapes_vqa.sample("train", 0).scene
+    turns = conversation(scene, np.random.default_rng(0), max_turns=3, caption_rate=1.0)
+    assert 2 <= len(turns) <= 4
+    assert turns[-1][1] == shapes_vqa.describe(scene)
+    assert turns[-1][1].count(",") == len(scene.objects) - 1
