@@ -30,7 +30,7 @@ def test_scenes_follow_the_spec(samples):
         assert 1 <= len(scene.objects) <= 5
         for o in scene.objects:
             assert o.shape in sv.SHAPES and o.color in sv.COLORS
-            assert max(abs(c - b) for c, b in zip(o.rgb, sv.COLORS[o.color])) <= 12
+            assert max(abs(c - b) for c, b in zip(o.rgb, sv.COLORS[o.color], strict=True)) <= 12
             assert 0.12 <= o.size <= 0.30
             assert o.size / 2 <= o.cx <= 1 - o.size / 2 and o.size / 2 <= o.cy <= 1 - o.size / 2
             assert abs(o.rotation) <= 15 and (o.shape != "circle" or o.rotation == 0)
