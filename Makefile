@@ -6,7 +6,6 @@ STAMP  := $(VENV)/.installed
 EXTRAS ?= export,llama,dev
 DEMO_IMAGE := examples/shapes.png
 DEMO_PROMPT ?= What color is the circle?
-DEMO_PROMPT_2 ?= How many shapes are there?
 
 # the assembled default model is cached here (built once, on first use)
 export MOBILEVLM_CACHE := $(CURDIR)/.cache/mobilevlm
@@ -30,8 +29,6 @@ install: $(STAMP)
 demo: $(STAMP)
 	@echo "Q: $(DEMO_PROMPT)  [$(DEMO_IMAGE)]"
 	@$(VENV)/bin/mobilevlm run --image $(DEMO_IMAGE) --prompt "$(DEMO_PROMPT)"
-	@echo "Q: $(DEMO_PROMPT_2)  [$(DEMO_IMAGE)]"
-	@$(VENV)/bin/mobilevlm run --image $(DEMO_IMAGE) --prompt "$(DEMO_PROMPT_2)"
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

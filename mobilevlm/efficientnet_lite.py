@@ -106,9 +106,12 @@ class EfficientNetLite(nn.Module):
         """The last block's output -> the (B, 1280, g, g) map the classifier pools."""
         return F.relu6(self._bn1(self._conv_head(x)))
 
+    def select(self, blocks_output: torch.Tensor) -> torch.Tensor:
+        """The configured feature map from the last block's output (the head, or itself)."""
+        return self.head(blocks_output) if self.config.feature == "head" else blocks_output
+
     def feature_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(pixel_values)
-        return self.head(x) if self.config.feature == "head" else x
+        return self.select(self.blocks(pixel_values))
 
     def classify(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """ImageNet logits (B, num_classes) as the original network computes them."""
@@ -147,3 +150,9 @@ def load_imagenet_weights(path: str | Path | None = None) -> dict[str, torch.Ten
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(at(path, f"not a readable EfficientNet checkpoint ({e})")) from e
+
+
+def tower_weights(config: EfficientNetLiteConfig, path: str | Path | None = None) -> dict:
+    """The ImageNet weights a tower of ``config`` uses (no classifier; no head for ``blocks``)."""
+    unused = ("_fc.",) if config.feature == "head" else ("_fc.", "_conv_head.", "_bn1.")
+    return {k: v for k, v in load_imagenet_weights(path).items() if not k.startswith(unused)}

@@ -39,7 +39,7 @@ from mobilevlm.default_model.assemble import (
     base_model,
     lora_config,
 )
-from mobilevlm.efficientnet_lite import EfficientNetLiteTower, load_imagenet_weights
+from mobilevlm.efficientnet_lite import EfficientNetLiteTower, tower_weights
 from mobilevlm.preprocess import preprocess
 from mobilevlm.prompts import Turn, get_template
 from mobilevlm.tokenizer import IMAGE_TOKEN_ID
@@ -53,17 +53,20 @@ class TrainConfig:
     work: str = ".cache/train"
     train_images: int = 5000
     eval_images: int = 200
-    steps: int = 650
+    steps: int = 450
     batch_size: int = 8
     projector_lr: float = 1e-3
-    lora_lr: float = 4e-4
+    lora_lr: float = 5e-4
     warmup: int = 30
     lora_rank: int = 16
     lora_alpha: int = 32
     max_turns: int = 4
     caption_rate: float = 0.25
+    align_steps: int = 3000
+    align_batch: int = 64
+    aux_weight: float = 1.0
     seed: int = 0
-    eval_every: int = 130
+    eval_every: int = 90
     checkpoint_every: int = 50
     threads: int = 2
     output: str = str(TRAINED_WEIGHTS)
@@ -74,8 +77,7 @@ class TrainConfig:
 
 def _frozen_tower() -> EfficientNetLiteTower:
     tower = EfficientNetLiteTower(default_config().vision)
-    state = {k: v for k, v in load_imagenet_weights().items() if not k.startswith("_fc.")}
-    tower.load_state_dict(state)
+    tower.load_state_dict(tower_weights(tower.config))
     return tower.eval().requires_grad_(False)
 
 
@@ -115,7 +117,9 @@ def cache_features(split: str, count: int, work: Path, tower: EfficientNetLiteTo
 
 
 @dataclass
-class Sequence:
+class Example:
+    """One training conversation, tokenized."""
+
     ids: list[int]  # IMAGE_TOKEN_ID marks the image
     labels: list[int]  # -100 where no loss
 
@@ -133,7 +137,7 @@ def conversation(
     return turns
 
 
-def encode_conversation(model, turns: list[tuple[str, str]]) -> Sequence:
+def encode_conversation(model, turns: list[tuple[str, str]]) -> Example:
     """Token ids and labels of a chat in the model's template: loss on each answer and the
     stop token that ends it. Each turn's prompt is the template's own rendering of the whole
     history, so the text is exactly what the runtime sends after the same turns."""
@@ -154,7 +158,81 @@ def encode_conversation(model, turns: list[tuple[str, str]]) -> Sequence:
         ids = prompt + reply
         labels += reply
         history.append(Turn(question, answer))
-    return Sequence(ids, labels)
+    return Example(ids, labels)
+
+
+# ---------------------------------------------------------------- grounding
+
+
+def grid_targets(model, scene: shapes_vqa.Scene, grid: int) -> torch.Tensor:
+    """What each image token should say: (grid*grid, hidden) embeddings of the words
+    " {color}" + " {shape}" for the object whose centre lies in the token's cell (summed
+    when two do), the word " background" elsewhere. Written in the LLM's own input
+    embeddings, the image tokens start out as text the frozen LLM already reads."""
+    table = model.language_model.get_input_embeddings().weight
+    tok = model.tokenizer
+
+    def word(w: str) -> torch.Tensor:
+        return table[tok.encode(" " + w)].mean(dim=0)  # " hexagon" may be two tokens
+
+    cells: dict[int, torch.Tensor] = {}
+    for o in scene.objects:
+        cell = min(int(o.cy * grid), grid - 1) * grid + min(int(o.cx * grid), grid - 1)
+        cells[cell] = cells.get(cell, 0) + word(o.color) + word(o.shape)
+    background = word("background")
+    return torch.stack([cells.get(c, background) for c in range(grid * grid)]).detach()
+
+
+def scene_targets(model, split: str, count: int) -> torch.Tensor:
+    """(count, tokens, hidden) float16 grid targets of a split's first ``count`` scenes."""
+    grid = int(round(model.config.num_image_tokens**0.5))
+    with torch.no_grad():
+        return torch.stack(
+            [grid_targets(model, shapes_vqa.sample(split, i).scene, grid) for i in range(count)]
+        ).half()
+
+
+def grounding_loss(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Squared error of the image tokens against their word targets, relative to the
+    targets' own energy (scale-free: embeddings of a small LLM are small)."""
+    targets = targets.float()
+    return ((images - targets) ** 2).sum(-1).mean() / (targets**2).sum(-1).mean()
+
+
+def grounding_accuracy(model, features: np.ndarray, targets: torch.Tensor) -> float:
+    """Share of object tokens (targets other than background) whose nearest word target,
+    among all the split's targets, is their own."""
+    with torch.no_grad():
+        images = image_embeddings(model, torch.from_numpy(features)).reshape(-1, targets.shape[-1])
+        flat = targets.float().reshape(-1, targets.shape[-1])
+        vocab, inverse = torch.unique(flat, dim=0, return_inverse=True)
+        nearest = torch.cdist(images, vocab).argmin(dim=1)
+    objects = inverse != inverse.mode().values
+    return float((nearest == inverse)[objects].float().mean())
+
+
+def align_projector(model, config: TrainConfig, feats, targets, eval_feats, eval_targets, log_file):
+    """Stage 1: the projector alone learns to write each object as the words that name it.
+    No LLM pass, so thousands of images a minute."""
+    optimizer = torch.optim.AdamW(model.projector.parameters(), lr=config.projector_lr)
+    gen = torch.Generator().manual_seed(config.seed)
+    for step in range(config.align_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = config.projector_lr * min(1.0, (step + 1) / config.warmup)
+        idx = torch.randint(len(feats), (config.align_batch,), generator=gen).numpy()
+        loss = grounding_loss(image_embeddings(model, torch.from_numpy(feats[idx])), targets[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if (step + 1) % 250 == 0 or step + 1 == config.align_steps:
+            record = {
+                "align_step": step + 1,
+                "loss": round(loss.item(), 4),
+                "heldout_token_accuracy": round(
+                    grounding_accuracy(model, eval_feats, eval_targets), 4
+                ),
+            }
+            _log(record, log_file)
 
 
 # ---------------------------------------------------------------- the loop
@@ -163,12 +241,19 @@ def encode_conversation(model, turns: list[tuple[str, str]]) -> Sequence:
 def image_embeddings(model, features: torch.Tensor) -> torch.Tensor:
     """Cached last-block features (B, 320, g, g) -> image embeddings (B, tokens, hidden)."""
     with torch.no_grad():
-        head = model.vision_tower.head(features.float())
-    return model.projector(head.flatten(2).transpose(1, 2))
+        fmap = model.vision_tower.select(features.float())
+    return model.projector(fmap.flatten(2).transpose(1, 2))
 
 
-def batch_loss(model, features: torch.Tensor, seqs: list[Sequence]) -> tuple[torch.Tensor, dict]:
-    """Mean cross-entropy over answer tokens; logits are computed only where a label is."""
+def batch_loss(
+    model,
+    features: torch.Tensor,
+    seqs: list[Example],
+    targets: torch.Tensor | None = None,
+    aux_weight: float = 0.0,
+) -> tuple[torch.Tensor, dict]:
+    """Mean cross-entropy over answer tokens (logits only where a label is), plus
+    ``aux_weight`` times the grounding loss of the image tokens when targets are given."""
     images = image_embeddings(model, features)
     embeds, labels = [], []
     for seq, image in zip(seqs, images, strict=True):
@@ -189,7 +274,12 @@ def batch_loss(model, features: torch.Tensor, seqs: list[Sequence]) -> tuple[tor
     logits = lm.lm_head(hidden[:, :-1][where])
     gold = target[:, 1:][where]
     loss = F.cross_entropy(logits, gold)
-    return loss, {"tokens": int(where.sum()), "exact": _exact(logits.argmax(-1), gold, where)}
+    stats = {"tokens": int(where.sum()), "exact": _exact(logits.argmax(-1), gold, where)}
+    if targets is not None and aux_weight:
+        aux = grounding_loss(images, targets)
+        stats["grounding"] = round(aux.item(), 4)
+        loss = loss + aux_weight * aux
+    return loss, stats
 
 
 def _exact(pred: torch.Tensor, gold: torch.Tensor, where: torch.Tensor) -> list[bool]:
@@ -220,6 +310,12 @@ def heldout_accuracy(model, features: np.ndarray, batch: int = 25) -> dict[str, 
     acc = {k: float(np.mean(v)) for k, v in sorted(correct.items())}
     acc["overall"] = float(np.mean([x for v in correct.values() for x in v]))
     return acc
+
+
+def _log(record: dict, log_file) -> None:
+    log.info(json.dumps(record))
+    log_file.write(json.dumps(record) + "\n")
+    log_file.flush()
 
 
 def _batch(config: TrainConfig, step: int, count: int) -> list[int]:
@@ -269,6 +365,10 @@ def train(config: TrainConfig, train_feats: np.ndarray, eval_feats: np.ndarray) 
         start = ckpt["step"]
         log.info("resumed at step %d", start)
     log_file = open(work / "log.jsonl", "a")  # noqa: SIM115
+    targets = scene_targets(model, "train", len(train_feats))
+    if not ckpt_path.exists():
+        eval_targets = scene_targets(model, "heldout", len(eval_feats))
+        align_projector(model, config, train_feats, targets, eval_feats, eval_targets, log_file)
     model.train()
     t0 = time.perf_counter()
     for step in range(start, config.steps):
@@ -284,7 +384,9 @@ def train(config: TrainConfig, train_feats: np.ndarray, eval_feats: np.ndarray) 
                     model, conversation(scene, rng, config.max_turns, config.caption_rate)
                 )
             )
-        loss, stats = batch_loss(model, torch.from_numpy(train_feats[indices]), seqs)
+        loss, stats = batch_loss(
+            model, torch.from_numpy(train_feats[indices]), seqs, targets[indices], config.aux_weight
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.projector.parameters(), 1.0)
@@ -294,6 +396,7 @@ def train(config: TrainConfig, train_feats: np.ndarray, eval_feats: np.ndarray) 
             "step": step + 1,
             "loss": round(loss.item(), 4),
             "tokens": stats["tokens"],
+            "grounding": stats.get("grounding"),
             "s_per_step": round((time.perf_counter() - t0) / (step + 1 - start), 2),
         }
         done = step + 1 == config.steps
@@ -301,9 +404,7 @@ def train(config: TrainConfig, train_feats: np.ndarray, eval_feats: np.ndarray) 
             model.eval()
             record["heldout"] = heldout_accuracy(model, eval_feats)
             model.train()
-        log.info(json.dumps(record))
-        log_file.write(json.dumps(record) + "\n")
-        log_file.flush()
+        _log(record, log_file)
         if (step + 1) % config.checkpoint_every == 0 or done:
             state = {
                 "step": step + 1,
@@ -334,6 +435,7 @@ def write_trained(model, config: TrainConfig) -> Path:
     out = Path(config.output)
     tmp = out.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata=meta)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, out)
     log.info("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)
     return out

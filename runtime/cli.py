@@ -184,15 +184,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise MobileVLMError(f"--n must be at least 1, got {args.n}")
     if args.dataset == SHAPES_VQA:
-        items = shapes_vqa_items(args.n)
-    else:
-        items = jsonl_items(args.dataset, args.n)
-        items = iter(list(items))  # read and validate the whole file before loading a model
+        items = list(shapes_vqa_items(args.n))
+    else:  # read and check the whole file before loading a model
+        items = list(jsonl_items(args.dataset, args.n))
     model = _load_reference_model(args.model, args.vision_tower, args.threads)
     from tqdm.auto import tqdm
 
     done = correct = 0
-    with tqdm(total=args.n, desc="eval", unit="q", disable=not sys.stderr.isatty()) as bar:
+    with tqdm(total=len(items), desc="eval", unit="q", disable=not sys.stderr.isatty()) as bar:
 
         def progress(record) -> None:
             nonlocal done, correct

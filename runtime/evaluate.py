@@ -9,7 +9,8 @@ template) and decoded greedily; answers are scored with the spec's rule.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -126,12 +127,10 @@ def score(prediction: str, expected: str, kind: str | None) -> bool:
 
 def evaluate(
     model: Answerer,
-    items: Iterator[Item],
+    items: Iterable[Item],
     dataset: str,
     on_record: Callable[[Record], None] | None = None,
 ) -> EvalReport:
-    import time
-
     report = EvalReport(dataset)
     t0 = time.perf_counter()
     for item in items:

@@ -42,17 +42,20 @@ def test_logits_equal_the_package_network_on_an_imagenet_normalized_input(
     assert actual.argmax() == expected.argmax()
 
 
-def test_tower_tokens_are_the_head_feature_map_row_major(imagenet_weights, torch_threads):
+@pytest.mark.parametrize("feature, channels", [("head", 1280), ("blocks", 320)])
+def test_tower_tokens_are_the_selected_feature_map_row_major(feature, channels, torch_threads):
     torch = torch_threads
-    from mobilevlm.efficientnet_lite import EfficientNetLiteTower
+    from mobilevlm.efficientnet_lite import EfficientNetLiteTower, tower_weights
 
-    tower = EfficientNetLiteTower(EfficientNetLiteConfig(image_size=128)).eval()
-    tower.load_state_dict({k: v for k, v in imagenet_weights.items() if not k.startswith("_fc")})
+    config = EfficientNetLiteConfig(image_size=128, feature=feature)
+    tower = EfficientNetLiteTower(config).eval()
+    tower.load_state_dict(tower_weights(config), strict=True)
     x = torch.randn(2, 3, 128, 128)
     with torch.no_grad():
         tokens = tower(x)
-        fmap = tower.head(tower.blocks(x))
-    assert tokens.shape == (2, 16, 1280)
+        blocks = tower.blocks(x)
+        fmap = tower.head(blocks) if feature == "head" else blocks
+    assert tokens.shape == (2, 16, channels) and config.output_dim == channels
     torch.testing.assert_close(tokens[:, 5], fmap[:, :, 1, 1])  # row 1, column 1 of 4x4
 
 

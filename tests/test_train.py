@@ -49,3 +49,24 @@ def test_conversations_end_with_the_caption_listing_every_object():
     assert 2 <= len(turns) <= 4
     assert turns[-1][1] == shapes_vqa.describe(scene)
     assert turns[-1][1].count(",") == len(scene.objects) - 1
+
+
+def test_grounding_targets_name_each_object_in_its_centre_cell(tiny_models, torch_threads):
+    from mobilevlm.train import grid_targets, grounding_loss
+
+    torch = torch_threads
+    model = tiny_models(template="chatml")
+    red_star = shapes_vqa.SceneObject("star", "red", (230, 25, 25), 0.8, 0.2, 0.2, 0.0)
+    scene = shapes_vqa.Scene(400, "white", (red_star,), (False,))
+    targets = grid_targets(model, scene, grid=2)
+    table = model.language_model.get_input_embeddings().weight
+
+    def word(w):
+        return table[model.tokenizer.encode(" " + w)].mean(dim=0)
+
+    assert targets.shape == (4, model.config.llm.hidden_size)
+    torch.testing.assert_close(targets[1], word("red") + word("star"))  # top right cell
+    for cell in (0, 2, 3):
+        torch.testing.assert_close(targets[cell], word("background"))
+    assert grounding_loss(targets[None], targets[None]).item() == 0.0
+    assert grounding_loss(torch.zeros_like(targets)[None], targets[None]).item() == 1.0

@@ -25,6 +25,9 @@ MODEL_CARD = ASSETS / "MODEL_CARD.md"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SIZE = 320  # stride 32 -> 10x10 feature grid -> LDPv2 -> 5x5 = 25 image tokens
+# the last block's 320 channels: a linear probe on them names an object's color at 94%,
+# the 1280-channel head (after its ReLU6) at 87% (shape: both above 99%)
+FEATURE = "blocks"
 SYSTEM_PROMPT = "You are a helpful assistant."
 
 # SmolLM2-135M-Instruct's geometry, as its GGUF states it
@@ -47,7 +50,7 @@ SMOLLM2_135M = LLMConfig(
 
 
 def default_config() -> ModelConfig:
-    vision = EfficientNetLiteConfig(image_size=IMAGE_SIZE, feature="head")
+    vision = EfficientNetLiteConfig(image_size=IMAGE_SIZE, feature=FEATURE)
     return ModelConfig(
         vision=vision,
         projector=ProjectorConfig("ldpnetv2", vision.output_dim, SMOLLM2_135M.hidden_size),

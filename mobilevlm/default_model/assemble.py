@@ -21,7 +21,7 @@ import torch
 from mobilevlm import smollm2
 from mobilevlm.checkpoint import load_checkpoint, save_checkpoint
 from mobilevlm.default_model import TRAINED_WEIGHTS, default_config
-from mobilevlm.efficientnet_lite import load_imagenet_weights
+from mobilevlm.efficientnet_lite import tower_weights
 from mobilevlm.errors import CheckpointError, at
 from mobilevlm.model import MobileVLM
 
@@ -44,8 +44,7 @@ def base_model(gguf: str | Path | None = None) -> MobileVLM:
     projector, no adapter."""
     path = smollm2.verify_gguf(gguf or smollm2.locate_gguf())
     model = MobileVLM(default_config(), smollm2.load_tokenizer(path))
-    tower = {k: v for k, v in load_imagenet_weights().items() if not k.startswith("_fc.")}
-    model.vision_tower.load_state_dict(tower)
+    model.vision_tower.load_state_dict(tower_weights(model.config.vision))
     model.language_model.load_state_dict(smollm2.load_language_model(path).state_dict())
     return model.eval()
 
