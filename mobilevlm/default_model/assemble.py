@@ -10,6 +10,8 @@ repository give a new directory instead of a stale model.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import sys
@@ -106,10 +108,6 @@ def assemble(progress: bool | None = None) -> Path:
     from tqdm.auto import tqdm
 
     show = sys.stderr.isatty() if progress is None else progress
-    if not show:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # its GGUF dequantization bar
     steps = [
         "verify SmolLM2 GGUF",
         "load SmolLM2 + EfficientNet-Lite0",
@@ -121,7 +119,9 @@ def assemble(progress: bool | None = None) -> Path:
         gguf = smollm2.verify_gguf(smollm2.locate_gguf())
         bar.update()
         bar.set_postfix_str(steps[1])
-        model = base_model(gguf)
+        # transformers draws its own GGUF bar on stderr, whatever its settings say
+        with contextlib.nullcontext() if show else contextlib.redirect_stderr(io.StringIO()):
+            model = base_model(gguf)
         bar.update()
         bar.set_postfix_str(steps[2])
         apply_trained(model)
