@@ -20,7 +20,6 @@ from mobilevlm.config import (
 
 ASSETS = Path(__file__).parent
 TRAINED_WEIGHTS = ASSETS / "trained.safetensors"
-MODEL_CARD = ASSETS / "MODEL_CARD.md"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

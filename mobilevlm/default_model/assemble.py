@@ -65,7 +65,7 @@ def read_trained(path: str | Path = TRAINED_WEIGHTS) -> tuple[dict, dict, dict[s
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k).float() for k in f.keys()}  # noqa: SIM118
+            tensors = {k: f.get_tensor(k).float() for k in f.keys()}
     except FileNotFoundError:
         raise CheckpointError(at(path, "the default model's trained parts are missing")) from None
     except Exception as e:
