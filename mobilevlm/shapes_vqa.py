@@ -205,6 +205,13 @@ def _phrase(text: str, rng: np.random.Generator, suffix_rate: float) -> str:
     return text + SHORT_ANSWER_SUFFIX if rng.random() < suffix_rate else text
 
 
+def _pick_unique(objs, key, rng: np.random.Generator) -> SceneObject | None:
+    """A random object whose ``key`` no other object shares; None when there is none."""
+    counts = Counter(key(o) for o in objs)
+    unique = [o for o in objs if counts[key(o)] == 1]
+    return unique[rng.integers(len(unique))] if unique else None
+
+
 def ask(
     scene: Scene, kind: str, rng: np.random.Generator, suffix_rate: float = 0.5
 ) -> Question | None:
@@ -212,18 +219,13 @@ def ask(
     objs = scene.objects
     shapes = Counter(o.shape for o in objs)
     colors = Counter(o.color for o in objs)
-    pairs = Counter((o.color, o.shape) for o in objs)
     if kind == "color":
-        unique = [o for o in objs if shapes[o.shape] == 1]
-        if not unique:
+        if (o := _pick_unique(objs, lambda o: o.shape, rng)) is None:
             return None
-        o = unique[rng.integers(len(unique))]
         return Question(kind, _phrase(f"What color is the {o.shape}?", rng, suffix_rate), o.color)
     if kind == "shape":
-        unique = [o for o in objs if colors[o.color] == 1]
-        if not unique:
+        if (o := _pick_unique(objs, lambda o: o.color, rng)) is None:
             return None
-        o = unique[rng.integers(len(unique))]
         q = f"What shape is the {o.color} object?"
         return Question(kind, _phrase(q, rng, suffix_rate), o.shape)
     if kind == "count":
@@ -237,10 +239,8 @@ def ask(
         q = f"How many {color} shapes are there?"
         return Question(kind, _phrase(q, rng, suffix_rate), str(colors[color]))
     if kind == "position":
-        unique = [o for o in objs if pairs[(o.color, o.shape)] == 1]
-        if not unique:
+        if (o := _pick_unique(objs, lambda o: (o.color, o.shape), rng)) is None:
             return None
-        o = unique[rng.integers(len(unique))]
         q = f"Where is the {o.color} {o.shape}?"
         return Question(kind, _phrase(q, rng, suffix_rate), o.position)
     if kind == "exists":
@@ -248,6 +248,7 @@ def ask(
             o = objs[rng.integers(len(objs))]
             color, shape, answer = o.color, o.shape, "yes"
         else:
+            pairs = {(o.color, o.shape) for o in objs}
             absent = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in pairs]
             # prefer near misses: the color or the shape is in the scene
             near = [(c, s) for c, s in absent if c in colors or s in shapes]

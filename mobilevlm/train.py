@@ -241,8 +241,8 @@ def align_projector(model, config: TrainConfig, feats, targets, eval_feats, eval
 def image_embeddings(model, features: torch.Tensor) -> torch.Tensor:
     """Cached last-block features (B, 320, g, g) -> image embeddings (B, tokens, hidden)."""
     with torch.no_grad():
-        fmap = model.vision_tower.select(features.float())
-    return model.projector(fmap.flatten(2).transpose(1, 2))
+        tokens = model.vision_tower.tokens_from_blocks(features.float())
+    return model.projector(tokens)
 
 
 def batch_loss(

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from mobilevlm.runtime.evaluate import SHAPES_VQA
+from mobilevlm.runtime.evaluate import SHAPES_VQA, evaluate, jsonl_items, shapes_vqa_items
 
 from mobilevlm import __version__
 from mobilevlm.errors import MissingDependencyError, MobileVLMError
@@ -179,8 +179,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from mobilevlm.runtime.evaluate import evaluate, jsonl_items, shapes_vqa_items
-
     if args.n < 1:
         raise MobileVLMError(f"--n must be at least 1, got {args.n}")
     if args.dataset == SHAPES_VQA:

@@ -18,14 +18,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from mobilevlm import smollm2
-from mobilevlm.checkpoint import load_checkpoint, save_checkpoint
+from mobilevlm.checkpoint import CONFIG_FILE, save_checkpoint
 from mobilevlm.default_model import TRAINED_WEIGHTS, default_config
 from mobilevlm.efficientnet_lite import tower_weights
 from mobilevlm.errors import CheckpointError, at
 from mobilevlm.model import MobileVLM
+from mobilevlm.reference import load_reference
 
 TRAINED_FORMAT = "mobilevlm-default-model-parts"
 LORA_PREFIX = "lora."
@@ -103,36 +102,26 @@ def default_model_dir() -> Path:
 def assemble(progress: bool | None = None) -> Path:
     """The default model as an own-layout checkpoint directory; built once, then reused."""
     target = default_model_dir()
-    if (target / "config.json").is_file():
+    if (target / CONFIG_FILE).is_file():
         return target
     from tqdm.auto import tqdm
 
     show = sys.stderr.isatty() if progress is None else progress
-    steps = [
-        "verify SmolLM2 GGUF",
-        "load SmolLM2 + EfficientNet-Lite0",
-        "merge trained parts",
-        "save",
-    ]
+    steps = ["verify and load SmolLM2 + EfficientNet-Lite0", "merge trained parts", "save"]
     with tqdm(total=len(steps), desc="assembling the default model", disable=not show) as bar:
         bar.set_postfix_str(steps[0])
-        gguf = smollm2.verify_gguf(smollm2.locate_gguf())
-        bar.update()
-        bar.set_postfix_str(steps[1])
         # transformers draws its own GGUF bar on stderr, whatever its settings say
         with contextlib.nullcontext() if show else contextlib.redirect_stderr(io.StringIO()):
-            model = base_model(gguf)
+            model = base_model()
         bar.update()
-        bar.set_postfix_str(steps[2])
+        bar.set_postfix_str(steps[1])
         apply_trained(model)
         bar.update()
-        bar.set_postfix_str(steps[3])
+        bar.set_postfix_str(steps[2])
         save_checkpoint(model, target, extra={"default_model": True})
         bar.update()
     return target
 
 
 def load_default_model(threads: int | None = None) -> MobileVLM:
-    if threads:
-        torch.set_num_threads(threads)
-    return load_checkpoint(assemble())
+    return load_reference(assemble(), threads=threads)
