@@ -46,3 +46,11 @@ def at(path: str | Path, problem: str) -> str:
 
 class ContextOverflowError(MobileVLMError):
     """A prompt (with its image tokens) longer than the model's context."""
+
+
+class BundleError(MobileVLMError):
+    """A bundle directory that is missing, incomplete, corrupted or of another format version."""
+
+
+class ProviderError(MobileVLMError):
+    """An execution provider that was required but is not available in this onnxruntime."""

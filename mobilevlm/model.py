@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 from mobilevlm.config import ModelConfig
+from mobilevlm.decode_loop import prompt_ids
 from mobilevlm.errors import PromptError
 from mobilevlm.generate import generate
 from mobilevlm.language_model import build_language_model
 from mobilevlm.preprocess import ImageInput, preprocess
 from mobilevlm.projectors import build_projector
-from mobilevlm.prompts import Turn, get_template
 from mobilevlm.result import GenerationResult
 from mobilevlm.sampling import GenerationConfig
 from mobilevlm.tokenizer import IMAGE_TOKEN_ID, Tokenizer
@@ -74,13 +74,7 @@ class MobileVLM(nn.Module):
 
     def prompt_ids(self, question: str, with_image: bool = True) -> list[int]:
         """Token ids of a one-turn prompt in the model's template."""
-        if self.tokenizer is None:
-            raise PromptError("this model has no tokenizer")
-        template = get_template(self.config.template)
-        text = template.render(
-            [Turn(question)], system=self.config.system_prompt, with_image=with_image
-        )
-        return self.tokenizer.encode_prompt(text)
+        return prompt_ids(self.config, self.tokenizer, question, with_image)
 
     def generate(
         self,

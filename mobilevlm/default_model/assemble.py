@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from mobilevlm.checkpoint import CONFIG_FILE, save_checkpoint
 from mobilevlm.default_model import TRAINED_WEIGHTS, default_config
 from mobilevlm.efficientnet_lite import tower_weights
 from mobilevlm.errors import CheckpointError, at
+from mobilevlm.files import cache_root, sha256_file
 from mobilevlm.model import MobileVLM
 from mobilevlm.reference import load_reference
 
@@ -30,14 +30,6 @@ TRAINED_FORMAT = "mobilevlm-default-model-parts"
 LORA_PREFIX = "lora."
 PROJECTOR_PREFIX = "projector."
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def cache_root() -> Path:
-    """``$MOBILEVLM_CACHE``, else ``$XDG_CACHE_HOME/mobilevlm``, else ``~/.cache/mobilevlm``."""
-    if os.environ.get("MOBILEVLM_CACHE"):
-        return Path(os.environ["MOBILEVLM_CACHE"])
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "mobilevlm"
 
 
 def base_model(gguf: str | Path | None = None) -> MobileVLM:
@@ -95,7 +87,7 @@ def apply_trained(model: MobileVLM, path: str | Path = TRAINED_WEIGHTS) -> Mobil
 
 def default_model_dir() -> Path:
     """The cached checkpoint directory of the default model (built on first use)."""
-    digest = smollm2.sha256_file(TRAINED_WEIGHTS)[:12]
+    digest = sha256_file(TRAINED_WEIGHTS)[:12]
     return cache_root() / f"default-model-{digest}"
 
 

@@ -1,0 +1,121 @@
+"""How closely an exported bundle follows the torch reference.
+
+Both sides run as :class:`~mobilevlm.decode_loop.LanguageBackend` through
+the same steps (prefill a spliced prompt, then feed a fixed continuation one
+token at a time), so the comparison covers the KV cache and the decode path,
+not just one forward pass. The continuation is the reference's own greedy
+answer: a teacher-forced set in the model's real distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mobilevlm import shapes_vqa
+from mobilevlm.bundle import BundleManifest
+from mobilevlm.decode_loop import LanguageBackend, prompt_ids, splice
+from mobilevlm.generate import TorchBackend
+from mobilevlm.model import MobileVLM
+from mobilevlm.preprocess import ImageInput
+
+TEACHER_TOKENS = 24
+GREEDY_TOKENS = 32
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """max |actual - expected| / max |expected|."""
+    return float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-12))
+
+
+def greedy_tokens(backend: LanguageBackend, embeds: np.ndarray, count: int) -> list[int]:
+    """``count`` argmax tokens after ``embeds``, ignoring EOS (a fixed-length comparison)."""
+    backend.reset()
+    tokens = [int(np.argmax(backend.prefill(embeds)))]
+    while len(tokens) < count:
+        tokens.append(int(np.argmax(backend.decode(tokens[-1]))))
+    return tokens
+
+
+def teacher_forced_logits(
+    backend: LanguageBackend, embeds: np.ndarray, continuation: Sequence[int]
+) -> np.ndarray:
+    """(len(continuation) + 1, vocab): logits after the prompt and after each fed token."""
+    backend.reset()
+    rows = [backend.prefill(embeds).copy()]
+    for token in continuation:
+        rows.append(backend.decode(token).copy())
+    return np.stack(rows)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two (n, d) arrays."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    return (a64 * b64).sum(-1) / (np.linalg.norm(a64, axis=-1) * np.linalg.norm(b64, axis=-1))
+
+
+@dataclass
+class Comparison:
+    image_embeds_rel_error: float
+    logits_cosine_min: float
+    top1_agreement: float
+    greedy_tokens_identical: int  # leading greedy tokens equal to the reference's
+
+    def to_dict(self) -> dict:
+        return {k: round(v, 6) if isinstance(v, float) else v for k, v in vars(self).items()}
+
+
+def compare(
+    reference: LanguageBackend,
+    candidate: LanguageBackend,
+    prompts: Sequence[tuple[ImageInput, str]],
+    teacher_tokens: int = TEACHER_TOKENS,
+    greedy: int = GREEDY_TOKENS,
+) -> Comparison:
+    """Compare ``candidate`` with ``reference`` on each (image, question) prompt."""
+    rel_errors, cosines, agree, identical = [], [], [], []
+    for image, question in prompts:
+        ids = prompt_ids(reference.config, reference.tokenizer, question)
+        ref_image = reference.encode_image(image)
+        got_image = candidate.encode_image(image)
+        rel_errors.append(relative_error(got_image, ref_image))
+        ref_embeds = splice(ids, ref_image, reference.embed_tokens)
+        got_embeds = splice(ids, got_image, candidate.embed_tokens)
+        teacher = greedy_tokens(reference, ref_embeds, max(teacher_tokens, greedy))
+        ref_logits = teacher_forced_logits(reference, ref_embeds, teacher[:teacher_tokens])
+        got_logits = teacher_forced_logits(candidate, got_embeds, teacher[:teacher_tokens])
+        cosines.append(cosine(got_logits, ref_logits).min())
+        agree.append(np.mean(got_logits.argmax(-1) == ref_logits.argmax(-1)))
+        got = greedy_tokens(candidate, got_embeds, greedy)
+        same = next(
+            (i for i, (a, b) in enumerate(zip(got, teacher, strict=False)) if a != b), greedy
+        )
+        identical.append(same)
+    return Comparison(
+        image_embeds_rel_error=max(rel_errors),
+        logits_cosine_min=float(min(cosines)),
+        top1_agreement=float(np.mean(agree)),
+        greedy_tokens_identical=min(identical),
+    )
+
+
+def parity_prompts(count: int = 2) -> list[tuple[ImageInput, str]]:
+    """Held-out Shapes-VQA questions: real images and questions of the default model."""
+    samples = [shapes_vqa.sample("heldout", i) for i in range(count)]
+    return [(s.image(), s.question.question) for s in samples]
+
+
+def bundle_parity(model: MobileVLM, bundle: str | Path, threads: int | None = None) -> dict:
+    """Every exported precision of ``bundle`` against ``model``: a dict for bundle.json."""
+    from mobilevlm.runtime.onnx_model import OnnxVLM
+
+    reference = TorchBackend(model)
+    prompts = parity_prompts()
+    report = {}
+    for precision in BundleManifest.read(bundle).precisions:
+        candidate = OnnxVLM.load(bundle, precision=precision, threads=threads, verify="size")
+        report[precision] = compare(reference, candidate, prompts).to_dict()
+    return report

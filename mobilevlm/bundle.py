@@ -1,0 +1,155 @@
+"""The bundle manifest: the only contract between export and runtime (torch-free).
+
+A bundle is a directory with ``bundle.json`` and the artefacts it lists.
+``bundle.json`` holds the format version, the model geometry
+(:class:`~mobilevlm.config.ModelConfig`, which carries preprocessing,
+template and system prompt), the image token count, the tokenizer file, and
+every artefact with its component, precision and files (path, bytes, sha256).
+An artefact may span several files (an ONNX graph and its external data).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mobilevlm.config import ModelConfig
+from mobilevlm.errors import BundleError, at
+from mobilevlm.files import sha256_file
+
+BUNDLE_FORMAT = "mobilevlm-bundle"
+BUNDLE_FORMAT_VERSION = 1
+MANIFEST_FILE = "bundle.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+COMPONENTS = ("vision", "embeddings", "decoder")
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+
+
+@dataclass(frozen=True)
+class BundleFile:
+    path: str  # relative to the bundle directory
+    bytes: int
+    sha256: str
+
+    @classmethod
+    def describe(cls, root: Path, relative: str) -> BundleFile:
+        file = root / relative
+        return cls(relative, file.stat().st_size, sha256_file(file))
+
+
+@dataclass(frozen=True)
+class Artefact:
+    """One component at one precision. ``files[0]`` is what a backend opens."""
+
+    component: str  # vision | embeddings | decoder
+    precision: str
+    format: str  # onnx | npy
+    files: tuple[BundleFile, ...]
+    details: dict[str, Any] = field(default_factory=dict)  # how it was made (quantization, ...)
+
+    @property
+    def path(self) -> str:
+        return self.files[0].path
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.bytes for f in self.files)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "component": self.component,
+            "precision": self.precision,
+            "format": self.format,
+            "bytes": self.bytes,
+            "files": [vars(f) for f in self.files],
+            "details": self.details,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Artefact:
+        return cls(
+            component=data["component"],
+            precision=data["precision"],
+            format=data["format"],
+            files=tuple(BundleFile(**f) for f in data["files"]),
+            details=data.get("details", {}),
+        )
+
+
+@dataclass(frozen=True)
+class BundleManifest:
+    model: ModelConfig
+    artefacts: tuple[Artefact, ...]
+    tokenizer: str = TOKENIZER_FILE
+    exporter: dict[str, Any] = field(default_factory=dict)  # versions, source, parity measured
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.model.num_image_tokens
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """Precisions a full pipeline can run at: those with a decoder graph."""
+        return tuple(a.precision for a in self.artefacts if a.component == "decoder")
+
+    def find(self, component: str, precision: str) -> Artefact | None:
+        for a in self.artefacts:
+            if a.component == component and a.precision == precision:
+                return a
+        return None
+
+    def of(self, component: str) -> list[Artefact]:
+        return [a for a in self.artefacts if a.component == component]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": BUNDLE_FORMAT,
+            "format_version": BUNDLE_FORMAT_VERSION,
+            "model": self.model.to_dict(),
+            "num_image_tokens": self.num_image_tokens,
+            "template": self.model.template,
+            "tokenizer": self.tokenizer,
+            "exporter": self.exporter,
+            "artefacts": [a.to_dict() for a in self.artefacts],
+        }
+
+    def write(self, directory: Path) -> Path:
+        path = Path(directory) / MANIFEST_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def read(cls, directory: str | Path) -> BundleManifest:
+        """Parse ``bundle.json``; a missing, foreign or newer manifest is a :class:`BundleError`."""
+        path = Path(directory) / MANIFEST_FILE
+        if not Path(directory).is_dir():
+            raise BundleError(at(directory, "no such bundle directory"))
+        if not path.is_file():
+            raise BundleError(at(path, "missing: not a bundle (run `mobilevlm export` first)"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleError(at(path, f"not valid JSON ({exc})")) from exc
+        if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
+            raise BundleError(at(path, f"not a {BUNDLE_FORMAT} manifest"))
+        version = data.get("format_version")
+        if version != BUNDLE_FORMAT_VERSION:
+            raise BundleError(
+                at(
+                    path,
+                    f"format version {version} is not supported (this runtime reads "
+                    f"version {BUNDLE_FORMAT_VERSION}); re-export the bundle",
+                )
+            )
+        try:
+            return cls(
+                model=ModelConfig.from_dict(data["model"]),
+                artefacts=tuple(Artefact.from_dict(a) for a in data["artefacts"]),
+                tokenizer=data.get("tokenizer", TOKENIZER_FILE),
+                exporter=data.get("exporter", {}),
+            )
+        except (KeyError, TypeError) as exc:
+            raise BundleError(at(path, f"malformed manifest (missing or bad {exc})")) from exc

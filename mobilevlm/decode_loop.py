@@ -1,0 +1,172 @@
+"""The generation loop every backend shares: prompt -> splice -> prefill -> decode -> text.
+
+A backend (the torch reference, ONNX Runtime, ...) only has to embed
+tokens, encode an image and run its LLM over new embeddings while keeping
+its own KV cache; prompt rendering, tokenization, splicing, token choice
+(:class:`~mobilevlm.sampling.Sampler`), stop handling and streaming
+(:class:`~mobilevlm.streaming.TextStream`) happen here, once, in numpy. So
+the backends cannot differ in behaviour, only in numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from mobilevlm.config import ModelConfig
+from mobilevlm.errors import ContextOverflowError, PromptError
+from mobilevlm.preprocess import ImageInput
+from mobilevlm.prompts import Turn, get_template
+from mobilevlm.result import GenerationResult, GenerationStats
+from mobilevlm.sampling import GenerationConfig, Sampler
+from mobilevlm.streaming import TextStream
+from mobilevlm.tokenizer import IMAGE_TOKEN_ID, Tokenizer
+
+
+class LanguageBackend(Protocol):
+    config: ModelConfig
+    tokenizer: Tokenizer | None
+
+    @property
+    def context_length(self) -> int:
+        """Positions the KV cache holds."""
+
+    def encode_image(self, image: ImageInput) -> np.ndarray:
+        """(num_image_tokens, hidden) float32 image embeddings."""
+
+    def embed_tokens(self, ids: Sequence[int]) -> np.ndarray:
+        """(len(ids), hidden) float32 input embeddings."""
+
+    def reset(self) -> None:
+        """Empty the KV cache."""
+
+    def prefill(self, embeds: np.ndarray) -> np.ndarray:
+        """Append ``embeds`` (seq, hidden) to the cache; logits (vocab,) of the last position.
+        The array may be reused by the next call."""
+
+    def decode(self, token: int) -> np.ndarray:
+        """Append one token; logits (vocab,) of its position (reused by the next call)."""
+
+
+def _ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
+
+
+def prompt_ids(
+    config: ModelConfig, tokenizer: Tokenizer | None, question: str, with_image: bool = True
+) -> list[int]:
+    """Token ids of a one-turn prompt in the model's template (IMAGE_TOKEN_ID for the image)."""
+    if tokenizer is None:
+        raise PromptError("this model has no tokenizer")
+    text = get_template(config.template).render(
+        [Turn(question)], system=config.system_prompt, with_image=with_image
+    )
+    return tokenizer.encode_prompt(text)
+
+
+def splice(
+    input_ids: Sequence[int],
+    image_embeds: np.ndarray | None,
+    embed_tokens: Callable[[Sequence[int]], np.ndarray],
+) -> np.ndarray:
+    """(L, hidden) LLM input: token embeddings with ``image_embeds`` where IMAGE_TOKEN_ID is."""
+    ids = list(input_ids)
+    slots = [i for i, t in enumerate(ids) if t == IMAGE_TOKEN_ID]
+    if image_embeds is None:
+        if slots:
+            raise PromptError("the prompt has an image placeholder but no image was given")
+        return embed_tokens(ids)
+    if len(slots) != 1:
+        raise PromptError(f"expected exactly one image placeholder, found {len(slots)}")
+    at = slots[0]
+    parts = [embed_tokens(ids[:at]), image_embeds.astype(np.float32), embed_tokens(ids[at + 1 :])]
+    return np.concatenate(parts, axis=0)
+
+
+def stop_token_ids(
+    config: ModelConfig, tokenizer: Tokenizer, stop_strings: Sequence[str]
+) -> set[int]:
+    """EOS ids of the LLM plus stop strings that are single tokens (e.g. ``<|im_end|>``)."""
+    ids = set(config.llm.eos_token_ids)
+    for s in stop_strings:
+        token = tokenizer.token_to_id(s)
+        if token is not None:
+            ids.add(token)
+    return ids
+
+
+def generate(
+    backend: LanguageBackend,
+    image: ImageInput | None,
+    prompt: str,
+    config: GenerationConfig,
+    on_text: Callable[[str], None] | None = None,
+) -> GenerationResult:
+    """Answer one prompt; ``on_text`` receives each final piece of text as it is produced."""
+    start = time.perf_counter()
+    stats = GenerationStats()
+    model_config, tokenizer = backend.config, backend.tokenizer
+    input_ids = prompt_ids(model_config, tokenizer, prompt, with_image=image is not None)
+    text_ids = [t for t in input_ids if t != IMAGE_TOKEN_ID]
+    stats.prompt_tokens = len(text_ids)
+
+    image_embeds = None
+    if image is not None:
+        t0 = time.perf_counter()
+        image_embeds = backend.encode_image(image)
+        stats.image_tokens = image_embeds.shape[0]
+        stats.image_encode_ms = _ms_since(t0)
+
+    context = backend.context_length
+    if stats.prefill_tokens >= context:
+        raise ContextOverflowError(
+            f"the prompt needs {stats.prefill_tokens} positions "
+            f"({stats.image_tokens} image + {stats.prompt_tokens} text); "
+            f"the context holds {context}"
+        )
+
+    stop_strings = get_template(model_config.template).stop_strings + config.stop_strings
+    stops = stop_token_ids(model_config, tokenizer, stop_strings)
+    sampler = Sampler(config, model_config.llm.vocab_size, text_ids)
+    stream = TextStream(tokenizer, stop_strings)
+
+    backend.reset()
+    t0 = time.perf_counter()
+    logits = backend.prefill(splice(input_ids, image_embeds, backend.embed_tokens))
+    stats.prefill_ms = _ms_since(t0)
+
+    generated: list[int] = []
+    position = stats.prefill_tokens
+    t0 = time.perf_counter()
+    while True:
+        if len(generated) >= config.max_new_tokens:
+            stats.stop_reason = "max_new_tokens"
+            break
+        if position >= context:
+            stats.stop_reason = "context_full"
+            break
+        if generated:  # the first token comes from the prefill's logits
+            logits = backend.decode(generated[-1])
+            position += 1
+        token = sampler(logits)
+        generated.append(token)
+        if token in stops:
+            stats.stop_reason = "eos"
+            break
+        piece = stream.push(token)
+        if piece and on_text:
+            on_text(piece)
+        if stream.stopped:
+            stats.stop_reason = "stop_string"
+            break
+    stats.decode_ms = _ms_since(t0) if len(generated) > 1 else 0.0
+    tail = stream.finish()
+    if tail and on_text:
+        on_text(tail)
+
+    stats.generated_tokens = len(generated)
+    stats.total_ms = _ms_since(start)
+    return GenerationResult(text=stream.text, token_ids=generated, stats=stats)

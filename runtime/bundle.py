@@ -1,0 +1,147 @@
+"""Opening a bundle: the manifest, file checks, and the artefacts for one precision.
+
+Every load checks that each file the chosen precision needs exists with the
+size the manifest records. Checksums cost a read of every byte, so they run
+on request (``verify="full"``) or the first time a file is seen
+(``"auto"``): the verified (size, mtime, sha256) is remembered in the cache
+directory and a later load re-hashes only a file that changed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from mobilevlm.bundle import Artefact, BundleManifest
+from mobilevlm.errors import BundleError, at
+from mobilevlm.files import cache_root, sha256_file
+
+log = logging.getLogger(__name__)
+
+VERIFY_MODES = ("auto", "full", "size")
+PRECISION_PREFERENCE = ("int4", "int8", "fp32")  # the default: the fastest exported
+# the vision graph that goes with each decoder precision (no int4 convolutions exist)
+VISION_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8": "int8", "int4": "int8"}
+VERIFIED_FILE = "verified-files.json"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The artefacts one pipeline runs: what ``precision`` means for each component."""
+
+    precision: str
+    vision: Artefact
+    embeddings: Artefact
+    decoder: Artefact
+
+    @property
+    def artefacts(self) -> tuple[Artefact, ...]:
+        return (self.vision, self.embeddings, self.decoder)
+
+    @property
+    def bytes(self) -> int:
+        return sum(a.bytes for a in self.artefacts)
+
+
+def select(
+    manifest: BundleManifest, precision: str | None = None, vision_precision: str | None = None
+) -> Selection:
+    """Artefacts for ``precision`` (None: the fastest exported); the vision graph follows
+    :data:`VISION_PRECISION` unless ``vision_precision`` names one, falling back to fp32."""
+    available = manifest.precisions
+    if precision is None:
+        precision = next((p for p in PRECISION_PREFERENCE if p in available), None)
+        if precision is None:
+            raise BundleError("the bundle has no decoder graph")
+    decoder = manifest.find("decoder", precision)
+    if decoder is None:
+        raise BundleError(
+            f"the bundle has no {precision} decoder (exported: {', '.join(available) or 'none'})"
+        )
+    if vision_precision is not None:
+        vision = manifest.find("vision", vision_precision)
+        if vision is None:
+            exported = ", ".join(a.precision for a in manifest.of("vision"))
+            raise BundleError(f"the bundle has no {vision_precision} vision graph ({exported})")
+    else:
+        vision = manifest.find("vision", VISION_PRECISION.get(precision, "fp32"))
+        vision = vision or manifest.find("vision", "fp32")
+    embeddings = manifest.find("embeddings", "fp32" if precision == "fp32" else "fp16")
+    embeddings = embeddings or next(iter(manifest.of("embeddings")), None)
+    if vision is None or embeddings is None:
+        raise BundleError("the bundle lacks a vision graph or an embedding table")
+    return Selection(precision, vision, embeddings, decoder)
+
+
+def _load_verified(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def verify_files(root: Path, artefacts: tuple[Artefact, ...], mode: str = "auto") -> None:
+    """Raise :class:`BundleError` naming the first missing, truncated or corrupted file."""
+    if mode not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {mode!r}")
+    record_path = cache_root() / VERIFIED_FILE
+    record = _load_verified(record_path) if mode == "auto" else {}
+    changed = False
+    for artefact in artefacts:
+        for entry in artefact.files:
+            file = root / entry.path
+            try:
+                stat = file.stat()
+            except FileNotFoundError:
+                raise BundleError(at(file, "missing from the bundle")) from None
+            if stat.st_size != entry.bytes:
+                raise BundleError(
+                    at(
+                        file,
+                        f"has {stat.st_size} bytes, the manifest says {entry.bytes} "
+                        "(truncated or replaced; re-export the bundle)",
+                    )
+                )
+            if mode == "size":
+                continue
+            key = str(file.resolve())
+            seen = record.get(key)
+            stamp = {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": entry.sha256}
+            if seen == stamp:
+                continue
+            log.info("checking sha256 of %s", file)
+            if sha256_file(file) != entry.sha256:
+                raise BundleError(at(file, "sha256 differs from the manifest (corrupted)"))
+            record[key], changed = stamp, True
+    if changed and mode == "auto":
+        _save_verified(record_path, record)
+
+
+def _save_verified(path: Path, record: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:  # a read-only cache only costs a re-hash next time
+        log.warning("cannot record verified files in %s: %s", path, exc)
+
+
+def open_bundle(
+    path: str | Path,
+    precision: str | None = None,
+    vision_precision: str | None = None,
+    verify: str = "auto",
+) -> tuple[BundleManifest, Selection]:
+    """Read and check a bundle: its manifest and the verified artefacts for ``precision``."""
+    root = Path(path)
+    manifest = BundleManifest.read(root)
+    selection = select(manifest, precision, vision_precision)
+    files = selection.artefacts
+    verify_files(root, files, verify)
+    if not (root / manifest.tokenizer).is_file():
+        raise BundleError(at(root / manifest.tokenizer, "missing from the bundle"))
+    return manifest, selection

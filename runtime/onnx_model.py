@@ -1,0 +1,113 @@
+"""A bundle running on ONNX Runtime: preprocess -> vision graph -> splice -> decoder graph.
+
+:class:`OnnxVLM` is a :class:`~mobilevlm.decode_loop.LanguageBackend`, so
+generation (template, tokenizer, sampler, stop strings, streaming) is the
+same code the torch reference runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from mobilevlm.runtime.bundle import Selection, open_bundle
+from mobilevlm.runtime.onnx_decoder import OnnxDecoder
+from mobilevlm.runtime.onnx_vision import OnnxVisionEncoder
+from mobilevlm.runtime.providers import resolve_providers
+
+from mobilevlm import decode_loop
+from mobilevlm.bundle import BundleManifest
+from mobilevlm.config import ModelConfig
+from mobilevlm.errors import BundleError, at
+from mobilevlm.preprocess import ImageInput, preprocess
+from mobilevlm.result import GenerationResult
+from mobilevlm.sampling import GenerationConfig
+from mobilevlm.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONTEXT = 2048
+
+
+class OnnxVLM:
+    """A loaded bundle at one precision, with its KV cache allocated for ``context`` positions."""
+
+    def __init__(
+        self,
+        root: Path,
+        manifest: BundleManifest,
+        selection: Selection,
+        providers: Sequence[str] = ("cpu",),
+        threads: int | None = None,
+        context: int | None = None,
+    ) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.selection = selection
+        self.config: ModelConfig = manifest.model
+        self.tokenizer = Tokenizer.from_file(root / manifest.tokenizer)
+        self.providers = resolve_providers(providers)
+        limit = self.config.llm.max_position_embeddings
+        self.context = min(context or DEFAULT_CONTEXT, limit)
+        self.vision = OnnxVisionEncoder(root / selection.vision.path, self.providers, threads)
+        self.decoder = OnnxDecoder(
+            root / selection.decoder.path, self.config.llm, self.context, self.providers, threads
+        )
+        table_path = root / selection.embeddings.path
+        try:  # memory-mapped: only the rows of tokens actually used are paged in
+            self.table = np.load(table_path, mmap_mode="r")
+        except ValueError as exc:
+            raise BundleError(at(table_path, f"not a .npy embedding table ({exc})")) from exc
+        expected = (self.config.llm.vocab_size, self.config.llm.hidden_size)
+        if self.table.shape != expected:
+            raise BundleError(at(table_path, f"shape {self.table.shape}, expected {expected}"))
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        precision: str | None = None,
+        providers: Sequence[str] = ("cpu",),
+        threads: int | None = None,
+        context: int | None = None,
+        vision_precision: str | None = None,
+        verify: str = "auto",
+    ) -> OnnxVLM:
+        """Open, verify and load the bundle at ``path``; ``precision`` None picks the fastest."""
+        manifest, selection = open_bundle(path, precision, vision_precision, verify)
+        return cls(Path(path), manifest, selection, providers, threads, context)
+
+    @property
+    def precision(self) -> str:
+        return self.selection.precision
+
+    @property
+    def context_length(self) -> int:
+        return self.context
+
+    def encode_image(self, image: ImageInput) -> np.ndarray:
+        return self.vision.encode(preprocess(image, self.config.preprocess))
+
+    def embed_tokens(self, ids: Sequence[int]) -> np.ndarray:
+        return np.asarray(self.table[list(ids)], dtype=np.float32)
+
+    def reset(self) -> None:
+        self.decoder.reset()
+
+    def prefill(self, embeds: np.ndarray) -> np.ndarray:
+        return self.decoder.forward(embeds)
+
+    def decode(self, token: int) -> np.ndarray:
+        return self.decoder.decode(self.table[token])
+
+    def generate(
+        self,
+        image: ImageInput | None,
+        prompt: str,
+        config: GenerationConfig | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> GenerationResult:
+        """Answer ``prompt`` about ``image`` (or text only when ``image`` is None)."""
+        return decode_loop.generate(self, image, prompt, config or GenerationConfig(), on_text)
