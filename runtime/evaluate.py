@@ -148,3 +148,19 @@ def evaluate(
             on_record(record)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def side_by_side(reports: dict[str, EvalReport]) -> str:
+    """Accuracy per kind (rows) for several models or precisions (columns)."""
+    names = list(reports)
+    kinds = sorted({k for r in reports.values() for k in r.kinds})
+    width = max(10, *(len(n) for n in names))
+    lines = [f"{'kind':<12} {'n':>5} " + " ".join(f"{n:>{width}}" for n in names)]
+    first = reports[names[0]]
+    for k in kinds:
+        n = sum(r.kind == k for r in first.records)
+        cells = " ".join(f"{reports[m].accuracy(k):>{width}.1%}" for m in names)
+        lines.append(f"{k:<12} {n:>5} {cells}")
+    cells = " ".join(f"{reports[m].accuracy():>{width}.1%}" for m in names)
+    lines.append(f"{'overall':<12} {len(first.records):>5} {cells}")
+    return "\n".join(lines)

@@ -1,0 +1,140 @@
+"""`mobilevlm export | info | run --bundle | eval --bundle | bench` on a tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import REPO
+from mobilevlm.runtime.cli import main
+from PIL import Image
+
+from mobilevlm.checkpoint import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_models, tmp_path_factory):
+    """A tiny checkpoint exported through the command line, and a test image."""
+    root = tmp_path_factory.mktemp("cli")
+    ckpt = save_checkpoint(tiny_models(projector="ldpnetv2"), root / "ckpt")
+    calib = root / "calib"
+    calib.mkdir()
+    for i, color in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+        Image.new("RGB", (64, 48), color).save(calib / f"{i}.png")
+    bundle = root / "bundle"
+    code = main(["export", str(ckpt), "-o", str(bundle), "--calibration-images", str(calib)])
+    assert code == 0
+    return ckpt, bundle, calib / "0.png"
+
+
+def cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_export_prints_the_bundle_with_measured_parity(exported, capsys):
+    _, bundle, _ = exported
+    code, out, _ = cli(capsys, "info", bundle, "--verify")
+    assert code == 0
+    assert "decoder    int4" in out and "vision     int8" in out
+    fp32_row = next(line for line in out.splitlines() if line.strip().startswith("fp32 "))
+    assert fp32_row.split()[-1] == "32"  # 32 greedy tokens identical to torch
+    code, out, _ = cli(capsys, "info", bundle, "--json")
+    assert json.loads(out)["exporter"]["parity"]["fp32"]["logits_cosine_min"] >= 0.9999
+
+
+def test_run_on_the_bundle_answers_like_the_reference(exported, capsys):
+    ckpt, bundle, image = exported
+    common = ["--image", image, "--prompt", "What color?", "--max-new-tokens", "6", "--json"]
+    _, ref, _ = cli(capsys, "run", "--model", ckpt, *common)
+    code, out, _ = cli(capsys, "run", "--bundle", bundle, "--precision", "fp32", *common)
+    assert code == 0
+    got, expected = json.loads(out), json.loads(ref)
+    assert got["token_ids"] == expected["token_ids"] and got["text"] == expected["text"]
+    assert got["model"].endswith("(fp32)")
+
+
+def test_eval_scores_precisions_side_by_side(exported, capsys):
+    _, bundle, _ = exported
+    code, out, _ = cli(capsys, "eval", "--bundle", bundle, "--n", "6", "--precisions", "fp32,int4")
+    assert code == 0
+    header, *rows = out.strip().splitlines()
+    assert header.split()[-2:] == ["fp32", "int4"] and rows[-1].startswith("overall")
+    code, out, _ = cli(
+        capsys, "eval", "--bundle", bundle, "--n", "6", "--precisions", "int8", "--json"
+    )
+    assert json.loads(out)["n"] == 6
+
+
+def test_bench_without_a_baseline_reports_every_precision(exported, capsys):
+    _, bundle, _ = exported
+    argv = ["bench", bundle, "--no-llama-cpp", "--prompt-tokens", "16", "--decode-tokens", "8"]
+    code, out, _ = cli(capsys, *argv, "--repeats", "2", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert [r["backend"] for r in data["results"]] == [
+        "onnxruntime fp32",
+        "onnxruntime int8",
+        "onnxruntime int4",
+    ]
+    assert all(
+        len(r["decode_tokens_per_s"]) == 2 and r["decode_median"] > 0 for r in data["results"]
+    )
+    assert data["machine"]
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["run", "--bundle", "{tmp}/nope", "--prompt", "hi"], "nope: no such bundle directory"),
+        (
+            ["run", "--bundle", "{bundle}", "--precision", "fp16", "--prompt", "hi"],
+            "no fp16 decoder",
+        ),
+        (
+            ["run", "--bundle", "{bundle}", "--provider", "qnn!", "--prompt", "hi"],
+            "QNNExecutionProvider is required",
+        ),
+        (
+            ["run", "--bundle", "{bundle}", "--provider", "tpu", "--prompt", "hi"],
+            "unknown execution provider",
+        ),
+        (["export", "{ckpt}", "-o", "{tmp}/b", "--formats", "gguf"], "exports 'onnx' only"),
+        (["export", "{ckpt}", "-o", "{tmp}/b", "--precisions", "int2"], "precisions must be among"),
+        (["bench", "{bundle}", "--repeats", "1"], "give --gguf FILE"),
+        (["info", "{tmp}"], "bundle.json: missing: not a bundle"),
+    ],
+)
+def test_bundle_user_errors_are_one_line_and_exit_2(exported, capsys, tmp_path, argv, needle):
+    ckpt, bundle, _ = exported
+    argv = [a.format(tmp=tmp_path, bundle=bundle, ckpt=ckpt) for a in argv]
+    code, out, err = cli(capsys, *argv)
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], lines
+
+
+def test_a_bundle_runs_where_torch_cannot_be_imported(exported):
+    _, bundle, image = exported
+    code = textwrap.dedent(
+        f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "transformers"):
+                    raise ImportError(name + " is blocked by the test")
+        sys.meta_path.insert(0, Block())
+        from mobilevlm.runtime.cli import main
+        sys.exit(main(["run", "--bundle", {str(bundle)!r}, "--image", {str(image)!r},
+                       "--prompt", "hi", "--max-new-tokens", "3", "--json"]))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["stats"]["generated_tokens"] <= 3
