@@ -227,6 +227,12 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         help="decoder precision; the vision graph follows it (default: the fastest exported)",
     )
     b.add_argument(
+        "--vision-precision",
+        choices=PRECISIONS,
+        help="vision graph precision (default: int8 for int8/int4 decoders when exported, "
+        "else fp32)",
+    )
+    b.add_argument(
         "--provider",
         action="append",
         default=[],
@@ -281,6 +287,7 @@ def _load_model(args: argparse.Namespace, precision: str | None = None):
     return OnnxVLM.load(
         args.bundle,
         precision=precision or args.precision,
+        vision_precision=args.vision_precision,
         providers=args.provider or ("cpu",),
         threads=args.threads,
         context=args.context,
@@ -341,7 +348,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from mobilevlm.runtime.bundle import open_bundle
 
         for precision in precisions:
-            open_bundle(args.bundle, precision)
+            open_bundle(args.bundle, precision or args.precision, args.vision_precision)
     from tqdm.auto import tqdm
 
     reports = {}

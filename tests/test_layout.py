@@ -45,6 +45,8 @@ def test_runtime_and_contracts_import_without_torch():
         import mobilevlm.runtime, mobilevlm.runtime.cli
         import mobilevlm.config, mobilevlm.preprocess, mobilevlm.prompts, mobilevlm.tokenizer
         import mobilevlm.sampling, mobilevlm.streaming, mobilevlm.result, mobilevlm.errors
+        import mobilevlm.bundle, mobilevlm.decode_loop, mobilevlm.files
+        import mobilevlm.runtime.onnx_model, mobilevlm.runtime.bundle, mobilevlm.runtime.bench
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))
         print("HEAVY", heavy)
         """
