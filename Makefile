@@ -10,7 +10,7 @@ DEMO_PROMPT ?= What color is the circle?
 # the assembled default model is cached here (built once, on first use)
 export MOBILEVLM_CACHE := $(CURDIR)/.cache/mobilevlm
 
-.PHONY: install demo test test-slow lint clean
+.PHONY: install demo test test-slow bench lint clean
 
 # torch first, pinned: that takes the local CPU build; an unpinned torch pulls
 # gigabytes of CUDA packages. llama-cpp-python compiles llama.cpp (minutes, once;
@@ -36,6 +36,14 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
+
+# the default model exported to ONNX (fp32, int8, int4), then tokens/s against llama.cpp
+BUNDLE := .cache/bundles/default
+$(BUNDLE)/bundle.json: $(STAMP)
+	$(VENV)/bin/mobilevlm export -o $(BUNDLE)
+
+bench: $(BUNDLE)/bundle.json
+	$(VENV)/bin/mobilevlm bench $(BUNDLE) --repeats 9
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

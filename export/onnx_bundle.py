@@ -161,11 +161,11 @@ def export_onnx_bundle(
                 continue
             step(f"decoder {precision}")
             name = f"decoder_{precision}.onnx"
-            quantizer = {
-                "int8": quantize.quantize_decoder_int8,
-                "int4": quantize.quantize_decoder_int4,
-            }
-            made = quantizer[precision](fp32_dir / "decoder.onnx", out / name)
+            fp32_graph = fp32_dir / "decoder.onnx"
+            if precision == "int8":
+                made = quantize.quantize_decoder_int8(fp32_graph, out / name)
+            else:
+                made = quantize.quantize_decoder_int4(fp32_graph, out / name)
             artefacts.append(_onnx_artefact(out, "decoder", precision, name, {**details, **made}))
             bar.update()
 

@@ -14,6 +14,8 @@ vision fp32; fp32 decoder 61.0%), see docs/benchmarks.md:
   tensors at higher precision (its SmolLM2 Q4_1 file keeps the tied output
   matrix at Q8_0). All-4-bit layers (lm_head 8-bit) scored 56.0%, this mix
   60.0%; 8-bit MLPs with 4-bit attention 61.0% but at twice the MLP bytes.
+  4-bit attention decoded no faster (118 vs 118 tokens/s, same run) and
+  scored 56.3%; a 4-bit lm_head is faster but scored 56.0%.
 - vision int8: static QDQ, per-channel weights, activations calibrated on
   sample images with the percentile method: the form NPU providers (QNN,
   NNAPI) require. Weights are uint8 like the activations: with int8

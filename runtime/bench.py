@@ -22,6 +22,7 @@ import numpy as np
 from mobilevlm.errors import MissingDependencyError
 
 LLAMA_CPP = "llama.cpp"
+SETTLE_S = 0.25
 
 
 @dataclass
@@ -109,6 +110,7 @@ def measure(
         run(prompt[:8], 4)
     for r in range(repeats):
         for name, run in runners.items():
+            time.sleep(SETTLE_S)  # let the previous backend's spinning worker threads go idle
             prefill, decode = run(prompt, decode_tokens)
             results[name].prefill.append(prefill)
             results[name].decode.append(decode)
@@ -131,12 +133,13 @@ def machine() -> str:
 
 def table(results: Sequence[Throughput], baseline: str = LLAMA_CPP) -> str:
     base = next((r for r in results if r.name == baseline), None)
-    head = f"{'backend':<22}{'prefill tok/s':>14}{'decode tok/s':>14}"
+    width = max(22, *(len(r.name) + 2 for r in results))
+    head = f"{'backend':<{width}}{'prefill tok/s':>14}{'decode tok/s':>14}"
     if base:
         head += f"{'prefill x':>11}{'decode x':>10}"
     lines = [head]
     for r in results:
-        line = f"{r.name:<22}{r.prefill_median:>14.1f}{r.decode_median:>14.1f}"
+        line = f"{r.name:<{width}}{r.prefill_median:>14.1f}{r.decode_median:>14.1f}"
         if base:
             line += f"{r.prefill_median / base.prefill_median:>11.2f}"
             line += f"{r.decode_median / base.decode_median:>10.2f}"

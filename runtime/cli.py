@@ -168,7 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
         "decoder precision and through llama-cpp-python on a GGUF, interleaved, and print "
         "medians and ratios to llama.cpp. The machine is named in the report.",
     )
-    bench.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
+    bench.add_argument(
+        "bundles",
+        type=Path,
+        nargs="+",
+        metavar="BUNDLE_DIR",
+        help="one or more bundles of the same LLM (e.g. exported with different options)",
+    )
     bench.add_argument(
         "--precisions", metavar="LIST", help="comma-separated (default: every exported one)"
     )
@@ -412,15 +418,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for name in ("prompt_tokens", "decode_tokens", "repeats"):
         if getattr(args, name) < 1:
             raise MobileVLMError(f"--{name.replace('_', '-')} must be at least 1")
-    manifest = BundleManifest.read(args.bundle)
-    precisions = manifest.precisions
-    if args.precisions:
-        precisions = tuple(p.strip() for p in args.precisions.split(",") if p.strip())
+    manifests = {path: BundleManifest.read(path) for path in args.bundles}
     context = args.prompt_tokens + args.decode_tokens + 8
     runners = {}
-    for precision in precisions:
-        model = OnnxVLM.load(args.bundle, precision, threads=args.threads, context=context)
-        runners[f"onnxruntime {precision}"] = bench.onnx_runner(model)
+    for path, manifest in manifests.items():
+        precisions = manifest.precisions
+        if args.precisions:
+            precisions = tuple(p.strip() for p in args.precisions.split(",") if p.strip())
+        for precision in precisions:
+            model = OnnxVLM.load(path, precision, threads=args.threads, context=context)
+            name = f"onnxruntime {precision}"
+            runners[name if len(manifests) == 1 else f"{path.name} {precision}"] = (
+                bench.onnx_runner(model)
+            )
+    manifest = manifests[args.bundles[0]]
     gguf = None
     if not args.no_llama_cpp:
         gguf = args.gguf or _default_gguf(manifest)
@@ -435,7 +446,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         out = {
             "machine": bench.machine(),
-            "bundle": str(args.bundle),
+            "bundles": [str(b) for b in args.bundles],
             "gguf": str(gguf) if gguf else None,
             "prompt_tokens": args.prompt_tokens,
             "decode_tokens": args.decode_tokens,
