@@ -2,18 +2,24 @@
 
 Exported with torch.onnx from the reference modules themselves, so the
 graph computes exactly what the reference does; the batch axis is dynamic,
-the image side is fixed by the model's geometry.
+the image side is fixed by the model's geometry. A CLIP tower is exported
+with transformers' eager attention, whose pattern onnxruntime's transformer
+optimizer recognizes, and then fused by it (Attention, SkipLayerNormalization,
+QuickGelu); a CNN tower needs only the session's own optimizations.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from mobilevlm.config import ClipVisionConfig
 from mobilevlm.model import MobileVLM
 
 log = logging.getLogger(__name__)
@@ -35,12 +41,26 @@ class VisionEncoder(nn.Module):
         return self.projector(self.vision_tower(pixel_values))
 
 
+@contextmanager
+def _eager_attention(model: MobileVLM) -> Iterator[None]:
+    config = getattr(getattr(model.vision_tower, "vision_model", None), "config", None)
+    if config is None:
+        yield
+        return
+    saved = config._attn_implementation
+    config._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        config._attn_implementation = saved
+
+
 def export_vision(model: MobileVLM, path: Path) -> Path:
     """Write the fp32 vision graph to ``path`` (weights inline: a vision tower is small)."""
     size = model.config.preprocess.image_size
     encoder = VisionEncoder(model).float().eval()
     example = torch.zeros(1, 3, size, size)
-    with warnings.catch_warnings(), torch.inference_mode():
+    with warnings.catch_warnings(), torch.inference_mode(), _eager_attention(model):
         warnings.simplefilter("ignore")  # tracer warnings about python ints in shapes
         torch.onnx.export(
             encoder,
@@ -52,4 +72,21 @@ def export_vision(model: MobileVLM, path: Path) -> Path:
             opset_version=OPSET,
             dynamo=False,
         )
+    vision = model.config.vision
+    if isinstance(vision, ClipVisionConfig):
+        _fuse_transformer(path, vision)
     return path
+
+
+def _fuse_transformer(path: Path, config: ClipVisionConfig) -> None:
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    optimized = optimize_model(
+        str(path),
+        model_type="clip",
+        num_heads=config.num_attention_heads,
+        hidden_size=config.hidden_size,
+        opt_level=0,  # fusions only; the session applies its own optimizations at load
+    )
+    log.info("vision graph fusions: %s", optimized.get_fused_operator_statistics())
+    optimized.save_model_to_file(str(path))

@@ -47,6 +47,18 @@ def test_export_prints_the_bundle_with_measured_parity(exported, capsys):
     assert json.loads(out)["exporter"]["parity"]["fp32"]["logits_cosine_min"] >= 0.9999
 
 
+def test_export_json_is_the_manifest_alone_on_stdout(exported, capsys, tmp_path):
+    ckpt, _, _ = exported
+    code, out, _ = cli(
+        capsys, "export", ckpt, "-o", tmp_path / "b", "--precisions", "int8", "--json"
+    )
+    assert code == 0
+    manifest = json.loads(out)
+    assert [a["precision"] for a in manifest["artefacts"] if a["component"] == "decoder"] == [
+        "int8"
+    ]
+
+
 def test_run_on_the_bundle_answers_like_the_reference(exported, capsys):
     ckpt, bundle, image = exported
     common = ["--image", image, "--prompt", "What color?", "--max-new-tokens", "6", "--json"]

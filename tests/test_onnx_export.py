@@ -85,6 +85,8 @@ def test_decoder_runs_on_fused_attention_and_quantized_matmuls(bundles):
     assert "MatMul" in ops["fp32"] and "MatMulNBits" not in ops["fp32"]
     for precision in ("int8", "int4"):
         assert "MatMulNBits" in ops[precision] and "MatMul" not in ops[precision]
+    vision = onnx.load(str(path / manifest.find("vision", "fp32").path)).graph
+    assert "Attention" in {n.op_type for n in vision.node}  # the CLIP tower, fused by ORT
     vision_int8 = onnx.load(str(path / manifest.find("vision", "int8").path)).graph
     assert "QuantizeLinear" in {n.op_type for n in vision_int8.node}
 
