@@ -81,7 +81,15 @@ def embedding_tables(precisions: Sequence[str]) -> list[tuple[str, type]]:
     return tables
 
 
-def _check_target(target: Path) -> None:
+def check_request(target: str | Path, precisions: Sequence[str]) -> None:
+    """Refuse unknown precisions, and a target that exists but is not a bundle."""
+    unknown = [p for p in precisions if p not in ONNX_PRECISIONS]
+    if unknown or not precisions:
+        raise BundleError(
+            f"ONNX precisions must be among {', '.join(ONNX_PRECISIONS)}, "
+            f"got {', '.join(precisions) or 'none'}"
+        )
+    target = Path(target)
     if target.exists() and not (target / MANIFEST_FILE).is_file():
         if not target.is_dir() or any(target.iterdir()):
             raise BundleError(at(target, "exists and is not a bundle; not replacing it"))
@@ -99,14 +107,8 @@ def export_onnx_bundle(
     """Export ``model`` into the bundle directory ``target`` (replacing an older bundle)."""
     from tqdm.auto import tqdm
 
-    unknown = [p for p in precisions if p not in ONNX_PRECISIONS]
-    if unknown or not precisions:
-        raise BundleError(
-            f"ONNX precisions must be among {', '.join(ONNX_PRECISIONS)}, "
-            f"got {', '.join(precisions) or 'none'}"
-        )
     target = Path(target)
-    _check_target(target)
+    check_request(target, precisions)
     precisions = [p for p in PRECISIONS if p in precisions]
     model = model.float().eval()
     calibration = None

@@ -120,6 +120,11 @@ def build_decoder(
     def b(key: str) -> np.ndarray | None:
         return weights.get(key)
 
+    def packed(prefixes: list[str], bias: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Projections that read the same input, as one (sum of outs, in) matrix."""
+        weight = np.concatenate([w(f"{k}.weight") for k in prefixes])
+        return weight, np.concatenate([w(f"{k}.bias") for k in prefixes]) if bias else None
+
     inputs = [
         helper.make_tensor_value_info(INPUT_EMBEDS, TensorProto.FLOAT, ["batch", "seq", hidden]),
         helper.make_tensor_value_info(SEQLENS_K, TensorProto.INT32, ["batch"]),
@@ -148,14 +153,7 @@ def build_decoder(
                 epsilon=eps,
             )
         a = f"{p}.self_attn"
-        qkv_w = np.concatenate(
-            [w(f"{a}.q_proj.weight"), w(f"{a}.k_proj.weight"), w(f"{a}.v_proj.weight")]
-        )
-        qkv_b = None
-        if config.attention_bias:
-            qkv_b = np.concatenate(
-                [b(f"{a}.q_proj.bias"), b(f"{a}.k_proj.bias"), b(f"{a}.v_proj.bias")]
-            )
+        qkv_w, qkv_b = packed([f"{a}.q_proj", f"{a}.k_proj", f"{a}.v_proj"], config.attention_bias)
         qkv = g.matmul(normed, qkv_w, f"{a}.qkv_proj", qkv_b)
         past_k, past_v = past_names(i)
         present_k, present_v = present_names(i)
@@ -196,10 +194,7 @@ def build_decoder(
             epsilon=eps,
         )
         m = f"{p}.mlp"
-        gate_up_w = np.concatenate([w(f"{m}.gate_proj.weight"), w(f"{m}.up_proj.weight")])
-        gate_up_b = None
-        if config.mlp_bias:
-            gate_up_b = np.concatenate([b(f"{m}.gate_proj.bias"), b(f"{m}.up_proj.bias")])
+        gate_up_w, gate_up_b = packed([f"{m}.gate_proj", f"{m}.up_proj"], config.mlp_bias)
         gate_up = g.matmul(normed, gate_up_w, f"{m}.gate_up_proj", gate_up_b)
         split = g.weight(f"{m}.split", np.array([config.intermediate_size] * 2, dtype=np.int64))
         gate, up = g.op("Split", [gate_up, split], f"{m}/split", 2, axis=-1)

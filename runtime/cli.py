@@ -372,7 +372,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         reports[name] = evaluate(model, items, args.dataset, on_record=progress)
         bar.close()
-        done = correct = 0
         del model  # one model in memory at a time
     if args.json:
         model_name = str(args.bundle or args.model or "default")
@@ -393,8 +392,15 @@ def cmd_export(args: argparse.Namespace) -> int:
             "available)"
         )
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    try:
+        from mobilevlm.export.onnx_bundle import check_request, export_onnx_bundle
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"export needs the [export] extra ({exc.name} is missing): "
+            "pip install torch==2.13.0 && pip install 'mobilevlm-runtime[export]'"
+        ) from exc
+    check_request(args.output, precisions)  # before the model loads
     model = _load_reference_model(args.checkpoint, args.vision_tower, args.threads)
-    from mobilevlm.export.onnx_bundle import export_onnx_bundle
 
     manifest = export_onnx_bundle(
         model,
