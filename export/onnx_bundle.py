@@ -101,6 +101,7 @@ def export_onnx_bundle(
     precisions: Sequence[str] = ONNX_PRECISIONS,
     calibration_dir: str | Path | None = None,
     source: str = "",
+    random_weights: bool = False,
     check_parity: bool = True,
     progress: bool | None = None,
 ) -> BundleManifest:
@@ -183,7 +184,12 @@ def export_onnx_bundle(
         manifest = BundleManifest(
             model=model.config,
             artefacts=tuple(artefacts),
-            exporter={"mobilevlm": __version__, "onnxruntime": _ort_version(), "source": source},
+            exporter={
+                "mobilevlm": __version__,
+                "onnxruntime": _ort_version(),
+                "source": source,
+                **({"random_weights": True} if random_weights else {}),
+            },
         )
         manifest.write(out)
         if check_parity:

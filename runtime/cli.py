@@ -272,12 +272,15 @@ def _load_reference_model(model_dir: Path | None, vision_tower: Path | None, thr
         ) from exc
     model = load_reference(model_dir, vision_tower=vision_tower, threads=threads)
     if has_random_weights(model_dir):
-        print(
-            f"warning: {model_dir} holds random weights (a test model): its answers are "
-            "meaningless",
-            file=sys.stderr,
-        )
+        _warn_random_weights(model_dir)
     return model
+
+
+def _warn_random_weights(source: Path) -> None:
+    print(
+        f"warning: {source} holds random weights (a test model): its answers are meaningless",
+        file=sys.stderr,
+    )
 
 
 def _load_model(args: argparse.Namespace, precision: str | None = None):
@@ -290,7 +293,7 @@ def _load_model(args: argparse.Namespace, precision: str | None = None):
         raise MobileVLMError(f"--context must be at least 2, got {args.context}")
     from mobilevlm.runtime.onnx_model import OnnxVLM
 
-    return OnnxVLM.load(
+    model = OnnxVLM.load(
         args.bundle,
         precision=precision or args.precision,
         vision_precision=args.vision_precision,
@@ -298,6 +301,9 @@ def _load_model(args: argparse.Namespace, precision: str | None = None):
         threads=args.threads,
         context=args.context,
     )
+    if model.manifest.exporter.get("random_weights"):
+        _warn_random_weights(args.bundle)
+    return model
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -394,6 +400,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     try:
         from mobilevlm.export.onnx_bundle import check_request, export_onnx_bundle
+
+        from mobilevlm.reference import has_random_weights
     except ImportError as exc:
         raise MissingDependencyError(
             f"export needs the [export] extra ({exc.name} is missing): "
@@ -409,6 +417,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         calibration_dir=args.calibration_images,
         source=str(args.checkpoint) if args.checkpoint else DEFAULT_MODEL_SOURCE,
         check_parity=not args.no_parity,
+        random_weights=args.checkpoint is not None and has_random_weights(args.checkpoint),
     )
     if args.json:
         print(json.dumps(manifest.to_dict()))
