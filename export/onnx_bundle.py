@@ -9,7 +9,6 @@ agreement is recorded in ``bundle.json``.
 
 from __future__ import annotations
 
-import logging
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -35,8 +34,6 @@ from mobilevlm.bundle import (
 from mobilevlm.checkpoint import atomic_directory
 from mobilevlm.errors import BundleError, at
 from mobilevlm.model import MobileVLM
-
-log = logging.getLogger(__name__)
 
 ONNX_PRECISIONS = ("fp32", "int8", "int4")  # fp16: not faster on x86 CPUs (see docs)
 
@@ -105,7 +102,8 @@ def export_onnx_bundle(
     check_parity: bool = True,
     progress: bool | None = None,
 ) -> BundleManifest:
-    """Export ``model`` into the bundle directory ``target`` (replacing an older bundle)."""
+    """Export ``model`` (made float32 in place) into the bundle directory ``target``,
+    replacing an older bundle there."""
     from tqdm.auto import tqdm
 
     target = Path(target)
@@ -131,18 +129,14 @@ def export_onnx_bundle(
         tempfile.TemporaryDirectory() as scratch,
         torch.inference_mode(),
     ):
-
-        def step(name: str) -> None:
-            bar.set_postfix_str(name)
-
-        step("vision")
+        bar.set_postfix_str("vision")
         export_vision(model, out / "vision.onnx")
         artefacts.append(
             _onnx_artefact(out, "vision", "fp32", "vision.onnx", {"exporter": "torch.onnx"})
         )
         bar.update()
 
-        step("embeddings")
+        bar.set_postfix_str("embeddings")
         table = model.language_model.get_input_embeddings().weight.detach().float().numpy()
         for precision, dtype in embedding_tables(precisions):
             name = f"embeddings_{precision}.npy"
@@ -152,7 +146,7 @@ def export_onnx_bundle(
             )
         bar.update()
 
-        step("decoder")
+        bar.set_postfix_str("decoder")
         fp32_dir = out if "fp32" in precisions else Path(scratch)
         save_decoder(model, fp32_dir / "decoder.onnx")
         details = {"builder": "mobilevlm.export.onnx_decoder", "attention": "GroupQueryAttention"}
@@ -162,7 +156,7 @@ def export_onnx_bundle(
         for precision in precisions:
             if precision == "fp32":
                 continue
-            step(f"decoder {precision}")
+            bar.set_postfix_str(f"decoder {precision}")
             name = f"decoder_{precision}.onnx"
             fp32_graph = fp32_dir / "decoder.onnx"
             if precision == "int8":
@@ -173,7 +167,7 @@ def export_onnx_bundle(
             bar.update()
 
         if calibration is not None:
-            step("vision int8")
+            bar.set_postfix_str("vision int8")
             made = quantize.quantize_vision_qdq(
                 out / "vision.onnx", out / "vision_int8.onnx", calibration
             )
@@ -193,7 +187,7 @@ def export_onnx_bundle(
         )
         manifest.write(out)
         if check_parity:
-            step("parity")
+            bar.set_postfix_str("parity")
             from mobilevlm.export.parity import bundle_parity
 
             report = bundle_parity(model, out)

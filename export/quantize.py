@@ -35,8 +35,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-log = logging.getLogger(__name__)
-
 BLOCK_SIZE = 32
 ACCURACY_LEVEL = 4  # int8 compute inside MatMulNBits: several times faster than fp32 on CPU
 LM_HEAD = "lm_head"  # node name in mobilevlm.export.onnx_decoder

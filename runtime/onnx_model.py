@@ -7,7 +7,6 @@ same code the torch reference runs.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,8 +24,6 @@ from mobilevlm.preprocess import ImageInput, preprocess
 from mobilevlm.result import GenerationResult
 from mobilevlm.sampling import GenerationConfig
 from mobilevlm.tokenizer import Tokenizer
-
-log = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT = 2048
 
