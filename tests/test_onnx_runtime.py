@@ -160,3 +160,10 @@ def test_generation_stops_when_the_context_is_full(bundle):
     result = model.generate(None, "hi", GenerationConfig(max_new_tokens=200))
     assert result.stats.stop_reason == "context_full"
     assert result.stats.prefill_tokens + result.stats.generated_tokens == 141
+
+
+def test_a_bundle_loads_with_npu_preferences_on_a_cpu_only_onnxruntime(bundle):
+    model = OnnxVLM.load(bundle, "int4", providers=["qnn", "nnapi", "coreml", "xnnpack"])
+    assert model.decoder.session.get_providers() == [CPU]
+    assert model.vision.session.get_providers() == [CPU]
+    assert model.generate(None, "hi", GenerationConfig(max_new_tokens=3)).stats.generated_tokens
