@@ -68,10 +68,6 @@ class OnnxDecoder:
             b.bind_ortvalue_output(f"present_value_{layer}", v)
         self._token_bound = False
 
-    @property
-    def capacity(self) -> int:
-        return self.cache.capacity
-
     def reset(self) -> None:
         self.cache.reset()
 
