@@ -235,8 +235,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     b.add_argument(
         "--vision-precision",
         choices=PRECISIONS,
-        help="vision graph precision (default: int8 for int8/int4 decoders when exported, "
-        "else fp32)",
+        help="vision graph precision (default: fp32 on the CPU; the int8 QDQ graph for "
+        "int8/int4 decoders when an NPU provider comes first)",
     )
     b.add_argument(
         "--provider",
@@ -357,10 +357,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if unknown:
             raise MobileVLMError(f"unknown precision {unknown[0]!r} (expected {PRECISIONS})")
     if args.bundle is not None:  # every precision's files, before the first one runs
-        from mobilevlm.runtime.bundle import open_bundle
+        from mobilevlm.runtime.onnx_model import OnnxVLM
 
         for precision in precisions:
-            open_bundle(args.bundle, precision or args.precision, args.vision_precision)
+            OnnxVLM.check(
+                args.bundle,
+                precision or args.precision,
+                args.vision_precision,
+                args.provider or ("cpu",),
+            )
     from tqdm.auto import tqdm
 
     reports = {}

@@ -14,7 +14,7 @@ import numpy as np
 from mobilevlm.runtime.bundle import Selection, open_bundle
 from mobilevlm.runtime.onnx_decoder import OnnxDecoder
 from mobilevlm.runtime.onnx_vision import OnnxVisionEncoder
-from mobilevlm.runtime.providers import resolve_providers
+from mobilevlm.runtime.providers import CPU, resolve_providers
 
 from mobilevlm import decode_loop
 from mobilevlm.bundle import BundleManifest
@@ -72,9 +72,22 @@ class OnnxVLM:
         vision_precision: str | None = None,
         verify: str = "auto",
     ) -> OnnxVLM:
-        """Open, verify and load the bundle at ``path``; ``precision`` None picks the fastest."""
-        manifest, selection = open_bundle(path, precision, vision_precision, verify)
+        """Open, verify and load the bundle at ``path``; ``precision`` None picks the fastest.
+        The vision graph is fp32 on the CPU and int8 QDQ when an NPU provider leads."""
+        manifest, selection = cls.check(path, precision, vision_precision, providers, verify)
         return cls(Path(path), manifest, selection, providers, threads, context)
+
+    @staticmethod
+    def check(
+        path: str | Path,
+        precision: str | None = None,
+        vision_precision: str | None = None,
+        providers: Sequence[str] = ("cpu",),
+        verify: str = "auto",
+    ) -> tuple[BundleManifest, Selection]:
+        """What :meth:`load` would run, verified, without loading it."""
+        accelerator = resolve_providers(providers)[0][0] != CPU
+        return open_bundle(path, precision, vision_precision, verify, accelerator)
 
     @property
     def precision(self) -> str:

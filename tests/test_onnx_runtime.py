@@ -37,7 +37,8 @@ def copy(bundle, tmp_path, monkeypatch):
 def test_default_precision_is_the_fastest_exported(bundle):
     manifest = BundleManifest.read(bundle)
     chosen = select(manifest)
-    assert chosen.precision == "int4" and chosen.vision.precision == "int8"
+    assert chosen.precision == "int4" and chosen.vision.precision == "fp32"  # the CPU's best
+    assert select(manifest, accelerator=True).vision.precision == "int8"  # the NPU form
     assert select(manifest, "fp32").embeddings.precision == "fp32"
     assert select(manifest, "int8").embeddings.precision == "fp16"
     assert select(manifest, "int4", vision_precision="fp32").vision.precision == "fp32"
