@@ -125,6 +125,19 @@ def build_decoder(
         weight = np.concatenate([w(f"{k}.weight") for k in prefixes])
         return weight, np.concatenate([w(f"{k}.bias") for k in prefixes]) if bias else None
 
+    def add_and_norm(block_out: str | None, residual: str, key: str, name: str):
+        """RMSNorm of ``residual + block_out`` and that sum, the new residual stream."""
+        ln = g.weight(key, w(key))
+        if block_out is None:
+            (normed,) = g.op(
+                "SimplifiedLayerNormalization", [residual, ln], name, axis=-1, epsilon=eps
+            )
+            return normed, residual
+        normed, _, _, summed = g.op(
+            "SkipSimplifiedLayerNormalization", [block_out, residual, ln], name, 4, epsilon=eps
+        )
+        return normed, summed
+
     inputs = [
         helper.make_tensor_value_info(INPUT_EMBEDS, TensorProto.FLOAT, ["batch", "seq", hidden]),
         helper.make_tensor_value_info(SEQLENS_K, TensorProto.INT32, ["batch"]),
@@ -139,19 +152,7 @@ def build_decoder(
     for i in range(config.num_hidden_layers):
         p = f"model.layers.{i}"
         # pre-attention norm, adding the previous layer's MLP output to the residual on the way
-        ln = g.weight(f"{p}.input_layernorm.weight", w(f"{p}.input_layernorm.weight"))
-        if pending is None:
-            (normed,) = g.op(
-                "SimplifiedLayerNormalization", [x, ln], f"{p}/input_norm", axis=-1, epsilon=eps
-            )
-        else:
-            normed, _, _, x = g.op(
-                "SkipSimplifiedLayerNormalization",
-                [pending, x, ln],
-                f"{p}/input_norm",
-                4,
-                epsilon=eps,
-            )
+        normed, x = add_and_norm(pending, x, f"{p}.input_layernorm.weight", f"{p}/input_norm")
         a = f"{p}.self_attn"
         qkv_w, qkv_b = packed([f"{a}.q_proj", f"{a}.k_proj", f"{a}.v_proj"], config.attention_bias)
         qkv = g.matmul(normed, qkv_w, f"{a}.qkv_proj", qkv_b)
@@ -183,15 +184,8 @@ def build_decoder(
             f"{a}/attn", w(f"{a}.o_proj.weight"), f"{a}.o_proj", b(f"{a}.o_proj.bias")
         )
         # post-attention norm, adding the attention output to the residual
-        ln = g.weight(
-            f"{p}.post_attention_layernorm.weight", w(f"{p}.post_attention_layernorm.weight")
-        )
-        normed, _, _, x = g.op(
-            "SkipSimplifiedLayerNormalization",
-            [attn_out, x, ln],
-            f"{p}/post_attention_norm",
-            4,
-            epsilon=eps,
+        normed, x = add_and_norm(
+            attn_out, x, f"{p}.post_attention_layernorm.weight", f"{p}/post_attention_norm"
         )
         m = f"{p}.mlp"
         gate_up_w, gate_up_b = packed([f"{m}.gate_proj", f"{m}.up_proj"], config.mlp_bias)
@@ -205,10 +199,7 @@ def build_decoder(
             act, w(f"{m}.down_proj.weight"), f"{m}.down_proj", b(f"{m}.down_proj.bias")
         )
 
-    ln = g.weight("model.norm.weight", w("model.norm.weight"))
-    normed, _, _, _ = g.op(
-        "SkipSimplifiedLayerNormalization", [pending, x, ln], "model/norm", 4, epsilon=eps
-    )
+    normed, _ = add_and_norm(pending, x, "model.norm.weight", "model/norm")
     last = g.weight("last_position", np.array([-1], dtype=np.int64))
     (last_hidden,) = g.op("Gather", [normed, last], "model/last_position", axis=1)
     lm_head = g.matmul(last_hidden, w("lm_head.weight"), "lm_head")
