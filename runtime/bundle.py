@@ -42,10 +42,6 @@ class Selection:
     def artefacts(self) -> tuple[Artefact, ...]:
         return (self.vision, self.embeddings, self.decoder)
 
-    @property
-    def bytes(self) -> int:
-        return sum(a.bytes for a in self.artefacts)
-
 
 def select(
     manifest: BundleManifest,
