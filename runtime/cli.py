@@ -32,6 +32,14 @@ from mobilevlm.sampling import GenerationConfig
 
 EXIT_USER_ERROR = 2
 DEFAULT_MODEL_SOURCE = "default model"
+INSTALL_EXPORT_EXTRA = "pip install torch==2.13.0 && pip install 'mobilevlm-runtime[export]'"
+
+
+def _comma_list(text: str) -> list[str]:
+    """``"fp32, int4,"`` -> ``["fp32", "int4"]``."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 EXIT_INTERRUPTED = 130
 
 
@@ -268,7 +276,7 @@ def _load_reference_model(model_dir: Path | None, vision_tower: Path | None, thr
     except ImportError as exc:
         raise MissingDependencyError(
             f"the PyTorch reference needs torch and transformers ({exc.name} is missing): "
-            "pip install torch==2.13.0 && pip install 'mobilevlm-runtime[export]'"
+            + INSTALL_EXPORT_EXTRA
         ) from exc
     model = load_reference(model_dir, vision_tower=vision_tower, threads=threads)
     if has_random_weights(model_dir):
@@ -352,7 +360,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.precisions:
         if args.bundle is None:
             raise MobileVLMError("--precisions needs --bundle")
-        precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+        precisions = _comma_list(args.precisions)
         unknown = [p for p in precisions if p not in PRECISIONS]
         if unknown:
             raise MobileVLMError(f"unknown precision {unknown[0]!r} (expected {PRECISIONS})")
@@ -396,21 +404,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    formats = _comma_list(args.formats)
     if formats != ["onnx"]:
         raise MobileVLMError(
             f"--formats {args.formats!r}: this version exports 'onnx' only (GGUF is not yet "
             "available)"
         )
-    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    precisions = _comma_list(args.precisions)
     try:
         from mobilevlm.export.onnx_bundle import check_request, export_onnx_bundle
 
         from mobilevlm.reference import has_random_weights
     except ImportError as exc:
         raise MissingDependencyError(
-            f"export needs the [export] extra ({exc.name} is missing): "
-            "pip install torch==2.13.0 && pip install 'mobilevlm-runtime[export]'"
+            f"export needs the [export] extra ({exc.name} is missing): " + INSTALL_EXPORT_EXTRA
         ) from exc
     check_request(args.output, precisions)  # before the model loads
     model = _load_reference_model(args.checkpoint, args.vision_tower, args.threads)
@@ -444,7 +451,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for path, manifest in manifests.items():
         precisions = manifest.precisions
         if args.precisions:
-            precisions = tuple(p.strip() for p in args.precisions.split(",") if p.strip())
+            precisions = tuple(_comma_list(args.precisions))
         for precision in precisions:
             model = OnnxVLM.load(path, precision, threads=args.threads, context=context)
             name = f"onnxruntime {precision}"
