@@ -43,21 +43,31 @@ class Throughput:
 Runner = Callable[[list[int], int], tuple[float, float]]
 
 
-def onnx_runner(model) -> Runner:
-    """Prefill and greedy-decode through an :class:`OnnxVLM`'s decoder."""
+def greedy_runner(
+    reset: Callable[[], None],
+    prefill: Callable[[list[int]], np.ndarray],
+    decode: Callable[[int], np.ndarray],
+) -> Runner:
+    """One timing loop for every backend: prefill the ids, then ``steps`` argmax tokens."""
 
     def run(prompt: list[int], steps: int) -> tuple[float, float]:
-        embeds = model.embed_tokens(prompt)
-        model.reset()
+        reset()
         t0 = time.perf_counter()
-        token = int(np.argmax(model.prefill(embeds)))
+        token = int(np.argmax(prefill(prompt)))
         t1 = time.perf_counter()
         for _ in range(steps):
-            token = int(np.argmax(model.decode(token)))
+            token = int(np.argmax(decode(token)))
         t2 = time.perf_counter()
         return len(prompt) / (t1 - t0), steps / (t2 - t1)
 
     return run
+
+
+def onnx_runner(model) -> Runner:
+    """Prefill and greedy-decode through an :class:`OnnxVLM`'s decoder."""
+    return greedy_runner(
+        model.reset, lambda ids: model.prefill(model.embed_tokens(ids)), model.decode
+    )
 
 
 def llama_cpp_runner(gguf: str | Path, threads: int | None, context: int) -> Runner:
@@ -78,19 +88,11 @@ def llama_cpp_runner(gguf: str | Path, threads: int | None, context: int) -> Run
         verbose=False,
     )
 
-    def run(prompt: list[int], steps: int) -> tuple[float, float]:
-        llm.reset()
-        t0 = time.perf_counter()
-        llm.eval(prompt)
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        t1 = time.perf_counter()
-        for _ in range(steps):
-            llm.eval([token])
-            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        t2 = time.perf_counter()
-        return len(prompt) / (t1 - t0), steps / (t2 - t1)
+    def logits_after(ids: list[int]) -> np.ndarray:
+        llm.eval(ids)
+        return llm.scores[llm.n_tokens - 1]
 
-    return run
+    return greedy_runner(llm.reset, logits_after, lambda token: logits_after([token]))
 
 
 def measure(
