@@ -24,8 +24,9 @@ BUNDLE_FORMAT_VERSION = 1
 MANIFEST_FILE = "bundle.json"
 TOKENIZER_FILE = "tokenizer.json"
 
-COMPONENTS = ("vision", "embeddings", "decoder")
-PRECISIONS = ("fp32", "fp16", "int8", "int4")
+COMPONENTS = ("vision", "embeddings", "decoder", "llm", "mmproj")
+PRECISIONS = ("fp32", "fp16", "int8", "int4")  # ONNX artefacts
+GGUF_PRECISIONS = ("f16", "q8_0", "q4_k_m")  # llama.cpp's names, for GGUF artefacts
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,9 @@ class BundleFile:
 class Artefact:
     """One component at one precision. ``files[0]`` is what a backend opens."""
 
-    component: str  # vision | embeddings | decoder
+    component: str  # vision | embeddings | decoder (ONNX Runtime) | llm | mmproj (llama.cpp)
     precision: str
-    format: str  # onnx | npy
+    format: str  # onnx | npy | gguf
     files: tuple[BundleFile, ...]
     details: dict[str, Any] = field(default_factory=dict)  # how it was made (quantization, ...)
 
@@ -92,8 +93,13 @@ class BundleManifest:
 
     @property
     def precisions(self) -> tuple[str, ...]:
-        """Precisions a full pipeline can run at: those with a decoder graph."""
+        """Precisions a full ONNX Runtime pipeline can run at: those with a decoder graph."""
         return tuple(a.precision for a in self.artefacts if a.component == "decoder")
+
+    @property
+    def gguf_precisions(self) -> tuple[str, ...]:
+        """Precisions of the LLM as GGUF, for the llama.cpp backend."""
+        return tuple(a.precision for a in self.artefacts if a.component == "llm")
 
     def find(self, component: str, precision: str) -> Artefact | None:
         for a in self.artefacts:

@@ -1,8 +1,9 @@
 """The generation loop every backend shares: prompt -> splice -> prefill -> decode -> text.
 
-A backend (the torch reference, ONNX Runtime, ...) only has to embed
-tokens, encode an image and run its LLM over new embeddings while keeping
-its own KV cache; prompt rendering, tokenization, splicing, token choice
+A backend (the torch reference, ONNX Runtime, llama.cpp) only has to encode
+an image, prefill a prompt (token ids with the image embeddings at the
+placeholder) and decode one token at a time while keeping its own KV cache;
+prompt rendering, tokenization, token choice
 (:class:`~mobilevlm.sampling.Sampler`), stop handling and streaming
 (:class:`~mobilevlm.streaming.TextStream`) happen here, once, in numpy. So
 the backends cannot differ in behaviour, only in numbers.
@@ -37,18 +38,38 @@ class LanguageBackend(Protocol):
     def encode_image(self, image: ImageInput) -> np.ndarray:
         """(num_image_tokens, hidden) float32 image embeddings."""
 
-    def embed_tokens(self, ids: Sequence[int]) -> np.ndarray:
-        """(len(ids), hidden) float32 input embeddings."""
-
-    def reset(self) -> None:
-        """Empty the KV cache."""
-
-    def prefill(self, embeds: np.ndarray) -> np.ndarray:
-        """Append ``embeds`` (seq, hidden) to the cache; logits (vocab,) of the last position.
-        The array may be reused by the next call."""
+    def prefill_prompt(
+        self, input_ids: Sequence[int], image_embeds: np.ndarray | None
+    ) -> np.ndarray:
+        """Make the KV cache hold exactly this prompt (IMAGE_TOKEN_ID marks where
+        ``image_embeds`` go); logits (vocab,) of its last position. A backend may keep a
+        cached prefix that matches. The array may be reused by the next call."""
 
     def decode(self, token: int) -> np.ndarray:
         """Append one token; logits (vocab,) of its position (reused by the next call)."""
+
+
+class EmbeddingBackend:
+    """A backend whose LLM takes input embeddings: it prefills the spliced prompt from an
+    empty cache. Subclasses provide ``embed_tokens``, ``reset`` and ``prefill``."""
+
+    def embed_tokens(self, ids: Sequence[int]) -> np.ndarray:
+        """(len(ids), hidden) float32 input embeddings."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Empty the KV cache."""
+        raise NotImplementedError
+
+    def prefill(self, embeds: np.ndarray) -> np.ndarray:
+        """Append ``embeds`` (seq, hidden) to the cache; logits (vocab,) of the last position."""
+        raise NotImplementedError
+
+    def prefill_prompt(
+        self, input_ids: Sequence[int], image_embeds: np.ndarray | None
+    ) -> np.ndarray:
+        self.reset()
+        return self.prefill(splice(input_ids, image_embeds, self.embed_tokens))
 
 
 def _ms_since(start: float) -> float:
@@ -67,6 +88,18 @@ def prompt_ids(
     return tokenizer.encode_prompt(text)
 
 
+def image_slot(input_ids: Sequence[int], image_embeds: np.ndarray | None) -> int | None:
+    """Index of the one image placeholder in ``input_ids`` (None when there is no image)."""
+    slots = [i for i, t in enumerate(input_ids) if t == IMAGE_TOKEN_ID]
+    if image_embeds is None:
+        if slots:
+            raise PromptError("the prompt has an image placeholder but no image was given")
+        return None
+    if len(slots) != 1:
+        raise PromptError(f"expected exactly one image placeholder, found {len(slots)}")
+    return slots[0]
+
+
 def splice(
     input_ids: Sequence[int],
     image_embeds: np.ndarray | None,
@@ -74,14 +107,9 @@ def splice(
 ) -> np.ndarray:
     """(L, hidden) LLM input: token embeddings with ``image_embeds`` where IMAGE_TOKEN_ID is."""
     ids = list(input_ids)
-    slots = [i for i, t in enumerate(ids) if t == IMAGE_TOKEN_ID]
-    if image_embeds is None:
-        if slots:
-            raise PromptError("the prompt has an image placeholder but no image was given")
+    at = image_slot(ids, image_embeds)
+    if at is None:
         return embed_tokens(ids)
-    if len(slots) != 1:
-        raise PromptError(f"expected exactly one image placeholder, found {len(slots)}")
-    at = slots[0]
     parts = [embed_tokens(ids[:at]), image_embeds.astype(np.float32), embed_tokens(ids[at + 1 :])]
     return np.concatenate(parts, axis=0)
 
@@ -133,9 +161,8 @@ def generate(
     sampler = Sampler(config, model_config.llm.vocab_size, text_ids)
     stream = TextStream(tokenizer, stop_strings)
 
-    backend.reset()
     t0 = time.perf_counter()
-    logits = backend.prefill(splice(input_ids, image_embeds, backend.embed_tokens))
+    logits = backend.prefill_prompt(input_ids, image_embeds)
     stats.prefill_ms = _ms_since(t0)
 
     generated: list[int] = []

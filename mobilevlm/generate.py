@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from mobilevlm.model import MobileVLM
 
 
-class TorchBackend:
+class TorchBackend(decode_loop.EmbeddingBackend):
     def __init__(self, model: MobileVLM) -> None:
         self.model = model
         self.config = model.config

@@ -25,7 +25,13 @@ VERIFY_MODES = ("auto", "full", "size")
 PRECISION_PREFERENCE = ("int4", "int8", "fp32")  # the default: the fastest exported
 # The static QDQ int8 vision graph is the NPU form: on an x86 CPU onnxruntime runs it
 # about 3x slower than fp32 (176 vs 62 ms for the default model), so the CPU keeps fp32.
-VISION_ON_ACCELERATOR = {"fp32": "fp32", "fp16": "fp16", "int8": "int8", "int4": "int8"}
+VISION_ON_ACCELERATOR = {
+    "fp32": "fp32",
+    "fp16": "fp16",
+    "int8": "int8",
+    "int4": "int8",
+    "f16": "fp32",
+}
 VERIFIED_FILE = "verified-files.json"
 
 
@@ -56,25 +62,88 @@ def select(
     if precision is None:
         precision = next((p for p in PRECISION_PREFERENCE if p in available), None)
         if precision is None:
-            raise BundleError("the bundle has no decoder graph")
+            raise BundleError(
+                "the bundle has no ONNX decoder graph (it holds GGUF files: use the llama.cpp "
+                "backend, or export with --formats onnx)"
+            )
     decoder = manifest.find("decoder", precision)
     if decoder is None:
         raise BundleError(
             f"the bundle has no {precision} decoder (exported: {', '.join(available) or 'none'})"
         )
-    if vision_precision is not None:
-        vision = manifest.find("vision", vision_precision)
-        if vision is None:
-            exported = ", ".join(a.precision for a in manifest.of("vision"))
-            raise BundleError(f"the bundle has no {vision_precision} vision graph ({exported})")
-    else:
-        wanted = VISION_ON_ACCELERATOR.get(precision, "fp32") if accelerator else "fp32"
-        vision = manifest.find("vision", wanted) or manifest.find("vision", "fp32")
+    vision = _vision_graph(manifest, precision, vision_precision, accelerator)
     embeddings = manifest.find("embeddings", "fp32" if precision == "fp32" else "fp16")
     embeddings = embeddings or next(iter(manifest.of("embeddings")), None)
-    if vision is None or embeddings is None:
-        raise BundleError("the bundle lacks a vision graph or an embedding table")
+    if embeddings is None:
+        raise BundleError("the bundle lacks an embedding table")
     return Selection(precision, vision, embeddings, decoder)
+
+
+GGUF_PREFERENCE = ("q4_k_m", "q8_0", "f16")
+
+
+@dataclass(frozen=True)
+class GgufSelection:
+    """What the llama.cpp backend runs: the LLM GGUF and, per ``mode``, the ONNX vision
+    graph (hybrid) or the mmproj GGUF (mtmd)."""
+
+    precision: str
+    mode: str  # hybrid | mtmd
+    llm: Artefact
+    vision: Artefact
+
+    @property
+    def artefacts(self) -> tuple[Artefact, ...]:
+        return (self.llm, self.vision)
+
+
+def select_gguf(
+    manifest: BundleManifest,
+    precision: str | None = None,
+    mode: str = "hybrid",
+    vision_precision: str | None = None,
+    accelerator: bool = False,
+) -> GgufSelection:
+    """The GGUF LLM at ``precision`` (None: the fastest exported) and the image path of
+    ``mode``: the ONNX vision graph chosen as :func:`select` does, or the mmproj."""
+    available = manifest.gguf_precisions
+    if precision is None:
+        precision = next((p for p in GGUF_PREFERENCE if p in available), None)
+        if precision is None:
+            raise BundleError(
+                "the bundle has no GGUF LLM for llama.cpp (export it with --formats gguf)"
+            )
+    llm = manifest.find("llm", precision)
+    if llm is None:
+        raise BundleError(
+            f"the bundle has no {precision} GGUF LLM (exported: {', '.join(available) or 'none'})"
+        )
+    if mode == "mtmd":
+        vision = next(iter(manifest.of("mmproj")), None)
+        if vision is None:
+            why = manifest.exporter.get("mmproj_skipped", "it was not exported")
+            raise BundleError(f"the bundle has no mmproj for llama.cpp's mtmd: {why}")
+    elif mode == "hybrid":
+        vision = _vision_graph(manifest, precision, vision_precision, accelerator)
+    else:
+        raise BundleError(f"unknown llama.cpp mode {mode!r} (expected hybrid or mtmd)")
+    return GgufSelection(precision, mode, llm, vision)
+
+
+def _vision_graph(
+    manifest: BundleManifest, precision: str, wanted: str | None, accelerator: bool
+) -> Artefact:
+    if wanted is not None:
+        vision = manifest.find("vision", wanted)
+        if vision is None:
+            exported = ", ".join(a.precision for a in manifest.of("vision"))
+            raise BundleError(f"the bundle has no {wanted} vision graph ({exported})")
+        return vision
+    wanted = VISION_ON_ACCELERATOR.get(precision, "int8") if accelerator else "fp32"
+    vision = manifest.find("vision", wanted) or manifest.find("vision", "fp32")
+    if vision is None:
+        raise BundleError("the bundle lacks a vision graph")
+    return vision
 
 
 def _load_verified(path: Path) -> dict:
@@ -131,6 +200,28 @@ def _save_verified(path: Path, record: dict) -> None:
         log.warning("cannot record verified files in %s: %s", path, exc)
 
 
+def open_gguf_bundle(
+    path: str | Path,
+    precision: str | None = None,
+    mode: str = "hybrid",
+    vision_precision: str | None = None,
+    verify: str = "auto",
+    accelerator: bool = False,
+) -> tuple[BundleManifest, GgufSelection]:
+    """Read and check a bundle for the llama.cpp backend."""
+    root = Path(path)
+    manifest = BundleManifest.read(root)
+    selection = select_gguf(manifest, precision, mode, vision_precision, accelerator)
+    verify_files(root, selection.artefacts, verify)
+    _check_tokenizer_file(root, manifest)
+    return manifest, selection
+
+
+def _check_tokenizer_file(root: Path, manifest: BundleManifest) -> None:
+    if not (root / manifest.tokenizer).is_file():
+        raise BundleError(at(root / manifest.tokenizer, "missing from the bundle"))
+
+
 def open_bundle(
     path: str | Path,
     precision: str | None = None,
@@ -144,6 +235,5 @@ def open_bundle(
     selection = select(manifest, precision, vision_precision, accelerator)
     files = selection.artefacts
     verify_files(root, files, verify)
-    if not (root / manifest.tokenizer).is_file():
-        raise BundleError(at(root / manifest.tokenizer, "missing from the bundle"))
+    _check_tokenizer_file(root, manifest)
     return manifest, selection

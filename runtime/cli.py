@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from mobilevlm.runtime.backends import BACKENDS, check_bundle, load_bundle
 from mobilevlm.runtime.evaluate import (
     SHAPES_VQA,
     evaluate,
@@ -21,11 +22,12 @@ from mobilevlm.runtime.evaluate import (
     shapes_vqa_items,
     side_by_side,
 )
+from mobilevlm.runtime.llama_cpp_model import MODES
 from mobilevlm.runtime.onnx_model import DEFAULT_CONTEXT
 from mobilevlm.runtime.report import describe_bundle
 
 from mobilevlm import __version__
-from mobilevlm.bundle import PRECISIONS, BundleManifest
+from mobilevlm.bundle import GGUF_PRECISIONS, PRECISIONS, BundleManifest
 from mobilevlm.errors import MissingDependencyError, MobileVLMError
 from mobilevlm.preprocess import load_image
 from mobilevlm.sampling import GenerationConfig
@@ -122,20 +124,28 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--precisions",
         metavar="LIST",
-        help="with --bundle: comma-separated precisions to score side by side "
-        "(default: the one --precision selects)",
+        help="with --bundle: comma-separated precisions to score side by side, ONNX and GGUF "
+        "ones mixed (default: the one --precision selects)",
+    )
+    ev.add_argument(
+        "--modes",
+        metavar="LIST",
+        help="with --bundle: llama.cpp modes to score side by side for each GGUF precision "
+        "(e.g. hybrid,mtmd)",
     )
     ev.add_argument("--json", action="store_true", help="print the report as one JSON object")
     ev.set_defaults(handler=cmd_eval)
 
     ex = sub.add_parser(
         "export",
-        help="export a checkpoint to a bundle (ONNX graphs, quantized)",
+        help="export a checkpoint to a bundle (ONNX graphs and/or GGUF files, quantized)",
         description="Export a checkpoint into a bundle directory: the vision encoder with its "
-        "projector, the decoder with a KV cache (ONNX Runtime's GroupQueryAttention), the "
-        "embedding table and bundle.json. Quantized precisions come from "
-        "onnxruntime.quantization. The bundle is written to a temporary directory, checked "
-        "against the PyTorch reference and renamed into place.",
+        "projector as ONNX (always), and per format the decoder with a KV cache (ONNX "
+        "Runtime's GroupQueryAttention) and the embedding table, or the LLM as GGUF with its "
+        "tokenizer and chat template and the mmproj for llama.cpp's mtmd; plus bundle.json. "
+        "Quantized precisions come from onnxruntime.quantization and llama.cpp's quantizer. "
+        "The bundle is written to a temporary directory, checked against the PyTorch "
+        "reference and renamed into place.",
     )
     ex.add_argument(
         "checkpoint",
@@ -146,13 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("-o", "--output", type=Path, required=True, metavar="BUNDLE_DIR")
     ex.add_argument(
-        "--formats", default="onnx", metavar="LIST", help="comma-separated; 'onnx' (default)"
+        "--formats",
+        default="onnx",
+        metavar="LIST",
+        help="comma-separated: 'onnx' (default; ONNX Runtime) and/or 'gguf' (llama.cpp: the "
+        "LLM, plus an mmproj when llama.cpp's mtmd can run the vision tower)",
     )
     ex.add_argument(
         "--precisions",
-        default="fp32,int8,int4",
         metavar="LIST",
-        help="comma-separated among fp32, int8, int4 (default: all three)",
+        help="comma-separated among fp32, int8, int4 (onnx) and f16, q8_0, q4_k_m (gguf); "
+        "a format none of whose precisions is named gets all of them",
     )
     ex.add_argument(
         "--calibration-images",
@@ -231,14 +245,28 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)"
     )
-    b = parser.add_argument_group("bundle (ONNX Runtime)")
+    b = parser.add_argument_group("bundle (ONNX Runtime or llama.cpp)")
     b.add_argument(
         "--bundle", type=Path, metavar="DIR", help="run an exported bundle instead of --model"
     )
     b.add_argument(
         "--precision",
-        choices=PRECISIONS,
-        help="decoder precision; the vision graph follows it (default: the fastest exported)",
+        choices=PRECISIONS + GGUF_PRECISIONS,
+        help="LLM precision; ONNX ones (fp32, int8, int4) run on ONNX Runtime, GGUF ones "
+        "(f16, q8_0, q4_k_m) on llama.cpp (default: the fastest exported)",
+    )
+    b.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="without --precision: ONNX Runtime when the bundle has ONNX decoders, else llama.cpp",
+    )
+    b.add_argument(
+        "--mode",
+        choices=MODES,
+        default="hybrid",
+        help="llama.cpp's image path: 'hybrid' (default) feeds it the bundle's ONNX vision "
+        "embeddings, exactly the reference's; 'mtmd' uses llama.cpp's own mtmd with the "
+        "mmproj (CLIP towers at 336 px only, with llama.cpp's deviations: docs/llama-cpp.md)",
     )
     b.add_argument(
         "--vision-precision",
@@ -291,7 +319,7 @@ def _warn_random_weights(source: Path) -> None:
     )
 
 
-def _load_model(args: argparse.Namespace, precision: str | None = None):
+def _load_model(args: argparse.Namespace, precision: str | None = None, mode: str | None = None):
     """The bundle on ONNX Runtime with --bundle, else the PyTorch reference."""
     if args.bundle is None:
         return _load_reference_model(args.model, args.vision_tower, args.threads)
@@ -299,15 +327,15 @@ def _load_model(args: argparse.Namespace, precision: str | None = None):
         raise MobileVLMError("give either --model (PyTorch reference) or --bundle, not both")
     if args.context is not None and args.context < 2:
         raise MobileVLMError(f"--context must be at least 2, got {args.context}")
-    from mobilevlm.runtime.onnx_model import OnnxVLM
-
-    model = OnnxVLM.load(
+    model = load_bundle(
         args.bundle,
         precision=precision or args.precision,
-        vision_precision=args.vision_precision,
+        backend=args.backend,
+        mode=mode or args.mode,
         providers=args.provider or ("cpu",),
         threads=args.threads,
         context=args.context,
+        vision_precision=args.vision_precision,
     )
     if model.manifest.exporter.get("random_weights"):
         _warn_random_weights(args.bundle)
@@ -345,7 +373,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _model_name(args: argparse.Namespace, model) -> str:
     if args.bundle is not None:
-        return f"{args.bundle} ({model.precision})"
+        return f"{args.bundle} ({model.variant})"
     return str(args.model or "default")
 
 
@@ -356,30 +384,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
         items = list(shapes_vqa_items(args.n))
     else:  # read and check the whole file before loading a model
         items = list(jsonl_items(args.dataset, args.n))
-    precisions: list[str | None] = [None]
-    if args.precisions:
+    variants: list[tuple[str | None, str]] = [(args.precision, args.mode)]
+    if args.precisions or args.modes:
         if args.bundle is None:
-            raise MobileVLMError("--precisions needs --bundle")
-        precisions = _comma_list(args.precisions)
-        unknown = [p for p in precisions if p not in PRECISIONS]
+            raise MobileVLMError("--precisions and --modes need --bundle")
+        precisions = _comma_list(args.precisions) if args.precisions else [args.precision]
+        modes = _comma_list(args.modes) if args.modes else [args.mode]
+        unknown = [m for m in modes if m not in MODES]
         if unknown:
-            raise MobileVLMError(f"unknown precision {unknown[0]!r} (expected {PRECISIONS})")
-    if args.bundle is not None:  # every precision's files, before the first one runs
-        from mobilevlm.runtime.onnx_model import OnnxVLM
-
-        for precision in precisions:
-            OnnxVLM.check(
+            raise MobileVLMError(f"unknown mode {unknown[0]!r} (expected {', '.join(MODES)})")
+        variants = [
+            (p, m) for p in precisions for m in (modes if p not in PRECISIONS else modes[:1])
+        ]
+    if args.bundle is not None:  # every variant's files, before the first one runs
+        for precision, mode in variants:
+            check_bundle(
                 args.bundle,
-                precision or args.precision,
-                args.vision_precision,
+                precision,
+                args.backend,
+                mode,
                 args.provider or ("cpu",),
+                args.vision_precision,
             )
     from tqdm.auto import tqdm
 
     reports = {}
-    for precision in precisions:
-        model = _load_model(args, precision)
-        name = model.precision if len(precisions) > 1 else _model_name(args, model)
+    for precision, mode in variants:
+        model = _load_model(args, precision, mode)
+        name = model.variant if len(variants) > 1 else _model_name(args, model)
         done = correct = 0
         bar = tqdm(total=len(items), desc=name, unit="q", disable=not sys.stderr.isatty())
 
@@ -405,27 +437,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     formats = _comma_list(args.formats)
-    if formats != ["onnx"]:
-        raise MobileVLMError(
-            f"--formats {args.formats!r}: this version exports 'onnx' only (GGUF is not yet "
-            "available)"
-        )
-    precisions = _comma_list(args.precisions)
+    precisions = _comma_list(args.precisions) if args.precisions else None
     try:
-        from mobilevlm.export.onnx_bundle import check_request, export_onnx_bundle
+        from mobilevlm.export.bundle_export import check_request, export_bundle
 
         from mobilevlm.reference import has_random_weights
     except ImportError as exc:
         raise MissingDependencyError(
             f"export needs the [export] extra ({exc.name} is missing): " + INSTALL_EXPORT_EXTRA
         ) from exc
-    check_request(args.output, precisions)  # before the model loads
+    check_request(args.output, precisions, formats)  # before the model loads
     model = _load_reference_model(args.checkpoint, args.vision_tower, args.threads)
 
-    manifest = export_onnx_bundle(
+    manifest = export_bundle(
         model,
         args.output,
         precisions,
+        formats,
         calibration_dir=args.calibration_images,
         source=str(args.checkpoint) if args.checkpoint else DEFAULT_MODEL_SOURCE,
         check_parity=not args.no_parity,

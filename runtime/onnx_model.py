@@ -28,7 +28,7 @@ from mobilevlm.tokenizer import Tokenizer
 DEFAULT_CONTEXT = 2048
 
 
-class OnnxVLM:
+class OnnxVLM(decode_loop.EmbeddingBackend):
     """A loaded bundle at one precision, with its KV cache allocated for ``context`` positions."""
 
     def __init__(
@@ -92,6 +92,11 @@ class OnnxVLM:
     @property
     def precision(self) -> str:
         return self.selection.precision
+
+    @property
+    def variant(self) -> str:
+        """What runs, in one word: the precision names the backend (ONNX Runtime)."""
+        return self.precision
 
     @property
     def context_length(self) -> int:

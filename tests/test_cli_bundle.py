@@ -117,8 +117,16 @@ def test_bench_without_a_baseline_reports_every_precision(exported, capsys):
             ["run", "--bundle", "{bundle}", "--provider", "tpu", "--prompt", "hi"],
             "unknown execution provider",
         ),
-        (["export", "{ckpt}", "-o", "{tmp}/b", "--formats", "gguf"], "exports 'onnx' only"),
-        (["export", "{ckpt}", "-o", "{tmp}/b", "--precisions", "int2"], "precisions must be among"),
+        (["export", "{ckpt}", "-o", "{tmp}/b", "--formats", "tflite"], "formats must be among"),
+        (
+            ["export", "{ckpt}", "-o", "{tmp}/b", "--formats", "gguf", "--precisions", "int4"],
+            "precision int4 is not one of gguf's",
+        ),
+        (
+            ["run", "--bundle", "{bundle}", "--precision", "q4_k_m", "--prompt", "hi"],
+            "no q4_k_m GGUF LLM (exported: none)",
+        ),
+        (["export", "{ckpt}", "-o", "{tmp}/b", "--precisions", "int2"], "precision int2 is not one of onnx"),
         (["bench", "{bundle}", "--repeats", "1"], "give --gguf FILE"),
         (["info", "{tmp}"], "bundle.json: missing: not a bundle"),
     ],

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from mobilevlm.export import onnx_bundle
-from mobilevlm.export.onnx_bundle import export_onnx_bundle
+from mobilevlm.export.bundle_export import export_bundle
 from mobilevlm.export.parity import compare, parity_prompts
 from mobilevlm.runtime.onnx_model import OnnxVLM
 
@@ -32,7 +32,7 @@ def bundles(tiny_models, tmp_path_factory):
     """Each geometry exported once at every precision (with the export's own parity run)."""
     root = tmp_path_factory.mktemp("bundles")
     return {
-        name: (tiny_models(**kw), export_onnx_bundle(tiny_models(**kw), root / name), root / name)
+        name: (tiny_models(**kw), export_bundle(tiny_models(**kw), root / name), root / name)
         for name, kw in GEOMETRIES.items()
     }
 
@@ -66,7 +66,7 @@ def test_efficientnet_tower_exports_with_parity(tmp_path, torch_threads):
     )
     model = random_init_(MobileVLM(config, tiny_tokenizer(base.llm.vocab_size, False)), 1)
     model.vision_tower.eval()  # batch norm in inference mode, as exported
-    export_onnx_bundle(model.eval(), tmp_path / "b", ["fp32"], check_parity=False)
+    export_bundle(model.eval(), tmp_path / "b", ["fp32"], check_parity=False)
     result = compare(TorchBackend(model), OnnxVLM.load(tmp_path / "b", "fp32"), parity_prompts(1))
     assert result.image_embeds_rel_error < 1e-4 and result.logits_cosine_min >= 0.9999
 
@@ -135,7 +135,7 @@ def test_interrupted_export_leaves_nothing(tiny_models, tmp_path, monkeypatch):
 
     monkeypatch.setattr(onnx_bundle.quantize, "quantize_decoder_int4", fail)
     with pytest.raises(KeyboardInterrupt):
-        export_onnx_bundle(tiny_models(projector="ldpnetv2"), tmp_path / "b", check_parity=False)
+        export_bundle(tiny_models(projector="ldpnetv2"), tmp_path / "b", check_parity=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -145,19 +145,19 @@ def test_export_replaces_a_bundle_but_not_other_directories(tiny_models, tmp_pat
     other.mkdir()
     (other / "cat.png").write_bytes(b"x")
     with pytest.raises(BundleError, match="photos: exists and is not a bundle"):
-        export_onnx_bundle(model, other, ["fp32"], check_parity=False)
+        export_bundle(model, other, ["fp32"], check_parity=False)
     assert (other / "cat.png").exists()
     target = tmp_path / "b"
-    export_onnx_bundle(model, target, ["fp32", "int4"], check_parity=False)
-    export_onnx_bundle(model, target, ["fp32"], check_parity=False)
+    export_bundle(model, target, ["fp32", "int4"], check_parity=False)
+    export_bundle(model, target, ["fp32"], check_parity=False)
     assert BundleManifest.read(target).precisions == ("fp32",)
     assert not (target / "decoder_int4.onnx").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "photos"]
 
 
 def test_unknown_precision_is_refused_before_any_work(tiny_models, tmp_path):
-    with pytest.raises(BundleError, match="precisions must be among"):
-        export_onnx_bundle(tiny_models(projector="ldpnetv2"), tmp_path / "b", ["fp8"])
+    with pytest.raises(BundleError, match="precision fp8 is not one of"):
+        export_bundle(tiny_models(projector="ldpnetv2"), tmp_path / "b", ["fp8"])
     assert not (tmp_path / "b").exists()
 
 
@@ -166,7 +166,10 @@ def test_calibration_directory_without_images_is_a_clear_error(tiny_models, tmp_
 
     (tmp_path / "calib").mkdir()
     with pytest.raises(ImageError, match="calib: no calibration images"):
-        export_onnx_bundle(
-            tiny_models(projector="ldpnetv2"), tmp_path / "b", ["int8"], tmp_path / "calib"
+        export_bundle(
+            tiny_models(projector="ldpnetv2"),
+            tmp_path / "b",
+            ["int8"],
+            calibration_dir=tmp_path / "calib",
         )
     assert not (tmp_path / "b").exists()

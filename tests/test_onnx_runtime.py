@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from mobilevlm.export.onnx_bundle import export_onnx_bundle
+from mobilevlm.export.bundle_export import export_bundle
 from mobilevlm.runtime.bundle import open_bundle, select
 from mobilevlm.runtime.onnx_model import OnnxVLM
 from mobilevlm.runtime.providers import CPU, resolve_providers
@@ -20,7 +20,7 @@ from mobilevlm.sampling import GenerationConfig
 @pytest.fixture(scope="module")
 def bundle(tiny_models, tmp_path_factory):
     path = tmp_path_factory.mktemp("rt") / "bundle"
-    export_onnx_bundle(tiny_models(projector="ldpnetv2"), path, check_parity=False)
+    export_bundle(tiny_models(projector="ldpnetv2"), path, check_parity=False)
     return path
 
 

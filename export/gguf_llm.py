@@ -1,0 +1,330 @@
+"""The LLM as a llama.cpp GGUF: weights, geometry, tokenizer and chat template.
+
+Written with the ``gguf`` package from the model's own tensors (f16 matrices,
+f32 norms); quantized variants come from llama.cpp's own quantizer
+(:func:`quantize_llm`). Two facts of llama.cpp's ``llama`` architecture shape
+the file:
+
+- its rotary embedding rotates interleaved pairs, while Hugging Face LLaMA
+  weights rotate the two halves of each head, so q and k rows are permuted
+  back into llama.cpp's order;
+- its tokenizer is rebuilt from GGUF metadata, so the vocabulary must be
+  written as the tokenizer family llama.cpp implements: a byte-level BPE as
+  ``gpt2`` with the matching pre-tokenizer (``smollm`` when digits are split
+  one by one, as SmolLM2 does; ``gpt-2`` otherwise), a byte-fallback BPE
+  (converted SentencePiece, MobileLLaMA) as ``llama`` with scores that keep
+  its merge order. :func:`check_tokenizer` proves the round trip inside
+  llama.cpp at export time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFWriter, LlamaFileType, TokenType
+
+from mobilevlm.bundle import GGUF_PRECISIONS
+from mobilevlm.config import LLMConfig, ModelConfig
+from mobilevlm.errors import BundleError, UnsupportedModelError, at
+from mobilevlm.prompts import get_template
+from mobilevlm.tokenizer import Tokenizer
+
+# llama.cpp's llama_ftype values for what its quantizer makes from the f16 file
+LLAMA_FTYPES = {"q8_0": 7, "q4_k_m": 15}
+TOKENIZER_PROBES = (
+    "What color is the circle in the top left?",
+    "  two spaces, 12345 digits, tabs\tand\nnewlines; émigré ümlaut 日本",
+    "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+    "A chat between a curious user and an artificial intelligence assistant.</s>USER: x",
+)
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
+def _rotary_order(weight: np.ndarray, heads: int) -> np.ndarray:
+    """Rows of a q/k projection from Hugging Face's half-split rotary layout to llama.cpp's
+    interleaved one: within each head, row i of the first half and row i of the second
+    half become rows 2i and 2i+1."""
+    rows = weight.shape[0]
+    return (
+        weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
+
+
+def _check_supported(llm: LLMConfig) -> None:
+    problems = []
+    if llm.attention_bias or llm.mlp_bias:
+        problems.append("attention/MLP biases")
+    if llm.rope_scaling and llm.rope_scaling.get("rope_type", llm.rope_scaling.get("type")) not in (
+        None,
+        "default",
+        "linear",
+    ):
+        problems.append(f"rope scaling {llm.rope_scaling}")
+    if llm.hidden_act != "silu":
+        problems.append(f"activation {llm.hidden_act}")
+    if problems:
+        raise UnsupportedModelError(
+            f"the GGUF export does not support this LLM's {', '.join(problems)}"
+        )
+
+
+def gguf_tensors(llm: LLMConfig, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """llama.cpp tensor names -> arrays (f16 matrices, f32 vectors) from a LlamaForCausalLM
+    state dict in float32."""
+    head_dim = llm.head_dim or llm.hidden_size // llm.num_attention_heads
+
+    def get(name: str) -> np.ndarray:
+        try:
+            return state[name]
+        except KeyError:
+            raise UnsupportedModelError(f"the LLM has no tensor {name!r}") from None
+
+    out = {"token_embd.weight": get("model.embed_tokens.weight")}
+    for i in range(llm.num_hidden_layers):
+        src, dst = f"model.layers.{i}.", f"blk.{i}."
+        out[dst + "attn_norm.weight"] = get(src + "input_layernorm.weight")
+        q = get(src + "self_attn.q_proj.weight")
+        k = get(src + "self_attn.k_proj.weight")
+        out[dst + "attn_q.weight"] = _rotary_order(q, q.shape[0] // head_dim)
+        out[dst + "attn_k.weight"] = _rotary_order(k, k.shape[0] // head_dim)
+        out[dst + "attn_v.weight"] = get(src + "self_attn.v_proj.weight")
+        out[dst + "attn_output.weight"] = get(src + "self_attn.o_proj.weight")
+        out[dst + "ffn_norm.weight"] = get(src + "post_attention_layernorm.weight")
+        out[dst + "ffn_gate.weight"] = get(src + "mlp.gate_proj.weight")
+        out[dst + "ffn_up.weight"] = get(src + "mlp.up_proj.weight")
+        out[dst + "ffn_down.weight"] = get(src + "mlp.down_proj.weight")
+    out["output_norm.weight"] = get("model.norm.weight")
+    if not llm.tie_word_embeddings:  # tied: llama.cpp reuses token_embd for the output
+        out["output.weight"] = get("lm_head.weight")
+    return {
+        name: (a.astype(np.float32) if a.ndim == 1 else a.astype(np.float16))
+        for name, a in out.items()
+    }
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def _pre_tokenizer_name(spec: dict) -> str | None:
+    """llama.cpp's name for a byte-level BPE's pre-tokenizer, None if it has none for it."""
+    pre = spec.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    kinds = [s.get("type") for s in steps]
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
+        return "gpt-2"
+    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
+        return "smollm"
+    return None
+
+
+def _vocab(tokenizer: Tokenizer, vocab_size: int) -> dict:
+    """GGUF tokenizer fields: model, pre, tokens, scores, types, merges, special ids."""
+    spec = json.loads(tokenizer.to_str())
+    model = spec.get("model", {})
+    if model.get("type") != "BPE":
+        raise UnsupportedModelError(
+            f"{tokenizer.source}: a {model.get('type')} tokenizer has no llama.cpp equivalent here"
+        )
+    pieces = dict(model["vocab"])
+    special = {t["content"]: t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
+    pieces.update({t["content"]: t["id"] for t in spec.get("added_tokens", [])})
+    size = max(vocab_size, max(pieces.values()) + 1)
+    tokens = [f"[PAD{i}]" for i in range(size)]
+    types = [TokenType.UNUSED] * size
+    for text, i in pieces.items():
+        tokens[i] = text
+        types[i] = TokenType.CONTROL if text in special else TokenType.NORMAL
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    fields: dict = {"tokens": tokens, "types": types, "merges": merges}
+    if model.get("byte_fallback"):  # converted SentencePiece: llama.cpp's SPM tokenizer
+        fields["model"] = "llama"
+        # SentencePiece BPE ids follow merge order, so -id ranks pieces as its scores do
+        fields["scores"] = [-float(i) for i in range(size)]
+        for i, text in enumerate(tokens):
+            if _BYTE_TOKEN.fullmatch(text):
+                types[i] = TokenType.BYTE
+        unk = model.get("unk_token")
+        if unk in pieces:
+            types[pieces[unk]] = TokenType.UNKNOWN
+            fields["unk"] = pieces[unk]
+    else:
+        pre = _pre_tokenizer_name(spec)
+        if pre is None or (spec.get("decoder") or {}).get("type") != "ByteLevel":
+            raise UnsupportedModelError(
+                f"{tokenizer.source}: this BPE tokenizer's pre-tokenizer has no llama.cpp "
+                "equivalent (supported: byte-level GPT-2, SmolLM digits + byte-level)"
+            )
+        fields["model"], fields["pre"] = "gpt2", pre
+    return fields
+
+
+def chat_template(config: ModelConfig) -> str:
+    """A Jinja chat template that renders what :mod:`mobilevlm.prompts` renders (text only;
+    the image goes where a client puts its media marker)."""
+    template = get_template(config.template)
+    system = config.system_prompt if config.system_prompt is not None else template.default_system
+    default = json.dumps(system)
+    head = (
+        "{%- if messages and messages[0]['role'] == 'system' -%}"
+        "{%- set system = messages[0]['content'] -%}{%- set turns = messages[1:] -%}"
+        f"{{%- else -%}}{{%- set system = {default} -%}}{{%- set turns = messages -%}}"
+        "{%- endif -%}"
+    )
+    if config.template == "v1":
+        body = (
+            "{{- system + ' ' -}}{%- for m in turns -%}"
+            "{%- if m['role'] == 'user' -%}{{- 'USER: ' + m['content'] + ' ' -}}"
+            "{%- else -%}{{- 'ASSISTANT: ' + m['content'] + '</s>' -}}{%- endif -%}"
+            "{%- endfor -%}{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
+        )
+    elif config.template == "chatml":
+        body = (
+            "{%- if system -%}{{- '<|im_start|>system\\n' + system + '<|im_end|>\\n' -}}"
+            "{%- endif -%}{%- for m in turns -%}"
+            "{{- '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' -}}"
+            "{%- endfor -%}"
+            "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+        )
+    else:  # pragma: no cover - get_template already refused unknown names
+        raise UnsupportedModelError(f"no chat template for {config.template!r}")
+    return head + body
+
+
+# ---------------------------------------------------------------- writing
+
+
+def write_llm_gguf(
+    config: ModelConfig,
+    state: dict[str, np.ndarray],
+    tokenizer: Tokenizer,
+    path: str | Path,
+    name: str = "mobilevlm",
+) -> dict:
+    """Write the f16 LLM GGUF at ``path`` (atomically); ``state`` is the LLM's float32
+    LlamaForCausalLM state dict. Returns the details recorded in the bundle manifest."""
+    llm = config.llm
+    _check_supported(llm)
+    tensors = gguf_tensors(llm, state)
+    vocab = _vocab(tokenizer, llm.vocab_size)
+    head_dim = llm.head_dim or llm.hidden_size // llm.num_attention_heads
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    writer = GGUFWriter(str(tmp), "llama")
+    try:
+        writer.add_name(name)
+        writer.add_file_type(LlamaFileType.MOSTLY_F16)
+        writer.add_vocab_size(len(vocab["tokens"]))
+        writer.add_context_length(llm.max_position_embeddings)
+        writer.add_embedding_length(llm.hidden_size)
+        writer.add_block_count(llm.num_hidden_layers)
+        writer.add_feed_forward_length(llm.intermediate_size)
+        writer.add_head_count(llm.num_attention_heads)
+        writer.add_head_count_kv(llm.num_key_value_heads)
+        writer.add_rope_dimension_count(head_dim)
+        if head_dim != llm.hidden_size // llm.num_attention_heads:
+            writer.add_key_length(head_dim)
+            writer.add_value_length(head_dim)
+        writer.add_rope_freq_base(llm.rope_theta)
+        if llm.rope_scaling and llm.rope_scaling.get("factor"):
+            from gguf import RopeScalingType
+
+            writer.add_rope_scaling_type(RopeScalingType.LINEAR)
+            writer.add_rope_scaling_factor(float(llm.rope_scaling["factor"]))
+        writer.add_layer_norm_rms_eps(llm.rms_norm_eps)
+
+        writer.add_tokenizer_model(vocab["model"])
+        if "pre" in vocab:
+            writer.add_tokenizer_pre(vocab["pre"])
+        writer.add_token_list(vocab["tokens"])
+        writer.add_token_types([int(t) for t in vocab["types"]])
+        if "scores" in vocab:
+            writer.add_token_scores(vocab["scores"])
+        if vocab["merges"]:
+            writer.add_token_merges(vocab["merges"])
+        if tokenizer.bos_token_id is not None:
+            writer.add_bos_token_id(tokenizer.bos_token_id)
+        elif llm.bos_token_id is not None:
+            writer.add_bos_token_id(llm.bos_token_id)
+        writer.add_add_bos_token(tokenizer.bos_token_id is not None)
+        if llm.eos_token_ids:
+            writer.add_eos_token_id(llm.eos_token_ids[0])
+        for stop in get_template(config.template).stop_strings:
+            token = tokenizer.token_to_id(stop)
+            if token is not None:  # the end of an answer, for llama.cpp's own chat loops
+                writer.add_eot_token_id(token)
+        if "unk" in vocab:
+            writer.add_unk_token_id(vocab["unk"])
+        if llm.pad_token_id is not None:
+            writer.add_pad_token_id(llm.pad_token_id)
+        writer.add_chat_template(chat_template(config))
+
+        for tensor_name, array in tensors.items():
+            writer.add_tensor(tensor_name, array)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    writer.close()
+    tmp.replace(path)
+    return {"writer": "gguf", "tokenizer_model": vocab["model"], **_pre(vocab)}
+
+
+def _pre(vocab: dict) -> dict:
+    return {"tokenizer_pre": vocab["pre"]} if "pre" in vocab else {}
+
+
+def quantize_llm(source: str | Path, target: str | Path, precision: str, threads: int = 0) -> dict:
+    """``precision`` (q8_0, q4_k_m) from the f16 GGUF ``source``, by llama.cpp's quantizer."""
+    import llama_cpp
+
+    if precision not in LLAMA_FTYPES:
+        raise BundleError(f"GGUF precisions are {', '.join(GGUF_PRECISIONS)}, got {precision!r}")
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = LLAMA_FTYPES[precision]
+    params.nthread = threads
+    try:
+        code = llama_cpp.llama_model_quantize(
+            str(source).encode(), str(tmp).encode(), llama_cpp.byref(params)
+        )
+        if code != 0:
+            raise BundleError(at(source, f"llama.cpp could not quantize it to {precision}"))
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"quantizer": "llama.cpp llama_model_quantize", "ftype": precision}
+
+
+def check_tokenizer(
+    path: str | Path, tokenizer: Tokenizer, probes: Sequence[str] = TOKENIZER_PROBES
+) -> None:
+    """Raise :class:`BundleError` unless llama.cpp, reading the GGUF at ``path``, tokenizes
+    every probe exactly as ``tokenizer`` does (special tokens parsed)."""
+    from mobilevlm.runtime.llama_cpp_model import open_llama
+
+    llama = open_llama(path, vocab_only=True)
+    try:
+        for text in probes:
+            ours = tokenizer.encode(text)
+            theirs = llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+            if ours != theirs:
+                raise BundleError(
+                    at(
+                        path,
+                        f"llama.cpp tokenizes {text!r} as {theirs[:12]}..., "
+                        f"the model's tokenizer as {ours[:12]}...",
+                    )
+                )
+    finally:
+        llama.close()

@@ -1,0 +1,300 @@
+"""A bundle's LLM on llama.cpp (llama-cpp-python), with the image from ONNX or from mtmd.
+
+Two modes, one decoder:
+
+- ``hybrid``: the project's ONNX vision graph computes the image embeddings
+  exactly as the reference does (on any execution provider: the NPU case);
+- ``mtmd``: llama.cpp's own mtmd computes them from the bundle's mmproj, with
+  llama.cpp's deviations (docs/llama-cpp.md), for the geometries it runs.
+
+Either way the prompt goes to llama.cpp as token batches around one
+embeddings batch at the placeholder, through ``llama_decode``; generation is
+:func:`mobilevlm.decode_loop.generate`, so sampling, stop strings and
+streaming are the same code as every other backend. The KV cache keeps the
+last prompt and answer: a prompt that starts with them (the next turn of a
+conversation) only prefills what is new.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from mobilevlm.runtime.bundle import GgufSelection, open_gguf_bundle
+from mobilevlm.runtime.providers import CPU, resolve_providers
+
+from mobilevlm import decode_loop
+from mobilevlm.bundle import BundleManifest
+from mobilevlm.config import ModelConfig
+from mobilevlm.errors import BundleError, MissingDependencyError, at
+from mobilevlm.preprocess import ImageInput, preprocess
+from mobilevlm.result import GenerationResult
+from mobilevlm.sampling import GenerationConfig
+from mobilevlm.tokenizer import Tokenizer
+
+DEFAULT_CONTEXT = 2048
+MODES = ("hybrid", "mtmd")
+INSTALL_HINT = (
+    "the llama.cpp backend needs llama-cpp-python: pip install 'mobilevlm-runtime[llama]'"
+)
+
+
+def _llama_cpp():
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise MissingDependencyError(INSTALL_HINT) from exc
+    return llama_cpp
+
+
+def open_llama(
+    path: str | Path,
+    context: int = 512,
+    threads: int | None = None,
+    batch: int = 512,
+    vocab_only: bool = False,
+    verbose: bool = False,
+):
+    """A ``llama_cpp.Llama`` over the GGUF at ``path`` (memory-mapped); BundleError if
+    llama.cpp cannot load it."""
+    llama_cpp = _llama_cpp()
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(at(path, "no such GGUF file"))
+    threads = threads or os.cpu_count() or 1
+    try:
+        return llama_cpp.Llama(
+            str(path),
+            n_ctx=context,
+            n_batch=batch,
+            n_ubatch=batch,
+            n_threads=threads,
+            n_threads_batch=threads,
+            vocab_only=vocab_only,
+            verbose=verbose,
+        )
+    except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
+        raise BundleError(at(path, f"llama.cpp cannot load it ({exc})")) from exc
+
+
+class LlamaDecoder:
+    """llama.cpp's context driven batch by batch: token batches, embeddings batches and
+    single-token decode steps, all at explicit positions of one sequence."""
+
+    def __init__(self, llama, hidden: int) -> None:
+        self.lib = _llama_cpp()
+        self.llama = llama
+        self.ctx = llama.ctx
+        self.hidden = hidden
+        self.n_batch = llama.n_batch
+        self.vocab = llama.n_vocab()
+        self.length = 0  # positions in the KV cache
+        self._tokens = self.lib.llama_batch_init(self.n_batch, 0, 1)
+        self._embeds = self.lib.llama_batch_init(self.n_batch, hidden, 1)
+        for batch in (self._tokens, self._embeds):
+            for i in range(self.n_batch):
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+
+    def close(self) -> None:
+        if self._tokens is not None:
+            self.lib.llama_batch_free(self._tokens)
+            self.lib.llama_batch_free(self._embeds)
+            self._tokens = self._embeds = None
+
+    def truncate(self, length: int) -> None:
+        """Forget positions from ``length`` on."""
+        memory = self.lib.llama_get_memory(self.ctx)
+        self.lib.llama_memory_seq_rm(memory, 0, length, -1)
+        self.length = length
+
+    def _run(self, batch, count: int) -> None:
+        batch.n_tokens = count
+        for i in range(count):
+            batch.pos[i] = self.length + i
+            batch.logits[i] = i == count - 1
+        code = self.lib.llama_decode(self.ctx, batch)
+        if code != 0:
+            raise RuntimeError(f"llama_decode failed with code {code}")
+        self.length += count
+
+    def tokens(self, ids: Sequence[int]) -> None:
+        for start in range(0, len(ids), self.n_batch):
+            chunk = ids[start : start + self.n_batch]
+            for i, token in enumerate(chunk):
+                self._tokens.token[i] = token
+            self._run(self._tokens, len(chunk))
+
+    def embeddings(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        for start in range(0, len(rows), self.n_batch):
+            chunk = rows[start : start + self.n_batch]
+            ctypes.memmove(self._embeds.embd, chunk.ctypes.data, chunk.nbytes)
+            self._run(self._embeds, len(chunk))
+
+    def step(self, token: int) -> np.ndarray:
+        """Decode one token; its logits (see :meth:`logits`)."""
+        self.tokens([token])
+        return self.logits()
+
+    def logits(self) -> np.ndarray:
+        """(vocab,) logits of the last position decoded: a view llama.cpp overwrites."""
+        pointer = self.lib.llama_get_logits_ith(self.ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(self.vocab,))
+
+
+def _image_key(image_embeds: np.ndarray) -> str:
+    return "image:" + hashlib.sha1(np.ascontiguousarray(image_embeds).tobytes()).hexdigest()
+
+
+class LlamaCppVLM:
+    """A bundle's GGUF LLM on llama.cpp, its image from ONNX (``hybrid``) or mtmd."""
+
+    def __init__(
+        self,
+        root: Path,
+        manifest: BundleManifest,
+        selection: GgufSelection,
+        providers: Sequence[str] = ("cpu",),
+        threads: int | None = None,
+        context: int | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.selection = selection
+        self.config: ModelConfig = manifest.model
+        self.tokenizer = Tokenizer.from_file(root / manifest.tokenizer)
+        limit = self.config.llm.max_position_embeddings
+        self.context = min(context or DEFAULT_CONTEXT, limit)
+        self.llama = open_llama(root / selection.llm.path, self.context, threads, verbose=verbose)
+        self.decoder = LlamaDecoder(self.llama, self.config.llm.hidden_size)
+        if selection.mode == "mtmd":
+            from mobilevlm.runtime.mtmd_vision import MtmdVisionEncoder
+
+            self.vision = MtmdVisionEncoder(root / selection.vision.path, self.llama, threads)
+            self._encode = self.vision.encode
+        else:
+            from mobilevlm.runtime.onnx_vision import OnnxVisionEncoder
+
+            self.vision = OnnxVisionEncoder(
+                root / selection.vision.path, resolve_providers(providers), threads
+            )
+            self._encode = lambda image: self.vision.encode(
+                preprocess(image, self.config.preprocess)
+            )
+        self._history: list[int | str] = []  # what the KV cache holds, one entry a position
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        precision: str | None = None,
+        mode: str = "hybrid",
+        providers: Sequence[str] = ("cpu",),
+        threads: int | None = None,
+        context: int | None = None,
+        vision_precision: str | None = None,
+        verify: str = "auto",
+    ) -> LlamaCppVLM:
+        """Open, verify and load the bundle's GGUF LLM at ``precision`` (None: the fastest
+        exported) with the image path of ``mode``."""
+        manifest, selection = cls.check(path, precision, mode, vision_precision, providers, verify)
+        return cls(Path(path), manifest, selection, providers, threads, context)
+
+    @staticmethod
+    def check(
+        path: str | Path,
+        precision: str | None = None,
+        mode: str = "hybrid",
+        vision_precision: str | None = None,
+        providers: Sequence[str] = ("cpu",),
+        verify: str = "auto",
+    ) -> tuple[BundleManifest, GgufSelection]:
+        """What :meth:`load` would run, verified, without loading it."""
+        accelerator = resolve_providers(providers)[0][0] != CPU
+        return open_gguf_bundle(path, precision, mode, vision_precision, verify, accelerator)
+
+    @property
+    def precision(self) -> str:
+        return self.selection.precision
+
+    @property
+    def mode(self) -> str:
+        return self.selection.mode
+
+    @property
+    def variant(self) -> str:
+        """What runs, in one word: the (GGUF) precision and the image path."""
+        return f"{self.precision}/{self.mode}"
+
+    @property
+    def context_length(self) -> int:
+        return self.context
+
+    @property
+    def cached_positions(self) -> int:
+        """Positions of the last prompt and answer kept in the KV cache."""
+        return self.decoder.length
+
+    def encode_image(self, image: ImageInput) -> np.ndarray:
+        return self._encode(image)
+
+    def prefill_prompt(
+        self, input_ids: Sequence[int], image_embeds: np.ndarray | None
+    ) -> np.ndarray:
+        ids = list(input_ids)
+        at = decode_loop.image_slot(ids, image_embeds)
+        items: list[int | str] = list(ids)
+        segments = [("tokens", 0, len(items))]
+        if at is not None:
+            n = len(image_embeds)
+            key = _image_key(image_embeds)
+            items[at : at + 1] = [f"{key}:{i}" for i in range(n)]
+            segments = [("tokens", 0, at), ("image", at, at + n), ("tokens", at + n, len(items))]
+        keep = 0
+        for old, new in zip(self._history, items[:-1], strict=False):  # the last always runs
+            if old != new:
+                break
+            keep += 1
+        self.decoder.truncate(keep)
+        self._history = items[:keep]
+        for kind, start, end in segments:
+            begin = max(keep, start)
+            if begin >= end:
+                continue
+            if kind == "image":
+                self.decoder.embeddings(image_embeds[begin - start : end - start])
+            else:
+                self.decoder.tokens(items[begin:end])
+        self._history = items
+        return self.decoder.logits()
+
+    def decode(self, token: int) -> np.ndarray:
+        self._history.append(token)
+        return self.decoder.step(token)
+
+    def reset(self) -> None:
+        """Drop the cached conversation."""
+        self.decoder.truncate(0)
+        self._history = []
+
+    def generate(
+        self,
+        image: ImageInput | None,
+        prompt: str,
+        config: GenerationConfig | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> GenerationResult:
+        """Answer ``prompt`` about ``image`` (or text only when ``image`` is None)."""
+        return decode_loop.generate(self, image, prompt, config or GenerationConfig(), on_text)
+
+    def close(self) -> None:
+        self.decoder.close()
+        if hasattr(self.vision, "close"):
+            self.vision.close()
+        self.llama.close()
