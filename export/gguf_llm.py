@@ -124,6 +124,21 @@ def _pre_tokenizer_name(spec: dict) -> str | None:
     return None
 
 
+def _adds_space_prefix(spec: dict) -> bool:
+    """Whether a converted SentencePiece tokenizer puts "▁" before the text, as
+    SentencePiece does (a Prepend normalizer, or a Metaspace that prepends)."""
+    steps = []
+    for part in (spec.get("normalizer"), spec.get("pre_tokenizer")):
+        if part:
+            steps += part.get("normalizers", part.get("pretokenizers", [part]))
+    for step in steps:
+        if step.get("type") == "Prepend":
+            return True
+        if step.get("type") == "Metaspace":
+            return step.get("prepend_scheme", "always") != "never"
+    return False
+
+
 def _vocab(tokenizer: Tokenizer, vocab_size: int) -> dict:
     """GGUF tokenizer fields: model, pre, tokens, scores, types, merges, special ids."""
     spec = json.loads(tokenizer.to_str())
@@ -150,6 +165,7 @@ def _vocab(tokenizer: Tokenizer, vocab_size: int) -> dict:
         for i, text in enumerate(tokens):
             if _BYTE_TOKEN.fullmatch(text):
                 types[i] = TokenType.BYTE
+        fields["space_prefix"] = _adds_space_prefix(spec)
         unk = model.get("unk_token")
         if unk in pieces:
             types[pieces[unk]] = TokenType.UNKNOWN
@@ -246,6 +262,8 @@ def write_llm_gguf(
         writer.add_token_types([int(t) for t in vocab["types"]])
         if "scores" in vocab:
             writer.add_token_scores(vocab["scores"])
+        if "space_prefix" in vocab:
+            writer.add_add_space_prefix(vocab["space_prefix"])
         if vocab["merges"]:
             writer.add_token_merges(vocab["merges"])
         if tokenizer.bos_token_id is not None:
@@ -306,25 +324,43 @@ def quantize_llm(source: str | Path, target: str | Path, precision: str, threads
     return {"quantizer": "llama.cpp llama_model_quantize", "ftype": precision}
 
 
+def llama_cpp_tokenize(path: str | Path, texts: Sequence[str]) -> list[list[int]]:
+    """How llama.cpp, reading only the vocabulary of the GGUF at ``path``, tokenizes each
+    text (special tokens parsed, no BOS added)."""
+    from mobilevlm.runtime.llama_cpp_model import _llama_cpp
+
+    lib = _llama_cpp()
+    params = lib.llama_model_default_params()
+    params.vocab_only = True
+    model = lib.llama_model_load_from_file(str(path).encode(), params)
+    if not model:
+        raise BundleError(at(path, "llama.cpp cannot read its vocabulary"))
+    try:
+        vocab = lib.llama_model_get_vocab(model)
+        result = []
+        for text in texts:
+            data = text.encode("utf-8")
+            room = len(data) + 8
+            tokens = (lib.llama_token * room)()
+            count = lib.llama_tokenize(vocab, data, len(data), tokens, room, False, True)
+            result.append(list(tokens[: max(count, 0)]))
+        return result
+    finally:
+        lib.llama_model_free(model)
+
+
 def check_tokenizer(
     path: str | Path, tokenizer: Tokenizer, probes: Sequence[str] = TOKENIZER_PROBES
 ) -> None:
     """Raise :class:`BundleError` unless llama.cpp, reading the GGUF at ``path``, tokenizes
-    every probe exactly as ``tokenizer`` does (special tokens parsed)."""
-    from mobilevlm.runtime.llama_cpp_model import open_llama
-
-    llama = open_llama(path, vocab_only=True)
-    try:
-        for text in probes:
-            ours = tokenizer.encode(text)
-            theirs = llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
-            if ours != theirs:
-                raise BundleError(
-                    at(
-                        path,
-                        f"llama.cpp tokenizes {text!r} as {theirs[:12]}..., "
-                        f"the model's tokenizer as {ours[:12]}...",
-                    )
+    every probe exactly as ``tokenizer`` does."""
+    for text, theirs in zip(probes, llama_cpp_tokenize(path, probes), strict=True):
+        ours = tokenizer.encode(text)
+        if ours != theirs:
+            raise BundleError(
+                at(
+                    path,
+                    f"llama.cpp tokenizes {text!r} as {theirs[:12]}..., "
+                    f"the model's tokenizer as {ours[:12]}...",
                 )
-    finally:
-        llama.close()
+            )

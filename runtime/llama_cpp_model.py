@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -48,6 +49,11 @@ def _llama_cpp():
         import llama_cpp
     except ImportError as exc:
         raise MissingDependencyError(INSTALL_HINT) from exc
+    # llama-cpp-python prints every llama.cpp log line until a Llama(verbose=False) quiets
+    # it (the quantizer's per-tensor notes, for one); errors only, unless asked otherwise
+    llama_logger = logging.getLogger("llama-cpp-python")
+    if llama_logger.level == logging.NOTSET:
+        llama_logger.setLevel(logging.ERROR)
     return llama_cpp
 
 
@@ -188,6 +194,7 @@ class LlamaCppVLM:
                 preprocess(image, self.config.preprocess)
             )
         self._history: list[int | str] = []  # what the KV cache holds, one entry a position
+        self.last_prefill = 0  # positions the last prompt actually ran (the rest was cached)
 
     @classmethod
     def load(
@@ -263,6 +270,7 @@ class LlamaCppVLM:
             keep += 1
         self.decoder.truncate(keep)
         self._history = items[:keep]
+        self.last_prefill = len(items) - keep
         for kind, start, end in segments:
             begin = max(keep, start)
             if begin >= end:

@@ -49,3 +49,33 @@ def rgb_image() -> np.ndarray:
     img = np.stack([xx * 255 // w, yy * 255 // h, (xx + yy) % 256], axis=-1).astype(np.int32)
     img += rng.integers(-20, 20, size=img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def sentencepiece_model(tmp_path_factory) -> Path:
+    """A byte-fallback BPE SentencePiece model set up like MobileLLaMA's tokenizer.model."""
+    import sentencepiece as spm
+
+    directory = tmp_path_factory.mktemp("sentencepiece")
+    corpus = directory / "corpus.txt"
+    lines = [
+        "what color is the red circle in the image",
+        "how many shapes are there",
+        "the blue square is at the top left",
+    ]
+    corpus.write_text("\n".join(lines * 20))
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(directory / "sp"),
+        vocab_size=300,
+        model_type="bpe",
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        pad_id=-1,
+        byte_fallback=True,
+        normalization_rule_name="identity",  # as Llama's: no NFKC, spaces kept as they are
+        remove_extra_whitespaces=False,
+        minloglevel=2,
+    )
+    return directory / "sp.model"

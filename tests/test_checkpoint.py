@@ -191,38 +191,14 @@ def test_corrupt_weights_and_foreign_directories_are_refused(tiny_models, tmp_pa
         load_checkpoint(tmp_path / "nowhere")
 
 
-def test_sentencepiece_tokenizer_model_is_converted(tiny_models, tmp_path):
+def test_sentencepiece_tokenizer_model_is_converted(tiny_models, tmp_path, sentencepiece_model):
     """Published MobileLLaMA checkpoints ship tokenizer.model only (no tokenizer.json)."""
-    import sentencepiece as spm
     from transformers import LlamaTokenizerFast
 
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(
-        "\n".join(
-            [
-                "what color is the red circle in the image",
-                "how many shapes are there",
-                "the blue square is at the top left",
-            ]
-            * 20
-        )
-    )
-    spm.SentencePieceTrainer.train(
-        input=str(corpus),
-        model_prefix=str(tmp_path / "sp"),
-        vocab_size=300,
-        model_type="bpe",
-        bos_id=1,
-        eos_id=2,
-        unk_id=0,
-        pad_id=-1,
-        byte_fallback=True,
-        minloglevel=2,
-    )
     model = tiny_models(projector="ldpnetv2")
     ckpt, _ = write_original(model, tmp_path / "m")
     (ckpt / "tokenizer.json").unlink()
-    (ckpt / "tokenizer.model").write_bytes((tmp_path / "sp.model").read_bytes())
+    (ckpt / "tokenizer.model").write_bytes(sentencepiece_model.read_bytes())
     (ckpt / "tokenizer_config.json").write_text(
         json.dumps(
             {

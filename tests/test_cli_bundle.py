@@ -126,7 +126,10 @@ def test_bench_without_a_baseline_reports_every_precision(exported, capsys):
             ["run", "--bundle", "{bundle}", "--precision", "q4_k_m", "--prompt", "hi"],
             "no q4_k_m GGUF LLM (exported: none)",
         ),
-        (["export", "{ckpt}", "-o", "{tmp}/b", "--precisions", "int2"], "precision int2 is not one of onnx"),
+        (
+            ["export", "{ckpt}", "-o", "{tmp}/b", "--precisions", "int2"],
+            "precision int2 is not one of onnx",
+        ),
         (["bench", "{bundle}", "--repeats", "1"], "give --gguf FILE"),
         (["info", "{tmp}"], "bundle.json: missing: not a bundle"),
     ],
