@@ -303,8 +303,9 @@ def _pre(vocab: dict) -> dict:
 
 def quantize_llm(source: str | Path, target: str | Path, precision: str, threads: int = 0) -> dict:
     """``precision`` (q8_0, q4_k_m) from the f16 GGUF ``source``, by llama.cpp's quantizer."""
-    import llama_cpp
+    from mobilevlm.runtime.llama_cpp_model import import_llama_cpp
 
+    llama_cpp = import_llama_cpp()
     if precision not in LLAMA_FTYPES:
         raise BundleError(f"GGUF precisions are {', '.join(GGUF_PRECISIONS)}, got {precision!r}")
     target = Path(target)
@@ -327,9 +328,9 @@ def quantize_llm(source: str | Path, target: str | Path, precision: str, threads
 def llama_cpp_tokenize(path: str | Path, texts: Sequence[str]) -> list[list[int]]:
     """How llama.cpp, reading only the vocabulary of the GGUF at ``path``, tokenizes each
     text (special tokens parsed, no BOS added)."""
-    from mobilevlm.runtime.llama_cpp_model import _llama_cpp
+    from mobilevlm.runtime.llama_cpp_model import import_llama_cpp
 
-    lib = _llama_cpp()
+    lib = import_llama_cpp()
     params = lib.llama_model_default_params()
     params.vocab_only = True
     model = lib.llama_model_load_from_file(str(path).encode(), params)

@@ -63,15 +63,14 @@ def greedy_runner(
     return run
 
 
-def onnx_runner(model) -> Runner:
-    """Prefill and greedy-decode through an :class:`OnnxVLM`'s decoder."""
-    return greedy_runner(
-        model.reset, lambda ids: model.prefill(model.embed_tokens(ids)), model.decode
-    )
+def runner(model) -> Runner:
+    """Prefill and greedy-decode through a loaded bundle (ONNX Runtime or llama.cpp): the
+    backend's own prefill and decode steps, as :mod:`mobilevlm.decode_loop` drives them."""
+    return greedy_runner(model.reset, lambda ids: model.prefill_prompt(ids, None), model.decode)
 
 
 def llama_cpp_runner(gguf: str | Path, threads: int | None, context: int) -> Runner:
-    """The same loop through llama-cpp-python's ``Llama.eval``."""
+    """The peer: llama-cpp-python's own generation loop (``Llama.generate``, greedy)."""
     try:
         from llama_cpp import Llama
     except ImportError as exc:
@@ -88,11 +87,19 @@ def llama_cpp_runner(gguf: str | Path, threads: int | None, context: int) -> Run
         verbose=False,
     )
 
-    def logits_after(ids: list[int]) -> np.ndarray:
-        llm.eval(ids)
-        return llm.scores[llm.n_tokens - 1]
+    def run(prompt: list[int], steps: int) -> tuple[float, float]:
+        llm.reset()  # no prompt reuse from the previous repeat
+        tokens = llm.generate(prompt, top_k=1, temp=0.0, reset=True)
+        t0 = time.perf_counter()
+        next(tokens)  # the prefill and the first token
+        t1 = time.perf_counter()
+        for _ in range(steps):
+            next(tokens)
+        t2 = time.perf_counter()
+        tokens.close()
+        return len(prompt) / (t1 - t0), steps / (t2 - t1)
 
-    return greedy_runner(llm.reset, logits_after, lambda token: logits_after([token]))
+    return run
 
 
 def measure(

@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from mobilevlm.runtime.backends import BACKENDS, check_bundle, load_bundle
+from mobilevlm.runtime.backends import BACKENDS, backend_for, check_bundle, load_bundle
+from mobilevlm.runtime.bundle import GGUF_PREFERENCE
 from mobilevlm.runtime.evaluate import (
     SHAPES_VQA,
     evaluate,
@@ -468,7 +469,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from mobilevlm.runtime import bench
-    from mobilevlm.runtime.onnx_model import OnnxVLM
 
     for name in ("prompt_tokens", "decode_tokens", "repeats"):
         if getattr(args, name) < 1:
@@ -476,20 +476,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     manifests = {path: BundleManifest.read(path) for path in args.bundles}
     context = args.prompt_tokens + args.decode_tokens + 8
     runners = {}
+    wanted = _comma_list(args.precisions) if args.precisions else None
     for path, manifest in manifests.items():
-        precisions = manifest.precisions
-        if args.precisions:
-            precisions = tuple(_comma_list(args.precisions))
-        for precision in precisions:
-            model = OnnxVLM.load(path, precision, threads=args.threads, context=context)
-            name = f"onnxruntime {precision}"
-            runners[name if len(manifests) == 1 else f"{path.name} {precision}"] = (
-                bench.onnx_runner(model)
-            )
+        for precision in wanted or manifest.precisions + manifest.gguf_precisions:
+            model = load_bundle(path, precision, threads=args.threads, context=context)
+            name = f"{backend_for(manifest, precision)} {precision}"
+            if precision in GGUF_PRECISIONS:
+                name += " (mobilevlm loop)"
+            runners[name if len(manifests) == 1 else f"{path.name} {name}"] = bench.runner(model)
     manifest = manifests[args.bundles[0]]
     gguf = None
     if not args.no_llama_cpp:
-        gguf = args.gguf or _default_gguf(manifest)
+        gguf = args.gguf or _default_gguf(args.bundles[0], manifest)
         runners[bench.LLAMA_CPP] = bench.llama_cpp_runner(gguf, args.threads, context)
     results = bench.measure(
         runners,
@@ -528,7 +526,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_gguf(manifest: BundleManifest) -> Path:
+def _default_gguf(root: Path, manifest: BundleManifest) -> Path:
+    """The llama.cpp baseline: the bundle's own fastest GGUF, else for the built-in model
+    the GGUF of the package its LLM comes from."""
+    own = [manifest.find("llm", p) for p in GGUF_PREFERENCE]
+    own = [a for a in own if a is not None]
+    if own:
+        return root / own[0].path
     if manifest.exporter.get("source") != DEFAULT_MODEL_SOURCE:
         raise MobileVLMError(
             "give --gguf FILE (a GGUF of the same LLM) or --no-llama-cpp; a default baseline "

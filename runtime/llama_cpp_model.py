@@ -44,7 +44,8 @@ INSTALL_HINT = (
 )
 
 
-def _llama_cpp():
+def import_llama_cpp():
+    """The ``llama_cpp`` module, quieted; a clear error when it is not installed."""
     try:
         import llama_cpp
     except ImportError as exc:
@@ -67,7 +68,7 @@ def open_llama(
 ):
     """A ``llama_cpp.Llama`` over the GGUF at ``path`` (memory-mapped); BundleError if
     llama.cpp cannot load it."""
-    llama_cpp = _llama_cpp()
+    llama_cpp = import_llama_cpp()
     path = Path(path)
     if not path.is_file():
         raise BundleError(at(path, "no such GGUF file"))
@@ -92,7 +93,7 @@ class LlamaDecoder:
     single-token decode steps, all at explicit positions of one sequence."""
 
     def __init__(self, llama, hidden: int) -> None:
-        self.lib = _llama_cpp()
+        self.lib = import_llama_cpp()
         self.llama = llama
         self.ctx = llama.ctx
         self.hidden = hidden

@@ -26,7 +26,8 @@ def describe_bundle(root: str | Path, manifest: BundleManifest) -> str:
     ]
     for a in manifest.artefacts:
         lines.append(f"    {a.component:<11}{a.precision:<6}{_mib(a.bytes):>12}  {a.path}")
-    parity = manifest.exporter.get("parity")
+    parity = dict(manifest.exporter.get("parity") or {})
+    gguf = parity.pop("gguf", {})
     if parity:
         lines.append("  parity with the PyTorch reference (measured at export)")
         lines.append(
@@ -39,4 +40,11 @@ def describe_bundle(root: str | Path, manifest: BundleManifest) -> str:
                 f"{p['logits_cosine_min']:>16.6f}{p['top1_agreement']:>13.1%}"
                 f"{p['greedy_tokens_identical']:>13}"
             )
+    if gguf:
+        lines.append("  GGUF in llama.cpp against the PyTorch reference (text, teacher-forced)")
+        for precision, p in gguf.items():
+            lines.append(f"    {precision:<10}{p['top1_agreement']:>14.1%} top-1 agreement")
+    if "mmproj_skipped" in manifest.exporter:
+        lines.append(f"  no mmproj    {manifest.exporter['mmproj_skipped']}")
+        lines.append("               llama.cpp runs this bundle in hybrid mode (ONNX vision)")
     return "\n".join(lines)

@@ -163,3 +163,57 @@ def test_a_bundle_runs_where_torch_cannot_be_imported(exported):
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["stats"]["generated_tokens"] <= 3
+
+
+# ---------------------------------------------------------------- GGUF and llama.cpp
+
+
+@pytest.fixture(scope="module")
+def gguf_exported(tiny_models, tmp_path_factory):
+    """A 336 px CLIP checkpoint (llama.cpp's 24x24 grid) exported to ONNX and GGUF."""
+    pytest.importorskip("llama_cpp")
+    root = tmp_path_factory.mktemp("cli-gguf")
+    model = tiny_models(projector="ldpnetv2", image_size=336, template="chatml")  # fits 256
+    ckpt = save_checkpoint(model, root / "ckpt", extra={"random_weights": True})
+    bundle = root / "bundle"
+    argv = ["export", ckpt, "-o", bundle, "--formats", "onnx,gguf", "--precisions", "fp32,f16"]
+    assert main([str(a) for a in argv]) == 0
+    image = root / "square.png"
+    Image.new("RGB", (336, 336), (200, 30, 30)).save(image)
+    return model, bundle, image
+
+
+def test_export_writes_onnx_and_gguf_side_by_side(gguf_exported, capsys):
+    _, bundle, _ = gguf_exported
+    code, out, _ = cli(capsys, "info", bundle)
+    assert code == 0
+    for line in ("decoder    fp32", "llm        f16", "mmproj     f16", "vision     fp32"):
+        assert line in out
+    assert "top-1 agreement" in out
+
+
+def test_run_on_llama_cpp_answers_like_onnx_runtime_in_hybrid_mode(gguf_exported, capsys):
+    _, bundle, image = gguf_exported
+    common = ["run", "--bundle", bundle, "--image", image, "--prompt", "What shape?", "--json"]
+    code, out, _ = cli(capsys, *common, "--max-new-tokens", "8", "--precision", "fp32")
+    onnx = json.loads(out)
+    code, out, _ = cli(capsys, *common, "--max-new-tokens", "8", "--precision", "f16")
+    assert code == 0
+    llama = json.loads(out)
+    assert llama["token_ids"] == onnx["token_ids"] and llama["model"].endswith("(f16/hybrid)")
+
+
+def test_eval_compares_mtmd_with_hybrid_side_by_side(gguf_exported, capsys):
+    _, bundle, _ = gguf_exported
+    argv = ["eval", "--bundle", bundle, "--n", "3", "--precisions", "f16", "--modes", "hybrid,mtmd"]
+    code, out, _ = cli(capsys, *argv)
+    assert code == 0
+    header = out.strip().splitlines()[0]
+    assert header.split()[-2:] == ["f16/hybrid", "f16/mtmd"]
+
+
+def test_backend_and_precision_that_disagree_are_one_line_errors(gguf_exported, capsys):
+    _, bundle, image = gguf_exported
+    argv = ["run", "--bundle", bundle, "--prompt", "hi", "--precision", "f16"]
+    code, _, err = cli(capsys, *argv, "--backend", "onnxruntime")
+    assert code == 2 and err.strip().endswith("f16 is a precision of llama.cpp, not of onnxruntime")

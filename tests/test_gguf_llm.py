@@ -237,7 +237,7 @@ def test_gguf_bundle_records_files_parity_and_why_there_is_no_mmproj(gguf_bundle
     assert manifest.gguf_precisions == ("f16", "q8_0") and manifest.precisions == ()
     assert {a.component for a in manifest.artefacts} == {"vision", "llm"}
     assert "24x24" in manifest.exporter["mmproj_skipped"]  # 56 px tiny model
-    assert manifest.exporter["parity"]["gguf"]["f16"]["greedy_agreement"] == 1.0
+    assert manifest.exporter["parity"]["gguf"]["f16"]["top1_agreement"] == 1.0
     data = json.loads((path / "bundle.json").read_text())
     assert data["artefacts"][1]["format"] == "gguf"
 
