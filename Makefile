@@ -10,7 +10,7 @@ DEMO_PROMPT ?= What color is the circle?
 # the assembled default model is cached here (built once, on first use)
 export MOBILEVLM_CACHE := $(CURDIR)/.cache/mobilevlm
 
-.PHONY: install demo test test-slow bench lint clean
+.PHONY: install demo test test-slow bench bench-vision lint clean
 
 # torch first, pinned: that takes the local CPU build; an unpinned torch pulls
 # gigabytes of CUDA packages. llama-cpp-python compiles llama.cpp (minutes, once;
@@ -37,13 +37,19 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
-# the default model exported to ONNX (fp32, int8, int4), then tokens/s against llama.cpp
+# the default model exported to ONNX (fp32, int8, int4) and GGUF (f16, q8_0, q4_k_m),
+# then tokens/s of each against llama-cpp-python's own loop on the bundle's q4_k_m GGUF
 BUNDLE := .cache/bundles/default
 $(BUNDLE)/bundle.json: $(STAMP)
-	$(VENV)/bin/mobilevlm export -o $(BUNDLE)
+	$(VENV)/bin/mobilevlm export -o $(BUNDLE) --formats onnx,gguf
 
 bench: $(BUNDLE)/bundle.json
 	$(VENV)/bin/mobilevlm bench $(BUNDLE) --repeats 9
+
+# image encode at MobileVLM_V2-1.7B's geometry: ONNX fp32 / QDQ int8 against llama.cpp's
+# mtmd (random CLIP ViT-L/14-336 + LDPv2, exported once into .cache/vision-bench)
+bench-vision: $(STAMP)
+	$(PY) -m mobilevlm.export.vision_bench --repeats 5
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

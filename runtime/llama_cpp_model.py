@@ -31,7 +31,7 @@ from mobilevlm.runtime.providers import CPU, resolve_providers
 from mobilevlm import decode_loop
 from mobilevlm.bundle import BundleManifest
 from mobilevlm.config import ModelConfig
-from mobilevlm.errors import BundleError, MissingDependencyError, at
+from mobilevlm.errors import BundleError, ContextOverflowError, MissingDependencyError, at
 from mobilevlm.preprocess import ImageInput, preprocess
 from mobilevlm.result import GenerationResult
 from mobilevlm.sampling import GenerationConfig
@@ -92,12 +92,13 @@ class LlamaDecoder:
     """llama.cpp's context driven batch by batch: token batches, embeddings batches and
     single-token decode steps, all at explicit positions of one sequence."""
 
-    def __init__(self, llama, hidden: int) -> None:
+    def __init__(self, llama, hidden: int, context: int | None = None) -> None:
         self.lib = import_llama_cpp()
         self.llama = llama
         self.ctx = llama.ctx
         self.hidden = hidden
         self.n_batch = llama.n_batch
+        self.n_ctx = min(llama.n_ctx(), context or llama.n_ctx())  # llama.cpp pads it up
         self.vocab = llama.n_vocab()
         self.length = 0  # positions in the KV cache
         self._tokens = self.lib.llama_batch_init(self.n_batch, 0, 1)
@@ -120,6 +121,11 @@ class LlamaDecoder:
         self.length = length
 
     def _run(self, batch, count: int) -> None:
+        if self.length + count > self.n_ctx:
+            raise ContextOverflowError(
+                f"{count} more positions do not fit: {self.length} of the context's "
+                f"{self.n_ctx} are used"
+            )
         batch.n_tokens = count
         for i in range(count):
             batch.pos[i] = self.length + i
@@ -138,6 +144,8 @@ class LlamaDecoder:
 
     def embeddings(self, rows: np.ndarray) -> None:
         rows = np.ascontiguousarray(rows, dtype=np.float32)
+        if rows.ndim != 2 or rows.shape[1] != self.hidden:
+            raise ValueError(f"embeddings of shape {rows.shape}, expected (n, {self.hidden})")
         for start in range(0, len(rows), self.n_batch):
             chunk = rows[start : start + self.n_batch]
             ctypes.memmove(self._embeds.embd, chunk.ctypes.data, chunk.nbytes)
@@ -179,7 +187,7 @@ class LlamaCppVLM:
         limit = self.config.llm.max_position_embeddings
         self.context = min(context or DEFAULT_CONTEXT, limit)
         self.llama = open_llama(root / selection.llm.path, self.context, threads, verbose=verbose)
-        self.decoder = LlamaDecoder(self.llama, self.config.llm.hidden_size)
+        self.decoder = LlamaDecoder(self.llama, self.config.llm.hidden_size, self.context)
         if selection.mode == "mtmd":
             from mobilevlm.runtime.mtmd_vision import MtmdVisionEncoder
 

@@ -311,3 +311,15 @@ def test_corrupted_gguf_is_refused_naming_the_file(gguf_bundle, tmp_path):
     (copy / "llm_q8_0.gguf").write_bytes(bytes(data))
     with pytest.raises(BundleError, match="llm_q8_0.gguf: sha256 differs"):
         load_bundle(copy, "q8_0", verify="full")
+
+
+def test_a_prompt_longer_than_the_context_is_a_typed_error(gguf_bundle, rgb_image):
+    from mobilevlm.errors import ContextOverflowError
+
+    _, path, _ = gguf_bundle
+    vlm = load_bundle(path, "f16", threads=2, context=16)
+    with pytest.raises(ContextOverflowError, match="the context holds 16"):
+        vlm.generate(rgb_image, PROMPT)
+    with pytest.raises(ContextOverflowError, match="of the context's 16 are used"):
+        vlm.prefill_prompt(list(range(20)), None)
+    assert vlm.prefill_prompt([5, 6, 7], None).shape == (vlm.config.llm.vocab_size,)  # usable

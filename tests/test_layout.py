@@ -47,6 +47,8 @@ def test_runtime_and_contracts_import_without_torch():
         import mobilevlm.sampling, mobilevlm.streaming, mobilevlm.result, mobilevlm.errors
         import mobilevlm.bundle, mobilevlm.decode_loop, mobilevlm.files
         import mobilevlm.runtime.onnx_model, mobilevlm.runtime.bundle, mobilevlm.runtime.bench
+        import mobilevlm.runtime.llama_cpp_model, mobilevlm.runtime.mtmd_vision, llama_cpp
+        import mobilevlm.runtime.backends
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))
         print("HEAVY", heavy)
         """
