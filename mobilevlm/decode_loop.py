@@ -49,7 +49,22 @@ class LanguageBackend(Protocol):
         """Append one token; logits (vocab,) of its position (reused by the next call)."""
 
 
-class EmbeddingBackend:
+class GeneratingBackend:
+    """The ``generate`` method every loaded model offers, over its backend methods."""
+
+    def generate(
+        self,
+        image: ImageInput | None,
+        prompt: str,
+        config: GenerationConfig | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> GenerationResult:
+        """Answer ``prompt`` about ``image`` (or text only when ``image`` is None);
+        ``on_text`` receives each piece of the answer as it is produced."""
+        return generate(self, image, prompt, config or GenerationConfig(), on_text)
+
+
+class EmbeddingBackend(GeneratingBackend):
     """A backend whose LLM takes input embeddings: it prefills the spliced prompt from an
     empty cache. Subclasses provide ``embed_tokens``, ``reset`` and ``prefill``."""
 

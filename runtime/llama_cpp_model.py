@@ -21,7 +21,7 @@ import ctypes
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +33,6 @@ from mobilevlm.bundle import BundleManifest
 from mobilevlm.config import ModelConfig
 from mobilevlm.errors import BundleError, ContextOverflowError, MissingDependencyError, at
 from mobilevlm.preprocess import ImageInput, preprocess
-from mobilevlm.result import GenerationResult
-from mobilevlm.sampling import GenerationConfig
 from mobilevlm.tokenizer import Tokenizer
 
 DEFAULT_CONTEXT = 2048
@@ -166,7 +164,7 @@ def _image_key(image_embeds: np.ndarray) -> str:
     return "image:" + hashlib.sha1(np.ascontiguousarray(image_embeds).tobytes()).hexdigest()
 
 
-class LlamaCppVLM:
+class LlamaCppVLM(decode_loop.GeneratingBackend):
     """A bundle's GGUF LLM on llama.cpp, its image from ONNX (``hybrid``) or mtmd."""
 
     def __init__(
@@ -299,16 +297,6 @@ class LlamaCppVLM:
         """Drop the cached conversation."""
         self.decoder.truncate(0)
         self._history = []
-
-    def generate(
-        self,
-        image: ImageInput | None,
-        prompt: str,
-        config: GenerationConfig | None = None,
-        on_text: Callable[[str], None] | None = None,
-    ) -> GenerationResult:
-        """Answer ``prompt`` about ``image`` (or text only when ``image`` is None)."""
-        return decode_loop.generate(self, image, prompt, config or GenerationConfig(), on_text)
 
     def close(self) -> None:
         self.decoder.close()

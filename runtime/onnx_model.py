@@ -7,7 +7,7 @@ same code the torch reference runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +21,6 @@ from mobilevlm.bundle import BundleManifest
 from mobilevlm.config import ModelConfig
 from mobilevlm.errors import BundleError, at
 from mobilevlm.preprocess import ImageInput, preprocess
-from mobilevlm.result import GenerationResult
-from mobilevlm.sampling import GenerationConfig
 from mobilevlm.tokenizer import Tokenizer
 
 DEFAULT_CONTEXT = 2048
@@ -116,13 +114,3 @@ class OnnxVLM(decode_loop.EmbeddingBackend):
 
     def decode(self, token: int) -> np.ndarray:
         return self.decoder.decode(self.table[token])
-
-    def generate(
-        self,
-        image: ImageInput | None,
-        prompt: str,
-        config: GenerationConfig | None = None,
-        on_text: Callable[[str], None] | None = None,
-    ) -> GenerationResult:
-        """Answer ``prompt`` about ``image`` (or text only when ``image`` is None)."""
-        return decode_loop.generate(self, image, prompt, config or GenerationConfig(), on_text)
