@@ -58,3 +58,24 @@ def test_quantized_bundles_keep_held_out_accuracy(default_model, tmp_path):
     }
     assert accuracy["int8"] >= accuracy["fp32"] - INT8_MAX_DROP, accuracy
     assert accuracy["int4"] >= accuracy["fp32"] - INT4_MAX_DROP, accuracy
+
+
+@pytest.mark.slow
+def test_llama_cpp_hybrid_keeps_held_out_accuracy(default_model, tmp_path):
+    """The default model on llama.cpp (hybrid: ONNX vision, GGUF LLM): f16 within 1 point of
+    the torch reference, q4_k_m within 3 (300 questions)."""
+    pytest.importorskip("llama_cpp")
+    from mobilevlm.export.bundle_export import export_bundle
+    from mobilevlm.runtime.backends import load_bundle
+    from mobilevlm.runtime.evaluate import evaluate, shapes_vqa_items
+
+    manifest = export_bundle(default_model, tmp_path / "b", ["f16", "q4_k_m"], formats=["gguf"])
+    assert manifest.exporter["parity"]["gguf"]["f16"]["top1_agreement"] == 1.0
+    items = list(shapes_vqa_items(300))
+    reference = evaluate(default_model, items, "shapes-vqa").accuracy()
+    accuracy = {
+        p: evaluate(load_bundle(tmp_path / "b", p), items, "shapes-vqa").accuracy()
+        for p in ("f16", "q4_k_m")
+    }
+    assert accuracy["f16"] >= reference - INT8_MAX_DROP, (reference, accuracy)
+    assert accuracy["q4_k_m"] >= reference - INT4_MAX_DROP, (reference, accuracy)
