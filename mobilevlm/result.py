@@ -16,6 +16,7 @@ class GenerationStats:
     image_tokens: int = 0
     prompt_tokens: int = 0  # text tokens of the prompt
     generated_tokens: int = 0
+    cached_tokens: int = 0  # prompt positions reused from the KV cache (not prefilled again)
     image_encode_ms: float = 0.0  # preprocessing + vision tower + projector
     prefill_ms: float = 0.0  # the LLM over image embeddings and prompt tokens
     decode_ms: float = 0.0  # every later token
@@ -32,7 +33,8 @@ class GenerationStats:
 
     @property
     def prefill_tokens_per_s(self) -> float:
-        return 1000.0 * self.prefill_tokens / self.prefill_ms if self.prefill_ms else 0.0
+        ran = self.prefill_tokens - self.cached_tokens
+        return 1000.0 * ran / self.prefill_ms if self.prefill_ms else 0.0
 
     @property
     def decode_tokens_per_s(self) -> float:

@@ -18,7 +18,6 @@ conversation) only prefills what is new.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -160,11 +159,7 @@ class LlamaDecoder:
         return np.ctypeslib.as_array(pointer, shape=(self.vocab,))
 
 
-def _image_key(image_embeds: np.ndarray) -> str:
-    return "image:" + hashlib.sha1(np.ascontiguousarray(image_embeds).tobytes()).hexdigest()
-
-
-class LlamaCppVLM(decode_loop.GeneratingBackend):
+class LlamaCppVLM(decode_loop.CachingBackend):
     """A bundle's GGUF LLM on llama.cpp, its image from ONNX (``hybrid``) or mtmd."""
 
     def __init__(
@@ -186,22 +181,24 @@ class LlamaCppVLM(decode_loop.GeneratingBackend):
         self.context = min(context or DEFAULT_CONTEXT, limit)
         self.llama = open_llama(root / selection.llm.path, self.context, threads, verbose=verbose)
         self.decoder = LlamaDecoder(self.llama, self.config.llm.hidden_size, self.context)
-        if selection.mode == "mtmd":
+        self.providers, self.threads = providers, threads
+        self.vision = self._open_vision()
+
+    def _open_vision(self):
+        path = self.root / self.selection.vision.path
+        if self.selection.mode == "mtmd":
             from mobilevlm.runtime.mtmd_vision import MtmdVisionEncoder
 
-            self.vision = MtmdVisionEncoder(root / selection.vision.path, self.llama, threads)
-            self._encode = self.vision.encode
-        else:
-            from mobilevlm.runtime.onnx_vision import OnnxVisionEncoder
+            return MtmdVisionEncoder(path, self.llama, self.threads)
+        from mobilevlm.runtime.onnx_vision import OnnxVisionEncoder
 
-            self.vision = OnnxVisionEncoder(
-                root / selection.vision.path, resolve_providers(providers), threads
-            )
-            self._encode = lambda image: self.vision.encode(
-                preprocess(image, self.config.preprocess)
-            )
-        self._history: list[int | str] = []  # what the KV cache holds, one entry a position
-        self.last_prefill = 0  # positions the last prompt actually ran (the rest was cached)
+        return OnnxVisionEncoder(path, resolve_providers(self.providers), self.threads)
+
+    def release_vision(self) -> None:
+        """Free the image encoder (memory); the next image loads it again."""
+        if self.vision is not None and hasattr(self.vision, "close"):
+            self.vision.close()
+        self.vision = None
 
     @classmethod
     def load(
@@ -256,50 +253,29 @@ class LlamaCppVLM(decode_loop.GeneratingBackend):
         return self.decoder.length
 
     def encode_image(self, image: ImageInput) -> np.ndarray:
-        return self._encode(image)
+        if self.selection.mode == "mtmd":  # mtmd preprocesses the pixels itself
+            pixels = image
+        else:
+            pixels = preprocess(image, self.config.preprocess)
+        if self.vision is None:
+            self.vision = self._open_vision()
+        return self.vision.encode(pixels)
 
-    def prefill_prompt(
-        self, input_ids: Sequence[int], image_embeds: np.ndarray | None
-    ) -> np.ndarray:
-        ids = list(input_ids)
-        at = decode_loop.image_slot(ids, image_embeds)
-        items: list[int | str] = list(ids)
-        segments = [("tokens", 0, len(items))]
-        if at is not None:
-            n = len(image_embeds)
-            key = _image_key(image_embeds)
-            items[at : at + 1] = [f"{key}:{i}" for i in range(n)]
-            segments = [("tokens", 0, at), ("image", at, at + n), ("tokens", at + n, len(items))]
-        keep = 0
-        for old, new in zip(self._history, items[:-1], strict=False):  # the last always runs
-            if old != new:
-                break
-            keep += 1
-        self.decoder.truncate(keep)
-        self._history = items[:keep]
-        self.last_prefill = len(items) - keep
-        for kind, start, end in segments:
-            begin = max(keep, start)
-            if begin >= end:
-                continue
-            if kind == "image":
-                self.decoder.embeddings(image_embeds[begin - start : end - start])
-            else:
-                self.decoder.tokens(items[begin:end])
-        self._history = items
+    def _truncate(self, length: int) -> None:
+        self.decoder.truncate(length)
+
+    def _run_tokens(self, ids: list) -> np.ndarray:
+        self.decoder.tokens(ids)
         return self.decoder.logits()
 
-    def decode(self, token: int) -> np.ndarray:
-        self._history.append(token)
+    def _run_embeddings(self, rows: np.ndarray) -> np.ndarray:
+        self.decoder.embeddings(rows)
+        return self.decoder.logits()
+
+    def _step(self, token: int) -> np.ndarray:
         return self.decoder.step(token)
 
-    def reset(self) -> None:
-        """Drop the cached conversation."""
-        self.decoder.truncate(0)
-        self._history = []
-
     def close(self) -> None:
+        self.release_vision()
         self.decoder.close()
-        if hasattr(self.vision, "close"):
-            self.vision.close()
         self.llama.close()

@@ -26,7 +26,7 @@ from mobilevlm.tokenizer import Tokenizer
 DEFAULT_CONTEXT = 2048
 
 
-class OnnxVLM(decode_loop.EmbeddingBackend):
+class OnnxVLM(decode_loop.CachingBackend):
     """A loaded bundle at one precision, with its KV cache allocated for ``context`` positions."""
 
     def __init__(
@@ -46,7 +46,8 @@ class OnnxVLM(decode_loop.EmbeddingBackend):
         self.providers = resolve_providers(providers)
         limit = self.config.llm.max_position_embeddings
         self.context = min(context or DEFAULT_CONTEXT, limit)
-        self.vision = OnnxVisionEncoder(root / selection.vision.path, self.providers, threads)
+        self.threads = threads
+        self.vision: OnnxVisionEncoder | None = self._open_vision()
         self.decoder = OnnxDecoder(
             root / selection.decoder.path, self.config.llm, self.context, self.providers, threads
         )
@@ -100,17 +101,36 @@ class OnnxVLM(decode_loop.EmbeddingBackend):
     def context_length(self) -> int:
         return self.context
 
+    def _open_vision(self) -> OnnxVisionEncoder:
+        path = self.root / self.selection.vision.path
+        return OnnxVisionEncoder(path, self.providers, self.threads)
+
+    def release_vision(self) -> None:
+        """Free the vision session (memory); the next image loads it again."""
+        self.vision = None
+
     def encode_image(self, image: ImageInput) -> np.ndarray:
-        return self.vision.encode(preprocess(image, self.config.preprocess))
+        pixels = preprocess(image, self.config.preprocess)
+        if self.vision is None:
+            self.vision = self._open_vision()
+        return self.vision.encode(pixels)
 
     def embed_tokens(self, ids: Sequence[int]) -> np.ndarray:
         return np.asarray(self.table[list(ids)], dtype=np.float32)
 
-    def reset(self) -> None:
-        self.decoder.reset()
-
     def prefill(self, embeds: np.ndarray) -> np.ndarray:
+        """Append raw input embeddings (seq, hidden) to the cache; last position's logits."""
+        self._history = None  # positions no longer identified by tokens: no reuse
         return self.decoder.forward(embeds)
 
-    def decode(self, token: int) -> np.ndarray:
+    def _truncate(self, length: int) -> None:
+        self.decoder.cache.length = min(length, self.decoder.cache.length)
+
+    def _run_tokens(self, ids: list) -> np.ndarray:
+        return self.decoder.forward(self.embed_tokens(ids))
+
+    def _run_embeddings(self, rows: np.ndarray) -> np.ndarray:
+        return self.decoder.forward(rows)
+
+    def _step(self, token: int) -> np.ndarray:
         return self.decoder.decode(self.table[token])

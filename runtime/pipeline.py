@@ -1,0 +1,358 @@
+"""The embedded API: load a bundle once, then ask it questions about images.
+
+    from mobilevlm.runtime import Pipeline
+
+    vlm = Pipeline.load("bundles/default", precision="int4", memory_budget="512MB")
+    print(vlm.generate("photo.png", "What color is the circle?").text)
+    for piece in vlm.stream("photo.png", "Describe it."):
+        print(piece, end="", flush=True)
+    chat = vlm.conversation("photo.png")
+    chat.ask("How many shapes are there?"); chat.ask("Which one is red?")
+
+A :class:`Pipeline` owns one backend (ONNX Runtime or llama.cpp) and its KV
+cache. Calls on one pipeline are serialized by a lock: a second thread waits
+until the running generation ends (an unfinished :meth:`stream` holds the
+pipeline until it is exhausted or closed). :meth:`cancel` stops the running
+generation after its current token, from any thread; the pipeline stays
+usable. Image embeddings are cached by image content (decoded pixels), a
+bounded number of images, so asking again about the same image skips the
+vision encoder; a :class:`Conversation` also keeps the KV cache of its
+earlier turns, so a new turn prefills only its own tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mobilevlm.runtime.backends import load_bundle
+from mobilevlm.runtime.messages import parse_messages
+
+from mobilevlm import decode_loop
+from mobilevlm.bundle import BundleManifest
+from mobilevlm.errors import MissingDependencyError
+from mobilevlm.files import cache_root
+from mobilevlm.preprocess import ImageInput, load_image
+from mobilevlm.prompts import Turn, get_template
+from mobilevlm.result import GenerationResult
+from mobilevlm.sampling import GenerationConfig
+
+IMAGE_CACHE_SIZE = 8  # images whose embeddings are kept
+
+
+def default_bundle(progress: bool | None = None) -> Path:
+    """The built-in model as a bundle (ONNX, int4), exported on first use into the cache
+    directory; building it needs the [export] extra (torch), loading it does not."""
+    path = cache_root() / "bundles" / "default"
+    if (path / "bundle.json").is_file():
+        return path
+    try:
+        from mobilevlm.export.bundle_export import export_bundle
+
+        from mobilevlm.default_model.assemble import load_default_model
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"building the default model's bundle needs the [export] extra ({exc.name} is "
+            "missing): pip install torch==2.13.0 && pip install 'mobilevlm-runtime[export]'; "
+            "or pass the path of an exported bundle"
+        ) from exc
+    export_bundle(load_default_model(), path, ["int4"], source="default model", progress=progress)
+    return path
+
+
+def image_key(image: ImageInput) -> str:
+    """Identity of an image by content: the same pixels give the same key, whatever the
+    form (path, bytes, Pillow image, array) they came in."""
+    pixels = np.asarray(load_image(image))
+    digest = hashlib.sha1(pixels.tobytes())
+    digest.update(str(pixels.shape).encode())
+    return digest.hexdigest()
+
+
+class Streaming:
+    """The pieces of one answer as they are produced (iterate over it); ``result`` holds
+    the :class:`GenerationResult` once the iteration has ended. ``cancel()`` stops it
+    after the current token; ``close()`` (or leaving a ``with`` block) abandons it."""
+
+    def __init__(self, pipeline: Pipeline, pieces: Callable[[Streaming], Iterator[str]]) -> None:
+        self._pipeline = pipeline
+        self.result: GenerationResult | None = None
+        self._pieces = pieces(self)
+
+    def __iter__(self) -> Streaming:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def cancel(self) -> None:
+        self._pipeline.cancel()
+
+    def close(self) -> None:
+        self._pieces.close()
+
+    def __enter__(self) -> Streaming:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Pipeline:
+    """A loaded model that answers questions about images (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: Any,
+        vision_resident: bool = True,
+        image_cache_size: int = IMAGE_CACHE_SIZE,
+        plan: Any = None,
+    ) -> None:
+        self.model = model  # an OnnxVLM, a LlamaCppVLM, or any decode_loop backend
+        self.vision_resident = vision_resident
+        self.plan = plan  # the memory plan it was loaded under, if any
+        self._images: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._image_cache_size = image_cache_size
+        self.cache_hits = self.cache_misses = 0
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+
+    @classmethod
+    def load(
+        cls,
+        bundle: str | Path | None = None,
+        *,
+        backend: str | None = None,
+        precision: str | None = None,
+        mode: str = "hybrid",
+        providers: Sequence[str] = ("cpu",),
+        threads: int | None = None,
+        context: int | None = None,
+        memory_budget: int | str | None = None,
+        vision_precision: str | None = None,
+        image_cache_size: int = IMAGE_CACHE_SIZE,
+        verify: str = "auto",
+    ) -> Pipeline:
+        """Load ``bundle`` (None: the built-in model). ``precision`` names the backend
+        (fp32/int8/int4: ONNX Runtime; f16/q8_0/q4_k_m: llama.cpp); ``memory_budget``
+        (bytes, or text such as "512MB") lets the planner choose backend, precision,
+        context and whether the vision encoder stays loaded, before anything is loaded."""
+        path = Path(bundle) if bundle is not None else default_bundle()
+        plan = None
+        vision_resident = True
+        if memory_budget is not None:
+            from mobilevlm.runtime.memory import parse_size, plan_memory
+
+            budget = parse_size(memory_budget) if isinstance(memory_budget, str) else memory_budget
+            plan = plan_memory(BundleManifest.read(path), budget, backend, precision, mode, context)
+            backend, precision, context = plan.backend, plan.precision, plan.context
+            vision_resident = plan.vision_resident
+        model = load_bundle(
+            path, precision, backend, mode, providers, threads, context, vision_precision, verify
+        )
+        return cls(model, vision_resident, image_cache_size, plan)
+
+    # ------------------------------------------------------------------ images
+
+    def encode_image(self, image: ImageInput) -> np.ndarray:
+        """(image_tokens, hidden) embeddings, from the cache when these pixels were seen."""
+        key = image_key(image)
+        if key in self._images:
+            self.cache_hits += 1
+            self._images.move_to_end(key)
+            return self._images[key]
+        self.cache_misses += 1
+        embeds = np.array(self.model.encode_image(image), dtype=np.float32)
+        if not self.vision_resident and hasattr(self.model, "release_vision"):
+            self.model.release_vision()
+        self._images[key] = embeds
+        while len(self._images) > self._image_cache_size:
+            self._images.popitem(last=False)
+        return embeds
+
+    # ------------------------------------------------------------------ generation
+
+    def cancel(self) -> None:
+        """Stop the running generation after its current token (from any thread)."""
+        self._cancel.set()
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    def _pieces(
+        self,
+        image: ImageInput | None,
+        prompt: decode_loop.Prompt,
+        config: GenerationConfig,
+        system: str | None,
+        cancel: Callable[[], bool] | None,
+        holder: Streaming,
+        input_ids: Sequence[int] | None = None,
+    ) -> Iterator[str]:
+        with self._lock:
+            self._cancel.clear()
+            embeds = self.encode_image(image) if image is not None else None
+
+            def cancelled() -> bool:
+                return self._cancel.is_set() or bool(cancel and cancel())
+
+            pieces = decode_loop.stream(
+                self.model,
+                None,
+                prompt,
+                config,
+                image_embeds=embeds,
+                system=system,
+                cancel=cancelled,
+                input_ids=input_ids,
+            )
+            while True:
+                try:
+                    piece = next(pieces)
+                except StopIteration as done:
+                    holder.result = done.value
+                    return
+                yield piece
+
+    def generate(
+        self,
+        image: ImageInput | None,
+        prompt: decode_loop.Prompt,
+        config: GenerationConfig | None = None,
+        *,
+        on_text: Callable[[str], None] | None = None,
+        system: str | None = None,
+        cancel: Callable[[], bool] | None = None,
+        input_ids: Sequence[int] | None = None,
+        **settings: Any,
+    ) -> GenerationResult:
+        """Answer ``prompt`` (a question, or turns ending in a question) about ``image``
+        (None: text only). ``settings`` are GenerationConfig fields (max_new_tokens=...);
+        ``on_text`` receives the answer piece by piece; ``cancel`` is polled per token."""
+        streaming = self.stream(
+            image, prompt, config, system=system, cancel=cancel, input_ids=input_ids, **settings
+        )
+        for piece in streaming:
+            if on_text:
+                on_text(piece)
+        return streaming.result
+
+    def stream(
+        self,
+        image: ImageInput | None,
+        prompt: decode_loop.Prompt,
+        config: GenerationConfig | None = None,
+        *,
+        system: str | None = None,
+        cancel: Callable[[], bool] | None = None,
+        input_ids: Sequence[int] | None = None,
+        **settings: Any,
+    ) -> Streaming:
+        """The answer as an iterator of text pieces, produced as it is generated."""
+        config = config or GenerationConfig(**settings)
+        return Streaming(
+            self,
+            lambda holder: self._pieces(image, prompt, config, system, cancel, holder, input_ids),
+        )
+
+    def chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        config: GenerationConfig | None = None,
+        *,
+        on_text: Callable[[str], None] | None = None,
+        **settings: Any,
+    ) -> GenerationResult:
+        """Answer the last user message of an OpenAI-style chat (text and image parts)."""
+        chat = parse_messages(messages)
+        return self.generate(
+            chat.image, chat.turns, config, on_text=on_text, system=chat.system, **settings
+        )
+
+    def conversation(self, image: ImageInput | None = None, system: str | None = None):
+        """A multi-turn conversation about ``image`` that reuses its earlier turns' cache."""
+        return Conversation(self, image, system)
+
+
+class Conversation:
+    """Turns over one image. The conversation keeps its token ids: the earlier prompts
+    and the answers exactly as generated, then the template's text for the new turn. The
+    backend finds all of it in its KV cache and prefills only the new turn, and the image
+    is encoded once."""
+
+    def __init__(
+        self, pipeline: Pipeline, image: ImageInput | None = None, system: str | None = None
+    ) -> None:
+        self.pipeline = pipeline
+        self.system = system
+        self.image = image
+        self.reset()
+
+    def set_image(self, image: ImageInput | None) -> None:
+        """Talk about another image: the template puts it in the first turn, so the
+        conversation starts over."""
+        if image is not None:
+            self.pipeline.encode_image(image)  # fail now on a bad image, and cache it
+        self.image = image
+        self.reset()
+
+    def reset(self) -> None:
+        self.turns: list[Turn] = []
+        self.results: list[GenerationResult] = []
+        self._ids: list[int] = []  # prompt and answer ids so far
+
+    def _input_ids(self, prompt: str) -> list[int]:
+        model = self.pipeline.model
+        with_image = self.image is not None
+        turns = self.turns + [Turn(prompt)]
+        if not self.turns:
+            return decode_loop.conversation_ids(
+                model.config, model.tokenizer, turns, with_image, self.system
+            )
+        # the template's text between the last answer and the new answer
+        marker = "\x00answer\x00"
+        turns[-2] = Turn(turns[-2].user, marker)
+        system = model.config.system_prompt if self.system is None else self.system
+        text = get_template(model.config.template).render(
+            turns, system=system, with_image=with_image
+        )
+        return self._ids + model.tokenizer.encode(text.split(marker, 1)[1])
+
+    def _record(self, prompt: str, ids: list[int], result: GenerationResult) -> None:
+        answer = result.token_ids
+        if result.stats.stop_reason == "eos":
+            answer = answer[:-1]  # the template writes the end of the answer itself
+        self._ids = ids + answer
+        self.turns.append(Turn(prompt, result.text.strip()))
+        self.results.append(result)
+
+    def ask(
+        self,
+        prompt: str,
+        config: GenerationConfig | None = None,
+        *,
+        on_text: Callable[[str], None] | None = None,
+        **settings: Any,
+    ) -> GenerationResult:
+        """The next turn: answer ``prompt`` in the light of the earlier turns."""
+        ids = self._input_ids(prompt)
+        result = self.pipeline.generate(
+            self.image, prompt, config, on_text=on_text, input_ids=ids, **settings
+        )
+        self._record(prompt, ids, result)
+        return result
+
+    def stream(
+        self, prompt: str, config: GenerationConfig | None = None, **settings: Any
+    ) -> Iterator[str]:
+        """The next turn, piece by piece; the turn is recorded when the stream ends."""
+        ids = self._input_ids(prompt)
+        streaming = self.pipeline.stream(self.image, prompt, config, input_ids=ids, **settings)
+        yield from streaming
+        self._record(prompt, ids, streaming.result)
