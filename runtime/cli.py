@@ -10,8 +10,12 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mobilevlm.runtime.backends import BACKENDS, backend_for, check_bundle, load_bundle
@@ -25,6 +29,7 @@ from mobilevlm.runtime.evaluate import (
 )
 from mobilevlm.runtime.llama_cpp_model import MODES
 from mobilevlm.runtime.onnx_model import DEFAULT_CONTEXT
+from mobilevlm.runtime.pipeline import Pipeline
 from mobilevlm.runtime.report import describe_bundle
 
 from mobilevlm import __version__
@@ -93,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="answer one prompt about an image",
         description="Answer one prompt about an image, streaming the answer to stdout. "
-        "With --bundle it runs an exported bundle on ONNX Runtime (torch-free); otherwise "
+        "With --bundle it runs an exported bundle on ONNX Runtime or llama.cpp (torch-free); "
+        "otherwise "
         "the PyTorch reference model (needs the [export] extra).",
     )
     _add_model_options(run)
@@ -106,6 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_generation_options(run)
     run.set_defaults(handler=cmd_run)
+
+    chat = sub.add_parser(
+        "chat",
+        help="talk about an image, turn by turn",
+        description="An interactive conversation about an image: each line is a turn, "
+        "answered as it is generated; earlier turns stay in the KV cache, so a turn only "
+        f"prefills its own tokens. Commands: {CHAT_HELP}. Reads lines from stdin when it "
+        "is not a terminal. Ctrl-C stops the current answer.",
+    )
+    _add_model_options(chat)
+    chat.add_argument("--image", type=Path, metavar="IMG", help="image to talk about")
+    _add_generation_options(chat)
+    chat.set_defaults(handler=cmd_chat)
 
     ev = sub.add_parser(
         "eval",
@@ -285,6 +304,13 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         "fallback",
     )
     b.add_argument(
+        "--memory-budget",
+        metavar="SIZE",
+        help="e.g. 512MB: the planner picks backend, precision, context and whether the "
+        "vision encoder stays loaded so that the process stays under it "
+        "(`mobilevlm info BUNDLE --memory-budget SIZE` shows the plan)",
+    )
+    b.add_argument(
         "--context",
         type=int,
         default=None,
@@ -320,15 +346,23 @@ def _warn_random_weights(source: Path) -> None:
     )
 
 
-def _load_model(args: argparse.Namespace, precision: str | None = None, mode: str | None = None):
-    """The bundle on ONNX Runtime with --bundle, else the PyTorch reference."""
+def _load_model(
+    args: argparse.Namespace, precision: str | None = None, mode: str | None = None
+) -> Pipeline:
+    """A Pipeline over the bundle (--bundle), else over the PyTorch reference."""
+    budget = getattr(args, "memory_budget", None)
     if args.bundle is None:
-        return _load_reference_model(args.model, args.vision_tower, args.threads)
+        if budget is not None:
+            raise MobileVLMError("--memory-budget needs --bundle (the planner reads its files)")
+        model = _load_reference_model(args.model, args.vision_tower, args.threads)
+        from mobilevlm.generate import TorchBackend
+
+        return Pipeline(TorchBackend(model))
     if args.model is not None:
         raise MobileVLMError("give either --model (PyTorch reference) or --bundle, not both")
     if args.context is not None and args.context < 2:
         raise MobileVLMError(f"--context must be at least 2, got {args.context}")
-    model = load_bundle(
+    pipeline = Pipeline.load(
         args.bundle,
         precision=precision or args.precision,
         backend=args.backend,
@@ -336,45 +370,139 @@ def _load_model(args: argparse.Namespace, precision: str | None = None, mode: st
         providers=args.provider or ("cpu",),
         threads=args.threads,
         context=args.context,
+        memory_budget=budget,
         vision_precision=args.vision_precision,
     )
-    if model.manifest.exporter.get("random_weights"):
+    if pipeline.model.manifest.exporter.get("random_weights"):
         _warn_random_weights(args.bundle)
-    return model
+    return pipeline
+
+
+@contextmanager
+def _cancel_on_ctrl_c(pipeline: Pipeline) -> Iterator[list[bool]]:
+    """While generating, Ctrl-C stops the answer after the current token (what was
+    generated so far stays); a second Ctrl-C interrupts at once."""
+    interrupted: list[bool] = []
+
+    def on_sigint(signum, frame) -> None:
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(True)
+        pipeline.cancel()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted  # signals reach the main thread only
+        return
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _write(piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()
+
+
+def _stats_line(s) -> str:
+    cached = f" ({s.cached_tokens} from the cache)" if s.cached_tokens else ""
+    return (
+        f"[{s.image_tokens} image + {s.prompt_tokens} prompt tokens prefilled{cached} in "
+        f"{s.time_to_first_token_ms:.0f} ms; {s.generated_tokens} tokens at "
+        f"{s.decode_tokens_per_s:.1f} tok/s; stop: {s.stop_reason}]"
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _generation_config(args)
     image = load_image(args.image) if args.image is not None else None  # fail before loading
     t0 = time.perf_counter()
-    model = _load_model(args)
+    pipeline = _load_model(args)
     load_ms = (time.perf_counter() - t0) * 1000
-
-    def stream(piece: str) -> None:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-
-    result = model.generate(image, args.prompt, config, on_text=None if args.json else stream)
+    with _cancel_on_ctrl_c(pipeline) as interrupted:
+        result = pipeline.generate(
+            image, args.prompt, config, on_text=None if args.json else _write
+        )
     if args.json:
         out = result.to_dict()
         out["stats"]["load_ms"] = round(load_ms, 3)
-        out["model"] = _model_name(args, model)
+        out["model"] = _model_name(args, pipeline)
         print(json.dumps(out, ensure_ascii=False))
     else:
         print()
-        s = result.stats
-        print(
-            f"[{s.image_tokens} image + {s.prompt_tokens} prompt tokens prefilled in "
-            f"{s.time_to_first_token_ms:.0f} ms; {s.generated_tokens} tokens at "
-            f"{s.decode_tokens_per_s:.1f} tok/s; stop: {s.stop_reason}]",
-            file=sys.stderr,
-        )
+        print(_stats_line(result.stats), file=sys.stderr)
+    return EXIT_INTERRUPTED if interrupted else 0
+
+
+CHAT_HELP = "/image PATH: talk about another image; /reset: forget the turns; /stats; /quit"
+
+
+def _lines(prompt: str) -> Iterator[str]:
+    """User lines: from the terminal with a prompt, else from stdin as it comes."""
+    if sys.stdin.isatty():
+        while True:
+            try:
+                yield input(prompt)
+            except EOFError:
+                print(file=sys.stderr)
+                return
+    else:
+        yield from (line.rstrip("\n") for line in sys.stdin)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    config = _generation_config(args)
+    image = load_image(args.image) if args.image is not None else None
+    pipeline = _load_model(args)
+    chat = pipeline.conversation(image)
+    if sys.stdin.isatty():
+        print(f"chatting with {_model_name(args, pipeline)}. {CHAT_HELP}", file=sys.stderr)
+    for line in _lines("> "):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/"):
+            command, _, argument = line.partition(" ")
+            if command in ("/quit", "/exit"):
+                break
+            try:
+                _chat_command(chat, command, argument.strip())
+            except MobileVLMError as exc:  # a bad /image keeps the session
+                print(f"mobilevlm: error: {exc}", file=sys.stderr)
+            continue
+        with _cancel_on_ctrl_c(pipeline) as interrupted:
+            chat.ask(line, config, on_text=_write)
+        print()
+        if interrupted:
+            print("[interrupted]", file=sys.stderr)
     return 0
 
 
-def _model_name(args: argparse.Namespace, model) -> str:
+def _chat_command(chat, command: str, argument: str) -> None:
+    if command == "/image":
+        if not argument:
+            raise MobileVLMError("usage: /image PATH")
+        chat.set_image(Path(argument).expanduser())
+        print(f"[image {argument}; the conversation starts over]", file=sys.stderr)
+    elif command == "/reset":
+        chat.reset()
+        print("[the conversation starts over]", file=sys.stderr)
+    elif command == "/stats":
+        if chat.results:
+            print(_stats_line(chat.results[-1].stats), file=sys.stderr)
+        p = chat.pipeline
+        print(
+            f"[{len(chat.turns)} turns; image cache {p.cache_hits} hits, {p.cache_misses} misses]",
+            file=sys.stderr,
+        )
+    else:
+        raise MobileVLMError(f"unknown command {command} ({CHAT_HELP})")
+
+
+def _model_name(args: argparse.Namespace, pipeline: Pipeline) -> str:
     if args.bundle is not None:
-        return f"{args.bundle} ({model.variant})"
+        return f"{args.bundle} ({pipeline.model.variant})"
     return str(args.model or "default")
 
 
@@ -412,7 +540,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     reports = {}
     for precision, mode in variants:
         model = _load_model(args, precision, mode)
-        name = model.variant if len(variants) > 1 else _model_name(args, model)
+        name = model.model.variant if len(variants) > 1 else _model_name(args, model)
         done = correct = 0
         bar = tqdm(total=len(items), desc=name, unit="q", disable=not sys.stderr.isatty())
 
