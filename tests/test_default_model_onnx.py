@@ -79,3 +79,18 @@ def test_llama_cpp_hybrid_keeps_held_out_accuracy(default_model, tmp_path):
     }
     assert accuracy["f16"] >= reference - INT8_MAX_DROP, (reference, accuracy)
     assert accuracy["q4_k_m"] >= reference - INT4_MAX_DROP, (reference, accuracy)
+
+
+def test_pipeline_conversation_on_the_default_model(fp32_bundle):
+    """Two turns about the demo image: the second reuses the first from the KV cache, and
+    both answers are right."""
+    from mobilevlm.runtime import Pipeline
+
+    vlm = Pipeline.load(fp32_bundle[1], precision="fp32")
+    chat = vlm.conversation(REPO / "examples" / "shapes.png")
+    first = chat.ask("What color is the circle?")
+    second = chat.ask("What is the capital of France?")
+    assert shapes_vqa.is_correct(first.text, "red", "color"), first.text
+    assert "Paris" in second.text
+    assert second.stats.cached_tokens >= first.stats.prefill_tokens
+    assert (vlm.cache_misses, vlm.cache_hits) == (1, 1)
