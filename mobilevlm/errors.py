@@ -54,3 +54,8 @@ class BundleError(MobileVLMError):
 
 class ProviderError(MobileVLMError):
     """An execution provider that was required but is not available in this onnxruntime."""
+
+
+class BudgetError(MobileVLMError):
+    """A memory budget that nothing in the bundle fits in (the message names the smallest
+    budget that works)."""

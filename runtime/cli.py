@@ -243,6 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
     info.add_argument("--verify", action="store_true", help="also check every file's sha256")
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    info.add_argument(
+        "--memory-budget",
+        metavar="SIZE",
+        help="print what would be loaded under this budget (512MB, 1.5GB: powers of 10; "
+        "800MiB, 2G: powers of 2) and the estimate line by line",
+    )
+    info.add_argument(
+        "--precision",
+        choices=PRECISIONS + GGUF_PRECISIONS,
+        help="with --memory-budget: only this precision",
+    )
+    info.add_argument("--backend", choices=BACKENDS, help="with --memory-budget: only this one")
+    info.add_argument("--context", type=int, help="with --memory-budget: this context")
     info.set_defaults(handler=cmd_info)
     return parser
 
@@ -676,7 +689,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     manifest = BundleManifest.read(args.bundle)
     verify_files(args.bundle, manifest.artefacts, "full" if args.verify else "size")
-    if args.json:
+    if args.memory_budget is not None:
+        from mobilevlm.runtime.memory import parse_size, plan_memory
+
+        budget = parse_size(args.memory_budget)
+        plan = plan_memory(manifest, budget, args.backend, args.precision, "hybrid", args.context)
+        print(json.dumps(plan.to_dict()) if args.json else plan.describe())
+    elif args.json:
         print(json.dumps(manifest.to_dict()))
     else:
         print(describe_bundle(args.bundle, manifest))
