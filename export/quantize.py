@@ -37,19 +37,23 @@ import onnx
 
 BLOCK_SIZE = 32
 ACCURACY_LEVEL = 4  # int8 compute inside MatMulNBits: several times faster than fp32 on CPU
+NBITS_LOGGER = "onnxruntime.quantization.matmul_nbits_quantizer"
 LM_HEAD = "lm_head"  # node name in mobilevlm.export.onnx_decoder
 
 
 @contextmanager
 def _quiet_root_logger():
-    """onnxruntime.quantization warns through the root logger about every node it skips."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    """onnxruntime.quantization warns through the root logger about every node it skips,
+    and its MatMulNBits quantizer logs each node at INFO through a logger of its own."""
+    loggers = [logging.getLogger(), logging.getLogger(NBITS_LOGGER)]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        root.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _weight_only(model: onnx.ModelProto, bits: int, **select) -> onnx.ModelProto:

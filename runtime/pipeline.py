@@ -148,7 +148,7 @@ class Pipeline:
         if memory_budget is not None:
             from mobilevlm.runtime.memory import parse_size, plan_memory
 
-            budget = parse_size(memory_budget) if isinstance(memory_budget, str) else memory_budget
+            budget = parse_size(memory_budget)
             plan = plan_memory(BundleManifest.read(path), budget, backend, precision, mode, context)
             backend, precision, context = plan.backend, plan.precision, plan.context
             vision_resident = plan.vision_resident
