@@ -247,11 +247,6 @@ class LlamaCppVLM(decode_loop.CachingBackend):
     def context_length(self) -> int:
         return self.context
 
-    @property
-    def cached_positions(self) -> int:
-        """Positions of the last prompt and answer kept in the KV cache."""
-        return self.decoder.length
-
     def encode_image(self, image: ImageInput) -> np.ndarray:
         if self.selection.mode == "mtmd":  # mtmd preprocesses the pixels itself
             pixels = image
