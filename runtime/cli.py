@@ -205,10 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench",
-        help="LLM prefill/decode throughput: ONNX Runtime precisions against llama.cpp",
+        help="LLM prefill/decode throughput of every precision against llama-cpp-python",
         description="Prefill a seeded random prompt and decode greedily through each exported "
-        "decoder precision and through llama-cpp-python on a GGUF, interleaved, and print "
-        "medians and ratios to llama.cpp. The machine is named in the report.",
+        "precision (ONNX decoders on ONNX Runtime, GGUF files through this runtime's llama.cpp "
+        "backend) and through llama-cpp-python's own generation loop on a GGUF (by default "
+        "the bundle's fastest), interleaved, and print medians and ratios to it. The machine "
+        "is named in the report.",
     )
     bench.add_argument(
         "bundles",
