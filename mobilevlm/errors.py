@@ -57,5 +57,10 @@ class ProviderError(MobileVLMError):
 
 
 class BudgetError(MobileVLMError):
-    """A memory budget that nothing in the bundle fits in (the message names the smallest
-    budget that works)."""
+    """A memory budget that nothing in the bundle fits in; the message names the budget and
+    the smallest that works, also held as ``budget`` and ``smallest`` (bytes)."""
+
+    def __init__(self, message: str, budget: int | None = None, smallest: int | None = None):
+        super().__init__(message)
+        self.budget = budget
+        self.smallest = smallest

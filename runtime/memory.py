@@ -1,37 +1,48 @@
 """The memory budget planner: what to load so that the process stays under a budget.
 
-The estimate of a process's peak resident memory (what ``ru_maxrss`` reports)
-is the sum of, line by line:
+The estimate of a process's peak resident memory (``VmHWM``, what ``ru_maxrss``
+reports for a process of its own) is a sum, line by line:
 
-- the process itself: Python, numpy, tokenizers and the backend's library
-  imported (``BASE_BYTES``, measured);
-- the LLM's weights: the decoder graph (ONNX Runtime reads its external data
-  into memory) or the GGUF file (llama.cpp maps it, and every page is touched
-  each token, so mapped or not it is resident);
-- the vision graph;
-- the KV cache for the whole context: fp32 on ONNX Runtime (its pages become
-  resident as positions fill), f16 on llama.cpp (allocated and cleared at load,
-  its context padded up to a multiple of 256);
-- the backend's working memory: arenas, compute buffers, the tokenizer, the
-  touched rows of the memory-mapped embedding table (``OVERHEAD``, measured,
-  with a part proportional to the weights on ONNX Runtime);
-- a safety margin (``MARGIN``).
+- the process: Python, numpy, tokenizers and the backend's library imported;
+- the tokenizer, per vocabulary entry (the Rust tokenizer's vocabulary and merges);
+- the LLM's weights: the decoder's external data (ONNX Runtime reads it, or maps it
+  and packs a copy) or the GGUF file (llama.cpp maps it; every page is read each
+  token, so it is resident all the same);
+- on ONNX Runtime, the token embedding table: memory-mapped, so only the pages of
+  rows read count; but the kernel maps 64 to 160 KiB around each row read (read-around),
+  so a few hundred distinct tokens map most of it, and the whole table is counted;
+- the backend's working memory: arenas, compute buffers, graph copies; on ONNX
+  Runtime a part proportional to the weights, on llama.cpp a part per position of the
+  context (its attention buffers);
+- the vision encoder's session with its activations while it encodes (hybrid: the
+  ONNX graph; mtmd: the mmproj); released after the image prefill, part of it stays
+  (heap the allocator does not give back);
+- the KV cache for the whole context: fp32 on ONNX Runtime, allocated at load but
+  resident only as positions fill; f16 on llama.cpp, its context padded up to a
+  multiple of 256 and cleared (so resident) at load;
+- a margin (``MARGIN``) for run-to-run variation.
 
-Measured on this project's machine (2-core AMD EPYC, Linux, onnxruntime
-1.31.1, llama-cpp-python 0.3.36) with ``python -m mobilevlm.runtime.memory
---measure BUNDLE``: the peak RSS of a process that loads the default model at
-each precision and answers one question about an image, minus the weights
-and KV cache it holds. See docs/benchmarks.md for estimate against measured.
+The constants were measured on this project's machine (2-core AMD EPYC, Linux,
+glibc, onnxruntime 1.31.1, llama-cpp-python 0.3.36) with ``python -m
+mobilevlm.runtime.memory --measure BUNDLE`` on the default model's bundle: each
+part in a fresh process (see :func:`main`); docs/benchmarks.md has the numbers.
 
-The planner prefers the most accurate precision that fits (fp32, int8, int4 on
-ONNX Runtime, then f16, q8_0, q4_k_m on llama.cpp; ONNX Runtime first because
-it is the faster backend on the CPU), with at least ``MIN_TEXT_POSITIONS``
-positions beyond the image, then gives it the largest context that fits, up to
-the model's limit. On ONNX Runtime the KV cache's pages only become resident
-as the context fills, so releasing the vision encoder after the image prefill
-makes room for a longer context; the plan does so when the resident encoder
-would not fit. Weights are memory-mapped where the backend allows (the
-embedding table; llama.cpp's GGUF).
+Choice. Candidates are ranked as the runtime ranks them without a budget: the
+fastest first (ONNX Runtime int4, int8, fp32, then llama.cpp q4_k_m, q8_0, f16;
+ONNX Runtime before llama.cpp because it prefills 2.2x and decodes 1.15x as fast
+on the CPU, docs/benchmarks.md; the default model loses no accuracy at int4), so
+a budget never changes what would run without one unless it must. The first that
+fits with at least ``min_context`` positions (the image tokens, a prompt and a short
+answer) wins, then gets the largest context that fits, up to the model's limit.
+The vision encoder stays resident when that leaves ``PREFERRED_CONTEXT`` positions
+(or the context asked for); otherwise, on ONNX Runtime, it is released after the
+image prefill when that buys a longer context (the KV cache's pages fill only after
+the encoder has gone). llama.cpp's KV cache is resident from the start, so there the
+encoder's release would gain nothing. Weights are memory-mapped where the backend
+allows: llama.cpp's GGUF and ONNX Runtime's embedding table.
+
+Sizes: "MB" and "GB" are powers of 10 (512MB = 512,000,000 bytes), "MiB", "GiB",
+"M" and "G" powers of 2; a plain number is bytes.
 """
 
 from __future__ import annotations
@@ -41,8 +52,15 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mobilevlm.bundle import GGUF_PRECISIONS, BundleManifest
-from mobilevlm.errors import BudgetError, MobileVLMError
+from mobilevlm.runtime.bundle import (
+    GGUF_PREFERENCE,
+    PRECISION_PREFERENCE,
+    select,
+    select_gguf,
+)
+
+from mobilevlm.bundle import BundleManifest
+from mobilevlm.errors import BudgetError, BundleError, MobileVLMError
 
 MIB = 2**20
 UNITS = {
@@ -58,25 +76,44 @@ UNITS = {
     "GB": 10**9,
     "GIB": 2**30,
 }
-ONNX_ORDER = ("fp32", "int8", "int4")  # most accurate first
-GGUF_ORDER = ("f16", "q8_0", "q4_k_m")
-# measured: ru_maxrss after importing the runtime and the backend's library
-BASE_BYTES = {"onnxruntime": 58 * 10**6, "llama.cpp": 68 * 10**6}
-# measured residuals (peak - base - weights - vision - KV in use); ONNX Runtime's grows
-# with the weights it optimizes and packs: 120 MiB (int4, int8) to 142 MiB (fp32); llama.cpp's
-# grows with the context (its attention buffers): 112 to 122 MiB at 512 positions, 148 MiB
-# at 3584 (q4_k_m), so a part per position and head is added (LLAMA_SCORES bytes)
-OVERHEAD = {"onnxruntime": (112 * MIB, 0.055), "llama.cpp": (122 * MIB, 0.0)}
-LLAMA_SCORES = 512 * 2  # a 512-token batch of f16 scores
-MARGIN = 0.05  # of the estimate, for run-to-run variation and longer answers
+ONNXRUNTIME, LLAMA_CPP = "onnxruntime", "llama.cpp"
+# the runtime's own order without a budget: the fastest first
+PREFERENCE = tuple((ONNXRUNTIME, p) for p in PRECISION_PREFERENCE) + tuple(
+    (LLAMA_CPP, p) for p in GGUF_PREFERENCE
+)
+
+# Measured with `python -m mobilevlm.runtime.memory --measure BUNDLE` on the default model
+# (and on a tiny random one for the fixed parts), each part in a fresh process:
+# VmHWM after importing numpy, tokenizers, the backend's library and the runtime: 57, 65 MiB
+BASE_BYTES = {ONNXRUNTIME: 58 * MIB, LLAMA_CPP: 66 * MIB}
+# VmRSS growth of loading tokenizer.json: 30-32 MiB for 49,152 entries, 3 MiB for a tiny one
+TOKENIZER_BYTES = (2 * MIB, 650)  # fixed, per vocabulary entry
+# the vision session: VmHWM growth of creating it and encoding one image: 74-84 MiB for the
+# 13.3 MiB fp32 EfficientNet-Lite0 at 320 px, 11 MiB for a tiny ViT at 56 px; beyond its
+# file, a fixed part and activations per input pixel
+VISION_BYTES = (10 * MIB, 640)  # fixed, per pixel
+# VmRSS growth that stays after `del session; gc.collect()`: 34-55 MiB of those 74-84
+# (glibc keeps the freed heap), all 11 of the tiny one: the fixed part and 60% of the rest
+VISION_KEPT_SHARE = 0.6
+# working memory: the measured peak less every other line, one answer at 512, 2048 and
+# 4096 positions (the "residual" column of --measure). ONNX Runtime: 18-26 MiB at int4 and
+# int8, 39-52 at fp32 (it grows with the weights it packs); llama.cpp: 7-31 MiB, plus its
+# attention scores as the context fills (a 512-token f16 batch per head and position:
+# measured with the context filled, 406 MiB at 3584 positions against 398 without it)
+OVERHEAD = {ONNXRUNTIME: (24 * MIB, 0.055), LLAMA_CPP: (30 * MIB, 0.0)}  # fixed, weights share
+LLAMA_SCORES_PER_POSITION_HEAD = 512 * 2
+MARGIN = 0.05  # of the estimate
 MIN_TEXT_POSITIONS = 128  # a prompt and a short answer beyond the image
-PREFERRED_CONTEXT = 2048  # the vision encoder stays resident if this much context fits
+PREFERRED_CONTEXT = 2048  # the runtime's default: the encoder stays if this much fits with it
 LLAMA_CTX_PAD = 256
 
 
 def parse_size(text: str | int) -> int:
-    """Bytes in ``text``: "512MB" (10^6), "512MiB" or "512M" (2^20), "1.5GB", "300000000"."""
-    if isinstance(text, int):
+    """Bytes in ``text``: "512MB" (10^6), "1.5GB" (10^9), "300MiB" or "300M" (2^20), "2G"
+    (2^30), "300000000". Anything else raises :class:`MobileVLMError` (a user error)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise MobileVLMError(f"not a memory size: {text} (negative)")
         return text
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
     unit = match.group(2).upper() if match else None
@@ -94,12 +131,14 @@ def _mib(nbytes: float) -> str:
 
 @dataclass
 class MemoryPlan:
-    backend: str
+    """What to load under ``budget`` bytes, and the estimated peak RSS line by line."""
+
+    backend: str  # onnxruntime | llama.cpp
     precision: str
-    mode: str
-    context: int
-    vision_resident: bool
-    mmap_weights: bool
+    mode: str  # llama.cpp's image path: hybrid | mtmd
+    context: int  # KV cache positions
+    vision_resident: bool  # False: release the encoder once the image is encoded
+    mmap_weights: bool  # the LLM's weights are memory-mapped (llama.cpp's GGUF)
     budget: int
     lines: list[tuple[str, int]] = field(default_factory=list)  # (what, bytes)
 
@@ -109,17 +148,19 @@ class MemoryPlan:
 
     def describe(self) -> str:
         where = "resident" if self.vision_resident else "released after the image prefill"
+        weights = "memory-mapped" if self.mmap_weights else "loaded"
+        if self.backend == ONNXRUNTIME:
+            weights += " (the embedding table memory-mapped)"
         head = [
             f"memory plan for a budget of {_mib(self.budget)} ({self.budget:,} bytes)",
             f"  backend    {self.backend}, precision {self.precision}"
-            + (f", mode {self.mode}" if self.backend == "llama.cpp" else ""),
+            + (f", mode {self.mode}" if self.backend == LLAMA_CPP else ""),
             f"  context    {self.context} positions",
             f"  vision     {where}",
-            f"  weights    {'memory-mapped' if self.mmap_weights else 'loaded'}"
-            + (" (embedding table memory-mapped)" if self.backend == "onnxruntime" else ""),
+            f"  weights    {weights}",
             "  estimated peak resident memory",
         ]
-        width = max(len(label) for label, _ in self.lines)
+        width = max(len(label) for label, _ in self.lines + [("total", 0)])
         body = [f"    {label:<{width}}  {_mib(n):>10}" for label, n in self.lines]
         body.append(f"    {'total':<{width}}  {_mib(self.total):>10}")
         return "\n".join(head + body)
@@ -131,81 +172,125 @@ class MemoryPlan:
         return data
 
 
+@dataclass(frozen=True)
+class _Option:
+    """One candidate's sizes: everything the estimate needs but the context."""
+
+    backend: str
+    precision: str
+    fixed: tuple[tuple[str, int], ...]  # lines that do not depend on the context
+    weights: int
+    vision: int  # the encoder's peak while encoding
+    vision_kept: int  # what stays of it after its release
+
+
+def _option(
+    manifest: BundleManifest,
+    backend: str,
+    precision: str,
+    mode: str,
+    vision_precision: str | None,
+) -> _Option:
+    """Sizes of ``precision`` on ``backend``, from the artefacts its loader would open
+    (raises :class:`BundleError` when the bundle lacks one)."""
+    llm = manifest.model.llm
+    lines = [(f"process and {backend} library", BASE_BYTES[backend])]
+    fixed, per_entry = TOKENIZER_BYTES
+    lines.append((f"tokenizer ({llm.vocab_size:,} entries)", fixed + llm.vocab_size * per_entry))
+    if backend == LLAMA_CPP:
+        chosen = select_gguf(manifest, precision, mode, vision_precision)
+        weights, vision = chosen.llm.bytes, chosen.vision
+        lines.append((f"LLM weights ({precision} GGUF, memory-mapped)", weights))
+    else:
+        chosen = select(manifest, precision, vision_precision)
+        weights, vision = chosen.decoder.bytes, chosen.vision
+        lines.append((f"LLM weights ({precision} decoder)", weights))
+        table = chosen.embeddings
+        lines.append((f"token embedding table ({table.precision}, memory-mapped)", table.bytes))
+    fixed, per_pixel = VISION_BYTES
+    session = vision.bytes + per_pixel * manifest.model.preprocess.image_size**2
+    kept = fixed + int(session * VISION_KEPT_SHARE)
+    return _Option(backend, precision, tuple(lines), weights, fixed + session, kept)
+
+
 def _kv_bytes(manifest: BundleManifest, backend: str, context: int) -> int:
     llm = manifest.model.llm
-    if backend == "llama.cpp":  # f16, the context padded up
+    if backend == LLAMA_CPP:  # f16, the context padded up
         padded = math.ceil(context / LLAMA_CTX_PAD) * LLAMA_CTX_PAD
         return padded * llm.kv_cache_bytes_per_token(2)
     return context * llm.kv_cache_bytes_per_token(4)
 
 
-def _fixed_lines(
-    manifest: BundleManifest, backend: str, precision: str, mode: str
-) -> tuple[list[tuple[str, int]], int]:
-    """Lines that do not depend on the context, and the vision encoder's bytes."""
-    component = "llm" if backend == "llama.cpp" else "decoder"
-    weights = manifest.find(component, precision).bytes
-    if backend == "llama.cpp" and mode == "mtmd":
-        vision = sum(a.bytes for a in manifest.of("mmproj")[:1])
-    else:
-        vision = (manifest.find("vision", "fp32") or manifest.of("vision")[0]).bytes
-    lines = [
-        (f"process and {backend} library", BASE_BYTES[backend]),
-        (f"LLM weights ({precision})", weights),
+def _working_memory(manifest: BundleManifest, option: _Option, context: int) -> int:
+    fixed, share = OVERHEAD[option.backend]
+    if option.backend == LLAMA_CPP:
+        heads = manifest.model.llm.num_attention_heads
+        return int(fixed + context * heads * LLAMA_SCORES_PER_POSITION_HEAD)
+    return int(fixed + share * option.weights)
+
+
+def _lines(
+    manifest: BundleManifest, option: _Option, context: int, release: bool
+) -> list[tuple[str, int]]:
+    """The estimate without the margin. Released (ONNX Runtime only), the encoder's peak
+    comes before the KV cache fills, and only what stays of it adds to a full cache."""
+    lines = list(option.fixed)
+    lines.append((f"{option.backend} working memory", _working_memory(manifest, option, context)))
+    kv = _kv_bytes(manifest, option.backend, context)
+    kv_line = (
+        f"KV cache ({'f16' if option.backend == LLAMA_CPP else 'fp32'}, {context} positions)",
+        kv,
+    )
+    if not release:
+        return lines + [("vision encoder (session and activations)", option.vision), kv_line]
+    kept = option.vision_kept
+    lines += [
+        (f"vision encoder once released ({_mib(option.vision)} while encoding)", kept),
+        kv_line,
     ]
-    return lines, vision
+    beyond = option.vision - kept - kv  # the encoder's peak comes before the cache fills
+    return lines + ([("vision encoder while encoding, beyond that", beyond)] if beyond > 0 else [])
 
 
-def _working_memory(manifest: BundleManifest, backend: str, weights: int, context: int) -> int:
-    fixed, share = OVERHEAD[backend]
-    if backend == "llama.cpp":  # attention scores of a 512-token batch over the context
-        return int(fixed + context * manifest.model.llm.num_attention_heads * LLAMA_SCORES)
-    return int(fixed + share * weights)
+def _need(manifest: BundleManifest, option: _Option, context: int, release: bool) -> int:
+    """The estimated peak with the margin."""
+    return int(sum(n for _, n in _lines(manifest, option, context, release)) * (1 + MARGIN))
 
 
-def _estimate(
-    manifest: BundleManifest, backend: str, precision: str, mode: str, context: int
-) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-    """The estimate's lines with the vision encoder resident, and with it released after
-    the image prefill (on llama.cpp the same: its KV cache is resident from the start)."""
-    lines, vision = _fixed_lines(manifest, backend, precision, mode)
-    work = _working_memory(manifest, backend, lines[1][1], context)
-    lines.append((f"{backend} working memory", work))
-    kv = _kv_bytes(manifest, backend, context)
-    resident = lines + [("vision encoder", vision), (f"KV cache ({context} positions)", kv)]
-    if backend == "llama.cpp":
-        return resident, resident
-    # the encoder is gone before the KV cache fills beyond the image and a prompt
-    image_kv = _kv_bytes(manifest, backend, manifest.num_image_tokens + MIN_TEXT_POSITIONS)
-    released = lines + [
-        ("vision encoder (until the image prefill)", vision),
-        (f"KV cache ({context} positions) beyond the freed encoder", max(image_kv, kv - vision)),
-    ]
-    return resident, released
-
-
-def _total(lines: list[tuple[str, int]]) -> int:
-    return sum(n for _, n in lines)
-
-
-def _with_margin(nbytes: int) -> int:
-    return int(nbytes * (1 + MARGIN))
+def _largest_context(
+    manifest: BundleManifest, option: _Option, budget: int, low: int, high: int, release: bool
+) -> int:
+    """The largest context in [low, high] that fits ``budget`` (``low`` fits)."""
+    while low < high:
+        middle = (low + high + 1) // 2
+        if _need(manifest, option, middle, release) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def _candidates(
-    manifest: BundleManifest, backend: str | None, precision: str | None
+    manifest: BundleManifest, backend: str | None, precision: str | None, mode: str
 ) -> list[tuple[str, str]]:
-    options = [("onnxruntime", p) for p in ONNX_ORDER if p in manifest.precisions]
-    options += [("llama.cpp", p) for p in GGUF_ORDER if p in manifest.gguf_precisions]
+    exported = [(ONNXRUNTIME, p) for p in manifest.precisions]
+    exported += [(LLAMA_CPP, p) for p in manifest.gguf_precisions]
+    options = [o for o in PREFERENCE if o in exported]
     if precision is not None:
         options = [o for o in options if o[1] == precision]
         if not options:
-            listed = ", ".join(manifest.precisions + manifest.gguf_precisions) or "none"
-            raise MobileVLMError(f"the bundle has no {precision} LLM (exported: {listed})")
+            listed = ", ".join(p for _, p in exported) or "none"
+            raise BundleError(f"the bundle has no {precision} LLM (exported: {listed})")
+    if mode == "mtmd":  # llama.cpp's own image path
+        if backend == ONNXRUNTIME:
+            raise MobileVLMError("mode mtmd is llama.cpp's: it does not run on onnxruntime")
+        backend = LLAMA_CPP
     if backend is not None:
         options = [o for o in options if o[0] == backend]
-    if not options:
-        raise MobileVLMError(f"the bundle has nothing for the {backend} backend")
+        if not options:
+            raise BundleError(
+                f"the bundle has nothing for {backend}" + (f" at {precision}" if precision else "")
+            )
     return options
 
 
@@ -216,84 +301,87 @@ def plan_memory(
     precision: str | None = None,
     mode: str = "hybrid",
     context: int | None = None,
+    min_context: int | None = None,
+    vision_precision: str | None = None,
 ) -> MemoryPlan:
-    """The most accurate backend/precision whose estimated peak (with margin) fits
-    ``budget`` bytes, with the largest context that fits (or ``context``). Raises
-    :class:`BudgetError` naming the smallest budget that works when nothing fits."""
+    """The first backend/precision in the runtime's order (the fastest first; or the one
+    asked for) whose estimated peak RSS with margin fits ``budget`` bytes with at least
+    ``min_context`` positions (default: the image tokens and ``MIN_TEXT_POSITIONS``), with
+    the largest context that fits up to the model's limit (or exactly ``context``), and
+    the encoder released after the image prefill when it does not fit resident.
+
+    Nothing is loaded. Raises :class:`BudgetError` naming the smallest budget that works
+    when nothing fits, :class:`BundleError` when the bundle lacks what was asked for."""
     limit = manifest.model.llm.max_position_embeddings
-    floor = min(limit, manifest.num_image_tokens + MIN_TEXT_POSITIONS)
     if context is not None:
-        floor = context
+        floor = min(context, limit)
+    else:
+        floor = min(limit, min_context or manifest.num_image_tokens + MIN_TEXT_POSITIONS)
     cheapest: tuple[int, str] | None = None
-    for option_backend, option_precision in _candidates(manifest, backend, precision):
-        if option_precision in GGUF_PRECISIONS and mode == "mtmd" and not manifest.of("mmproj"):
+    failure: BundleError | None = None
+    for option_backend, option_precision in _candidates(manifest, backend, precision, mode):
+        try:
+            option = _option(manifest, option_backend, option_precision, mode, vision_precision)
+        except BundleError as exc:  # e.g. no mmproj for mtmd: the next candidate may do
+            failure = exc
             continue
-        need = _with_margin(
-            min(map(_total, _estimate(manifest, option_backend, option_precision, mode, floor)))
-        )
+        can_release = option_backend == ONNXRUNTIME
+        need = min(_need(manifest, option, floor, r) for r in {False, can_release})
         if cheapest is None or need < cheapest[0]:
-            cheapest = (need, f"{option_backend} {option_precision}, context {floor}")
+            cheapest = (need, f"{option_backend} {option_precision}, {floor} positions")
         if need > budget:
             continue
-        chosen, keep_vision = _context_and_vision(
-            manifest, option_backend, option_precision, mode, budget, floor, limit, context
-        )
-        resident, released = _estimate(manifest, option_backend, option_precision, mode, chosen)
-        lines = resident if keep_vision else released
-        lines.append((f"margin ({MARGIN:.0%})", _with_margin(_total(lines)) - _total(lines)))
+        chosen, resident = _context_and_vision(manifest, option, budget, floor, limit, context)
+        lines = _lines(manifest, option, chosen, not resident)
+        total = sum(n for _, n in lines)
+        lines.append((f"margin ({MARGIN:.0%})", int(total * (1 + MARGIN)) - total))
         return MemoryPlan(
             backend=option_backend,
             precision=option_precision,
             mode=mode,
             context=chosen,
-            vision_resident=keep_vision,
-            mmap_weights=option_backend == "llama.cpp",
+            vision_resident=resident,
+            mmap_weights=option_backend == LLAMA_CPP,
             budget=budget,
             lines=lines,
         )
-    assert cheapest is not None
+    if cheapest is None:
+        assert failure is not None
+        raise failure
     raise BudgetError(
-        f"a memory budget of {_mib(budget)} is too small for this bundle: the smallest that "
-        f"works is {_mib(cheapest[0])} ({cheapest[0]:,} bytes; {cheapest[1]})"
+        f"a memory budget of {_mib(budget)} ({budget:,} bytes) is too small for this bundle: "
+        f"the smallest that works is {_mib(cheapest[0])} ({cheapest[0]:,} bytes; {cheapest[1]})",
+        budget=budget,
+        smallest=cheapest[0],
     )
 
 
-def _fits(manifest, backend, precision, mode, context, budget, released: bool) -> bool:
-    lines = _estimate(manifest, backend, precision, mode, context)[1 if released else 0]
-    return _with_margin(_total(lines)) <= budget
-
-
-def _largest_context(
-    manifest, backend, precision, mode, budget, low: int, high: int, released: bool
-) -> int:
-    """Binary search for the largest context that fits (``low`` fits)."""
-    while low < high:
-        middle = (low + high + 1) // 2
-        if _fits(manifest, backend, precision, mode, middle, budget, released):
-            low = middle
-        else:
-            high = middle - 1
-    return low
-
-
 def _context_and_vision(
-    manifest, backend, precision, mode, budget, floor: int, limit: int, context: int | None
+    manifest: BundleManifest,
+    option: _Option,
+    budget: int,
+    floor: int,
+    limit: int,
+    context: int | None,
 ) -> tuple[int, bool]:
     """The context, and whether the vision encoder stays resident: it does when that
     leaves the preferred context (or the one asked for); else it is released after the
     image prefill if that makes room for a longer context."""
-    resident_fits = _fits(manifest, backend, precision, mode, floor, budget, False)
-    if context is not None:
-        return context, resident_fits
+    resident_fits = _need(manifest, option, floor, False) <= budget
+    if context is not None or option.backend == LLAMA_CPP:
+        if context is not None:
+            return floor, resident_fits
+        return _largest_context(manifest, option, budget, floor, limit, False), True
     with_vision = 0
     if resident_fits:
-        with_vision = _largest_context(
-            manifest, backend, precision, mode, budget, floor, limit, False
-        )
+        with_vision = _largest_context(manifest, option, budget, floor, limit, False)
         if with_vision >= min(limit, PREFERRED_CONTEXT):
             return with_vision, True
-    without = _largest_context(manifest, backend, precision, mode, budget, floor, limit, True)
+    without = _largest_context(manifest, option, budget, floor, limit, True)
     return (without, False) if without > with_vision else (with_vision, True)
+
+
+# ---------------------------------------------------------------------- measurement
 
 
 def peak_rss() -> int:
@@ -313,56 +401,236 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def measure(bundle: str, precision: str, context: int, image: str) -> dict[str, int]:
-    """Peak RSS (bytes) of this process after importing, loading ``bundle`` at
-    ``precision`` and answering one question about ``image``: run it in a fresh process."""
+def _rss() -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmRSS in /proc/self/status")
+
+
+def _mapped_rss(suffix: str) -> int:
+    """Resident bytes of this process's mappings of files whose name ends with ``suffix``."""
+    total, name = 0, ""
+    with open("/proc/self/smaps", encoding="utf-8", errors="replace") as smaps:
+        for line in smaps:
+            head = line.split()
+            if head and not head[0].endswith(":"):  # a mapping's first line
+                name = head[5] if len(head) > 5 else ""
+            elif head and head[0] == "Rss:" and name.endswith(suffix):
+                total += int(head[1]) * 1024
+    return total
+
+
+def _test_image(size: int = 320):
+    """An RGB image of random pixels (memory does not depend on what it shows)."""
+    import numpy as np
+
+    return np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def _random_text(tokenizer: Any, vocab: int, count: int, seed: int) -> str:
+    """``count`` random vocabulary entries: the worst case for the mapped embedding table,
+    whose pages are read wherever the rows lie."""
+    import numpy as np
+
+    ids = np.random.default_rng(seed).integers(0, vocab, count)
+    return " ".join(tokenizer.decode([int(i)]).strip() or "x" for i in ids)
+
+
+def _child(spec: dict[str, Any]) -> dict[str, Any]:
+    """One measurement, in a process of its own (``spec["kind"]``): "tokenizer", "vision",
+    "question" (one answer about an image) or "fill" (a conversation under a budget that
+    fills the planned context)."""
+    import gc
+
     import numpy  # noqa: F401
     import onnxruntime  # noqa: F401
-
-    if precision in GGUF_PRECISIONS:
-        import llama_cpp  # noqa: F401
     from mobilevlm.runtime.pipeline import Pipeline
 
-    base = peak_rss()
-    vlm = Pipeline.load(bundle, precision=precision, context=context)
-    vlm.generate(image, "What color is the circle?", max_new_tokens=16)
-    return {"base": base, "peak": peak_rss()}
+    from mobilevlm.tokenizer import Tokenizer
+
+    bundle = spec["bundle"]
+    manifest = BundleManifest.read(bundle)
+    if spec.get("precision") in GGUF_PREFERENCE or spec.get("backend") == LLAMA_CPP:
+        import llama_cpp  # noqa: F401
+    if spec["kind"] == "tokenizer":
+        before = _rss()
+        tokenizer = Tokenizer.from_file(f"{bundle}/{manifest.tokenizer}")
+        return {"tokenizer": _rss() - before, "entries": tokenizer.vocab_size}
+    if spec["kind"] == "vision":
+        from mobilevlm.runtime.onnx_vision import OnnxVisionEncoder
+        from mobilevlm.runtime.providers import resolve_providers
+
+        from mobilevlm.preprocess import preprocess
+
+        pixels = preprocess(_test_image(), manifest.model.preprocess)
+        base, resident = peak_rss(), _rss()
+        encoder = OnnxVisionEncoder(f"{bundle}/{spec['path']}", resolve_providers(["cpu"]))
+        encoder.encode(pixels)
+        peak = peak_rss() - base
+        del encoder
+        gc.collect()
+        return {"vision": peak, "kept": _rss() - resident}
+    if spec["kind"] == "question":
+        base = peak_rss()
+        vlm = Pipeline.load(bundle, precision=spec["precision"], context=spec["context"])
+        result = vlm.generate(_test_image(), "What color is the circle?", max_new_tokens=16)
+        return {
+            "base": base,
+            "peak": peak_rss(),
+            "table": _mapped_rss(".npy"),
+            "positions": result.stats.prefill_tokens + result.stats.generated_tokens,
+        }
+    # "fill": what the budget guarantee is about
+    vlm = Pipeline.load(
+        bundle, memory_budget=spec["budget"], precision=spec.get("precision"), threads=2
+    )
+    chat = vlm.conversation(_test_image())
+    tokenizer, vocab = vlm.model.tokenizer, manifest.model.llm.vocab_size
+    positions, turn = 0, 0
+    while positions < vlm.model.context_length:
+        text = _random_text(tokenizer, vocab, spec.get("words", 40), turn)
+        turn += 1
+        try:
+            result = chat.ask(text, max_new_tokens=spec.get("tokens", 64), stop_strings=("\x01",))
+        except MobileVLMError:  # the next turn does not fit: the context is as full as it gets
+            break
+        # the last token sampled is not written to the cache
+        positions = result.stats.prefill_tokens + result.stats.generated_tokens - 1
+        if result.stats.stop_reason == "context_full":
+            break
+    return {
+        "peak": peak_rss(),
+        "plan": vlm.plan.to_dict(),
+        "positions": positions,
+        "table": _mapped_rss(".npy"),
+    }
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m mobilevlm.runtime.memory --measure BUNDLE``: estimate against measured
-    peak RSS for each precision, each in a fresh process."""
-    import argparse
+def _in_subprocess(spec: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
     import json
     import subprocess
     import sys
 
+    out = subprocess.run(
+        [sys.executable, "-m", "mobilevlm.runtime.memory", "--child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if out.returncode:
+        raise RuntimeError(f"measurement {spec} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def check_budget(
+    bundle: str,
+    budget: str | int,
+    precision: str | None = None,
+    words: int = 40,
+    tokens: int = 64,
+) -> dict[str, Any]:
+    """In a fresh process: ``Pipeline.load(bundle, memory_budget=budget)``, then a
+    conversation about an image, turns of ``words`` random vocabulary entries and answers
+    of up to ``tokens`` tokens, until the planned context is full. Returns ``peak`` (bytes,
+    VmHWM), ``plan`` (:meth:`MemoryPlan.to_dict`), ``positions`` filled and ``table`` (the
+    embedding table's resident bytes)."""
+    spec = {"kind": "fill", "bundle": str(bundle), "budget": str(budget), "words": words}
+    spec.update({"precision": precision, "tokens": tokens})
+    return _in_subprocess(spec)
+
+
+def measure_bundle(bundle: str, context: int = 2048) -> list[dict[str, Any]]:
+    """Every exported precision of ``bundle`` at ``context`` positions, one answer about an
+    image each in a fresh process: the estimate, the measured peak, and the measured
+    residual (peak less base, tokenizer, weights, mapped table pages, vision and the KV
+    cache in use) that the working-memory line stands for."""
+    manifest = BundleManifest.read(bundle)
+    tokenizer = _in_subprocess({"kind": "tokenizer", "bundle": str(bundle)})["tokenizer"]
+    rows: list[dict[str, Any]] = []
+    visions: dict[str, dict[str, int]] = {}
+    for backend, precision in _candidates(manifest, None, None, "hybrid"):
+        option = _option(manifest, backend, precision, "hybrid", None)
+        vision_path = (select_gguf if backend == LLAMA_CPP else select)(manifest, precision)
+        vision_path = vision_path.vision.path
+        if vision_path not in visions:
+            spec = {"kind": "vision", "bundle": str(bundle), "path": vision_path}
+            visions[vision_path] = _in_subprocess(spec)
+        vision = visions[vision_path]
+        spec = {"kind": "question", "bundle": str(bundle), "precision": precision}
+        run = _in_subprocess({**spec, "context": context})
+        kv = _kv_bytes(manifest, backend, context if backend == LLAMA_CPP else run["positions"])
+        residual = run["peak"] - run["base"] - tokenizer - option.weights - run["table"]
+        residual -= vision["vision"] + kv
+        estimate = _need(manifest, option, context, False)
+        rows.append(
+            {
+                "backend": backend,
+                "precision": precision,
+                "context": context,
+                "estimate": estimate,
+                "peak": run["peak"],
+                "base": run["base"],
+                "tokenizer": tokenizer,
+                "table_pages": run["table"],
+                "vision": vision["vision"],
+                "vision_kept": vision["kept"],
+                "residual": residual,
+                "working_memory": _working_memory(manifest, option, context),
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m mobilevlm.runtime.memory --measure BUNDLE``: estimate against measured
+    peak RSS for each precision, and the parts the constants come from;
+    ``--check BUNDLE --budget 500MB ...``: the guarantee with the context filled."""
+    import argparse
+    import json
+
     parser = argparse.ArgumentParser(prog="python -m mobilevlm.runtime.memory")
-    parser.add_argument("--measure", metavar="BUNDLE", required=True)
-    parser.add_argument("--context", type=int, default=2048)
-    parser.add_argument("--image", default="examples/shapes.png")
-    parser.add_argument("--one", metavar="PRECISION", help=argparse.SUPPRESS)
+    parser.add_argument("--measure", metavar="BUNDLE", help="each precision's parts")
+    parser.add_argument("--check", metavar="BUNDLE", help="peak RSS under each --budget")
+    parser.add_argument("--budget", action="append", default=[], help="with --check")
+    parser.add_argument("--precision", help="with --check: only this precision")
+    parser.add_argument("--context", type=int, default=2048, help="with --measure")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.one:
-        print(json.dumps(measure(args.measure, args.one, args.context, args.image)))
+    if args.child:
+        print(json.dumps(_child(json.loads(args.child))))
         return
-    manifest = BundleManifest.read(args.measure)
-    print(f"{'precision':<10}{'context':>8}{'estimate MiB':>14}{'measured MiB':>14}{'ratio':>8}")
-    for backend, precision in _candidates(manifest, None, None):
-        out = subprocess.run(
-            [sys.executable, "-m", "mobilevlm.runtime.memory", "--measure", args.measure]
-            + ["--one", precision, "--context", str(args.context), "--image", args.image],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        measured = json.loads(out.stdout.strip().splitlines()[-1])["peak"]
-        resident, _ = _estimate(manifest, backend, precision, "hybrid", args.context)
-        estimate = _with_margin(_total(resident))
+
+    def mib(n: float) -> str:
+        return f"{n / MIB:.0f}"
+
+    if args.measure:
+        rows = measure_bundle(args.measure, args.context)
+        first = rows[0]
+        print(f"tokenizer {mib(first['tokenizer'])} MiB")
+        columns = ("estimate", "peak", "base", "table_pages", "vision", "vision_kept")
+        print("precision  context  " + "  ".join(columns) + "  residual  working_memory (MiB)")
+        for row in rows:
+            cells = "  ".join(f"{mib(row[c]):>{len(c)}}" for c in columns)
+            print(
+                f"{row['precision']:<9}  {row['context']:>7}  {cells}  {mib(row['residual']):>8}"
+                f"  {mib(row['working_memory']):>14}"
+            )
+    if args.check:
         print(
-            f"{precision:<10}{args.context:>8}{estimate / MIB:>14.0f}{measured / MIB:>14.0f}"
-            f"{measured / estimate:>8.2f}"
+            "budget | plan | context | vision | estimate MiB | measured MiB | positions filled"
+            " | embedding table resident MiB"
         )
+        for budget in args.budget:
+            run = check_budget(args.check, budget, args.precision)
+            plan = run["plan"]
+            vision = "resident" if plan["vision_resident"] else "released"
+            print(
+                f"{budget} ({mib(parse_size(budget))} MiB) | {plan['backend']} "
+                f"{plan['precision']} | {plan['context']} | {vision} | {mib(plan['total'])} | "
+                f"{mib(run['peak'])} | {run['positions']} | {mib(run['table'])}"
+            )
 
 
 if __name__ == "__main__":
