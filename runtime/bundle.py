@@ -15,9 +15,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from mobilevlm import decode_loop
 from mobilevlm.bundle import Artefact, BundleManifest
 from mobilevlm.errors import BundleError, at
 from mobilevlm.files import cache_root, sha256_file
+from mobilevlm.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ VISION_ON_ACCELERATOR = {
     "f16": "fp32",
 }
 VERIFIED_FILE = "verified-files.json"
+DEFAULT_CONTEXT = 2048  # KV cache positions when none are asked for (within the model's limit)
 
 
 @dataclass(frozen=True)
@@ -209,17 +212,20 @@ def open_gguf_bundle(
     accelerator: bool = False,
 ) -> tuple[BundleManifest, GgufSelection]:
     """Read and check a bundle for the llama.cpp backend."""
+    return _open(
+        path, verify, lambda m: select_gguf(m, precision, mode, vision_precision, accelerator)
+    )
+
+
+def _open(path: str | Path, verify: str, choose):
+    """The manifest and ``choose(manifest)``'s selection, its files and tokenizer checked."""
     root = Path(path)
     manifest = BundleManifest.read(root)
-    selection = select_gguf(manifest, precision, mode, vision_precision, accelerator)
+    selection = choose(manifest)
     verify_files(root, selection.artefacts, verify)
-    _check_tokenizer_file(root, manifest)
-    return manifest, selection
-
-
-def _check_tokenizer_file(root: Path, manifest: BundleManifest) -> None:
     if not (root / manifest.tokenizer).is_file():
         raise BundleError(at(root / manifest.tokenizer, "missing from the bundle"))
+    return manifest, selection
 
 
 def open_bundle(
@@ -230,10 +236,28 @@ def open_bundle(
     accelerator: bool = False,
 ) -> tuple[BundleManifest, Selection]:
     """Read and check a bundle: its manifest and the verified artefacts for ``precision``."""
-    root = Path(path)
-    manifest = BundleManifest.read(root)
-    selection = select(manifest, precision, vision_precision, accelerator)
-    files = selection.artefacts
-    verify_files(root, files, verify)
-    _check_tokenizer_file(root, manifest)
-    return manifest, selection
+    return _open(path, verify, lambda m: select(m, precision, vision_precision, accelerator))
+
+
+class LoadedBundle(decode_loop.CachingBackend):
+    """What a loaded bundle is on every backend: its directory, manifest, selected
+    artefacts, model config, tokenizer and the context its KV cache holds."""
+
+    def __init__(
+        self, root: Path, manifest: BundleManifest, selection, context: int | None
+    ) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.selection = selection
+        self.config = manifest.model
+        self.tokenizer = Tokenizer.from_file(root / manifest.tokenizer)
+        limit = self.config.llm.max_position_embeddings
+        self.context = min(context or DEFAULT_CONTEXT, limit)
+
+    @property
+    def precision(self) -> str:
+        return self.selection.precision
+
+    @property
+    def context_length(self) -> int:
+        return self.context

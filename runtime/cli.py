@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mobilevlm.runtime.backends import BACKENDS, backend_for, check_bundle, load_bundle
-from mobilevlm.runtime.bundle import GGUF_PREFERENCE
+from mobilevlm.runtime.bundle import DEFAULT_CONTEXT, GGUF_PREFERENCE
 from mobilevlm.runtime.evaluate import (
     SHAPES_VQA,
     evaluate,
@@ -28,7 +28,6 @@ from mobilevlm.runtime.evaluate import (
     side_by_side,
 )
 from mobilevlm.runtime.llama_cpp_model import MODES
-from mobilevlm.runtime.onnx_model import DEFAULT_CONTEXT
 from mobilevlm.runtime.pipeline import Pipeline
 from mobilevlm.runtime.report import describe_bundle
 

@@ -24,17 +24,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from mobilevlm.runtime.bundle import GgufSelection, open_gguf_bundle
+from mobilevlm.runtime.bundle import GgufSelection, LoadedBundle, open_gguf_bundle
 from mobilevlm.runtime.providers import CPU, resolve_providers
 
-from mobilevlm import decode_loop
 from mobilevlm.bundle import BundleManifest
-from mobilevlm.config import ModelConfig
 from mobilevlm.errors import BundleError, ContextOverflowError, MissingDependencyError, at
 from mobilevlm.preprocess import ImageInput, preprocess
-from mobilevlm.tokenizer import Tokenizer
 
-DEFAULT_CONTEXT = 2048
 MODES = ("hybrid", "mtmd")
 INSTALL_HINT = (
     "the llama.cpp backend needs llama-cpp-python: pip install 'mobilevlm-runtime[llama]'"
@@ -159,7 +155,7 @@ class LlamaDecoder:
         return np.ctypeslib.as_array(pointer, shape=(self.vocab,))
 
 
-class LlamaCppVLM(decode_loop.CachingBackend):
+class LlamaCppVLM(LoadedBundle):
     """A bundle's GGUF LLM on llama.cpp, its image from ONNX (``hybrid``) or mtmd."""
 
     def __init__(
@@ -172,13 +168,7 @@ class LlamaCppVLM(decode_loop.CachingBackend):
         context: int | None = None,
         verbose: bool = False,
     ) -> None:
-        self.root = root
-        self.manifest = manifest
-        self.selection = selection
-        self.config: ModelConfig = manifest.model
-        self.tokenizer = Tokenizer.from_file(root / manifest.tokenizer)
-        limit = self.config.llm.max_position_embeddings
-        self.context = min(context or DEFAULT_CONTEXT, limit)
+        super().__init__(root, manifest, selection, context)
         self.llama = open_llama(root / selection.llm.path, self.context, threads, verbose=verbose)
         self.decoder = LlamaDecoder(self.llama, self.config.llm.hidden_size, self.context)
         self.providers, self.threads = providers, threads
@@ -231,10 +221,6 @@ class LlamaCppVLM(decode_loop.CachingBackend):
         return open_gguf_bundle(path, precision, mode, vision_precision, verify, accelerator)
 
     @property
-    def precision(self) -> str:
-        return self.selection.precision
-
-    @property
     def mode(self) -> str:
         return self.selection.mode
 
@@ -242,10 +228,6 @@ class LlamaCppVLM(decode_loop.CachingBackend):
     def variant(self) -> str:
         """What runs, in one word: the (GGUF) precision and the image path."""
         return f"{self.precision}/{self.mode}"
-
-    @property
-    def context_length(self) -> int:
-        return self.context
 
     def encode_image(self, image: ImageInput) -> np.ndarray:
         if self.selection.mode == "mtmd":  # mtmd preprocesses the pixels itself

@@ -11,22 +11,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from mobilevlm.runtime.bundle import Selection, open_bundle
+from mobilevlm.runtime.bundle import LoadedBundle, Selection, open_bundle
 from mobilevlm.runtime.onnx_decoder import OnnxDecoder
 from mobilevlm.runtime.onnx_vision import OnnxVisionEncoder
 from mobilevlm.runtime.providers import CPU, resolve_providers
 
-from mobilevlm import decode_loop
 from mobilevlm.bundle import BundleManifest
-from mobilevlm.config import ModelConfig
 from mobilevlm.errors import BundleError, at
 from mobilevlm.preprocess import ImageInput, preprocess
-from mobilevlm.tokenizer import Tokenizer
-
-DEFAULT_CONTEXT = 2048
 
 
-class OnnxVLM(decode_loop.CachingBackend):
+class OnnxVLM(LoadedBundle):
     """A loaded bundle at one precision, with its KV cache allocated for ``context`` positions."""
 
     def __init__(
@@ -38,14 +33,8 @@ class OnnxVLM(decode_loop.CachingBackend):
         threads: int | None = None,
         context: int | None = None,
     ) -> None:
-        self.root = root
-        self.manifest = manifest
-        self.selection = selection
-        self.config: ModelConfig = manifest.model
-        self.tokenizer = Tokenizer.from_file(root / manifest.tokenizer)
+        super().__init__(root, manifest, selection, context)
         self.providers = resolve_providers(providers)
-        limit = self.config.llm.max_position_embeddings
-        self.context = min(context or DEFAULT_CONTEXT, limit)
         self.threads = threads
         self.vision: OnnxVisionEncoder | None = self._open_vision()
         self.decoder = OnnxDecoder(
@@ -89,17 +78,9 @@ class OnnxVLM(decode_loop.CachingBackend):
         return open_bundle(path, precision, vision_precision, verify, accelerator)
 
     @property
-    def precision(self) -> str:
-        return self.selection.precision
-
-    @property
     def variant(self) -> str:
         """What runs, in one word: the precision names the backend (ONNX Runtime)."""
         return self.precision
-
-    @property
-    def context_length(self) -> int:
-        return self.context
 
     def _open_vision(self) -> OnnxVisionEncoder:
         path = self.root / self.selection.vision.path
