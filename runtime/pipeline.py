@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from mobilevlm.runtime.backends import load_bundle
 from mobilevlm.runtime.messages import parse_messages
+from PIL import Image
 
 from mobilevlm import decode_loop
 from mobilevlm.bundle import BundleManifest
@@ -68,7 +69,7 @@ def default_bundle(progress: bool | None = None) -> Path:
 def image_key(image: ImageInput) -> str:
     """Identity of an image by content: the same pixels give the same key, whatever the
     form (path, bytes, Pillow image, array) they came in."""
-    pixels = np.asarray(load_image(image))
+    pixels = np.asarray(image if isinstance(image, Image.Image) else load_image(image))
     digest = hashlib.sha1(pixels.tobytes())
     digest.update(str(pixels.shape).encode())
     return digest.hexdigest()
@@ -161,6 +162,7 @@ class Pipeline:
 
     def encode_image(self, image: ImageInput) -> np.ndarray:
         """(image_tokens, hidden) embeddings, from the cache when these pixels were seen."""
+        image = load_image(image)  # decoded once, for the key and the encoder
         key = image_key(image)
         if key in self._images:
             self.cache_hits += 1
