@@ -36,17 +36,16 @@ def save_decoder(model: MobileVLM, path: Path) -> None:
     lm = model.language_model
     weights = {k: v.detach().float().numpy() for k, v in lm.state_dict().items()}
     rotary = lm.model.rotary_emb
-    graph = build_decoder(
-        model.config.llm, weights, rotary.inv_freq.float().numpy(), float(rotary.attention_scaling)
-    )
-    onnx.save_model(
-        graph,
-        str(path),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=_external_data_name(path.name),
-        size_threshold=1024,
-    )
+    location = _external_data_name(path.name)
+    with open(path.parent / location, "wb") as external:
+        graph = build_decoder(
+            model.config.llm,
+            weights,
+            rotary.inv_freq.float().numpy(),
+            float(rotary.attention_scaling),
+            external=(external, location),
+        )
+    onnx.save_model(graph, str(path))
 
 
 def embedding_tables(precisions: Sequence[str]) -> list[tuple[str, type]]:

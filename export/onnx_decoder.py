@@ -25,6 +25,8 @@ the cache in place: no copy, no per-token allocation.
 
 from __future__ import annotations
 
+from typing import BinaryIO
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -37,6 +39,8 @@ INPUT_EMBEDS = "inputs_embeds"
 SEQLENS_K = "seqlens_k"
 TOTAL_SEQUENCE_LENGTH = "total_sequence_length"
 LOGITS = "logits"
+EXTERNAL_MIN_BYTES = 1024
+EXTERNAL_ALIGNMENT = 4096  # page-aligned offsets, so ONNX Runtime can memory-map them
 
 
 def past_names(layer: int) -> tuple[str, str]:
@@ -63,14 +67,34 @@ def rotary_caches(
 
 
 class _Graph:
-    """Collects nodes and initializers; names every value after the node that makes it."""
+    """Collects nodes and initializers; names every value after the node that makes it.
 
-    def __init__(self) -> None:
+    With ``external`` (an open binary file and its name beside the graph), every weight
+    of at least ``EXTERNAL_MIN_BYTES`` goes straight to that file as it is made and the
+    graph only references it, so a 1.4B-parameter decoder is emitted holding one weight
+    at a time rather than a second copy of the model (which ran a 23 GiB machine out of
+    memory)."""
+
+    def __init__(self, external: tuple[BinaryIO, str] | None = None) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
+        self.external = external
 
     def weight(self, name: str, array: np.ndarray) -> str:
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        array = np.ascontiguousarray(array)
+        if self.external is None or array.nbytes < EXTERNAL_MIN_BYTES:
+            self.initializers.append(numpy_helper.from_array(array, name))
+            return name
+        file, location = self.external
+        offset = -file.tell() % EXTERNAL_ALIGNMENT + file.tell()
+        file.seek(offset)
+        array.tofile(file)
+        tensor = TensorProto(name=name, dims=array.shape, data_location=TensorProto.EXTERNAL)
+        tensor.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+        for key, value in (("location", location), ("offset", offset), ("length", array.nbytes)):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, str(value)
+        self.initializers.append(tensor)
         return name
 
     def op(
@@ -100,8 +124,10 @@ def build_decoder(
     weights: dict[str, np.ndarray],
     inv_freq: np.ndarray,
     attention_scaling: float = 1.0,
+    external: tuple[BinaryIO, str] | None = None,
 ) -> onnx.ModelProto:
-    """The decoder graph of a ``LlamaForCausalLM`` state dict (float32 numpy, HF key names)."""
+    """The decoder graph of a ``LlamaForCausalLM`` state dict (float32 numpy, HF key names);
+    ``external``: (open file, its name) that receives the weights as they are made."""
     if config.hidden_act != "silu":
         raise ValueError(f"hidden_act {config.hidden_act!r} is not supported (LLaMA uses silu)")
     heads, kv_heads, head_dim = (
@@ -110,7 +136,7 @@ def build_decoder(
         config.head_dim,
     )
     hidden, eps = config.hidden_size, config.rms_norm_eps
-    g = _Graph()
+    g = _Graph(external)
     cos, sin = rotary_caches(inv_freq, config.max_position_embeddings, attention_scaling)
     cos_name, sin_name = g.weight("cos_cache", cos), g.weight("sin_cache", sin)
 

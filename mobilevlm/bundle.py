@@ -27,6 +27,7 @@ TOKENIZER_FILE = "tokenizer.json"
 COMPONENTS = ("vision", "embeddings", "decoder", "llm", "mmproj")
 PRECISIONS = ("fp32", "fp16", "int8", "int4")  # ONNX artefacts
 GGUF_PRECISIONS = ("f16", "q8_0", "q4_k_m")  # llama.cpp's names, for GGUF artefacts
+DEFAULT_MODEL_SOURCE = "default model"  # exporter.source of the built-in model's bundles
 
 
 @dataclass(frozen=True)

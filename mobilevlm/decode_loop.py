@@ -269,6 +269,9 @@ def stream(
 
     stop_strings = get_template(model_config.template).stop_strings + config.stop_strings
     stops = stop_token_ids(model_config, tokenizer, stop_strings)
+    banned = sorted(stops) if config.ignore_eos else []
+    if config.ignore_eos:
+        stops, stop_strings = set(), ()
     sampler = Sampler(config, model_config.llm.vocab_size, text_ids)
     text = TextStream(tokenizer, stop_strings)
 
@@ -295,6 +298,9 @@ def stream(
         if generated:  # the first token comes from the prefill's logits
             logits = backend.decode(generated[-1])
             position += 1
+        if banned:
+            logits = logits.copy()
+            logits[banned] = -np.inf
         token = sampler(logits)
         generated.append(token)
         if token in stops:

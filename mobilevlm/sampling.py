@@ -25,6 +25,9 @@ class GenerationConfig:
     repetition_penalty: float = 1.0  # 1 disables; >1 discourages tokens already present
     seed: int | None = None  # None draws a fresh seed
     stop_strings: tuple[str, ...] = ()  # in addition to the template's own
+    # benchmarks: EOS and stop tokens are never sampled and no stop string ends the answer,
+    # so exactly max_new_tokens are decoded (llama.cpp's --ignore-eos)
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:

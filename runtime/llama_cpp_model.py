@@ -58,9 +58,10 @@ def open_llama(
     batch: int = 512,
     vocab_only: bool = False,
     verbose: bool = False,
+    **options,
 ):
     """A ``llama_cpp.Llama`` over the GGUF at ``path`` (memory-mapped); BundleError if
-    llama.cpp cannot load it."""
+    llama.cpp cannot load it. ``options`` go to ``Llama`` as they are (a chat handler)."""
     llama_cpp = import_llama_cpp()
     path = Path(path)
     if not path.is_file():
@@ -76,6 +77,7 @@ def open_llama(
             n_threads_batch=threads,
             vocab_only=vocab_only,
             verbose=verbose,
+            **options,
         )
     except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
         raise BundleError(at(path, f"llama.cpp cannot load it ({exc})")) from exc

@@ -35,7 +35,7 @@ from mobilevlm.runtime.messages import parse_messages
 from PIL import Image
 
 from mobilevlm import decode_loop
-from mobilevlm.bundle import BundleManifest
+from mobilevlm.bundle import DEFAULT_MODEL_SOURCE, BundleManifest
 from mobilevlm.errors import MissingDependencyError
 from mobilevlm.files import cache_root
 from mobilevlm.preprocess import ImageInput, load_image
@@ -46,10 +46,11 @@ from mobilevlm.sampling import GenerationConfig
 IMAGE_CACHE_SIZE = 8  # images whose embeddings are kept
 
 
-def default_bundle(progress: bool | None = None) -> Path:
-    """The built-in model as a bundle (ONNX, int4), exported on first use into the cache
-    directory; building it needs the [export] extra (torch), loading it does not."""
-    path = cache_root() / "bundles" / "default"
+def default_bundle(progress: bool | None = None, complete: bool = False) -> Path:
+    """The built-in model as a bundle, exported on first use into the cache directory:
+    ONNX int4 (what `run` needs), or with ``complete`` every ONNX and GGUF precision (what
+    `bench` compares). Building it needs the [export] extra (torch), loading it does not."""
+    path = cache_root() / "bundles" / ("default-complete" if complete else "default")
     if (path / "bundle.json").is_file():
         return path
     try:
@@ -62,7 +63,15 @@ def default_bundle(progress: bool | None = None) -> Path:
             "missing): pip install torch==2.13.0 && pip install 'mobilevlm-runtime[export]'; "
             "or pass the path of an exported bundle"
         ) from exc
-    export_bundle(load_default_model(), path, ["int4"], source="default model", progress=progress)
+    precisions, formats = (None, ("onnx", "gguf")) if complete else (["int4"], ("onnx",))
+    export_bundle(
+        load_default_model(),
+        path,
+        precisions,
+        formats,
+        source=DEFAULT_MODEL_SOURCE,
+        progress=progress,
+    )
     return path
 
 

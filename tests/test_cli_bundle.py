@@ -76,17 +76,21 @@ def test_eval_scores_precisions_side_by_side(exported, capsys):
     _, bundle, _ = exported
     code, out, _ = cli(capsys, "eval", "--bundle", bundle, "--n", "6", "--precisions", "fp32,int4")
     assert code == 0
-    header, *rows = out.strip().splitlines()
+    accuracy, costs = out.strip().split("\n\n")
+    header, *rows = accuracy.splitlines()
     assert header.split()[-2:] == ["fp32", "int4"] and rows[-1].startswith("overall")
+    same = costs.splitlines()[1]  # fp32 is the reference when torch is not asked for
+    assert same.startswith("same as fp32") and same.split()[-2] == "100.0%"
     code, out, _ = cli(
         capsys, "eval", "--bundle", bundle, "--n", "6", "--precisions", "int8", "--json"
     )
     assert json.loads(out)["n"] == 6
 
 
-def test_bench_without_a_baseline_reports_every_precision(exported, capsys):
+def test_bench_llm_only_without_a_baseline_reports_every_precision(exported, capsys):
     _, bundle, _ = exported
-    argv = ["bench", bundle, "--no-llama-cpp", "--prompt-tokens", "16", "--decode-tokens", "8"]
+    argv = ["bench", bundle, "--llm-only", "--no-llama-cpp", "--prompt-tokens", "16"]
+    argv += ["--decode-tokens", "8"]
     code, out, _ = cli(capsys, *argv, "--repeats", "2", "--json")
     assert code == 0
     data = json.loads(out)
@@ -130,7 +134,7 @@ def test_bench_without_a_baseline_reports_every_precision(exported, capsys):
             ["export", "{ckpt}", "-o", "{tmp}/b", "--precisions", "int2"],
             "precision int2 is not one of onnx",
         ),
-        (["bench", "{bundle}", "--repeats", "1"], "give --gguf FILE"),
+        (["bench", "{bundle}", "--llm-only", "--repeats", "1"], "give --gguf FILE"),
         (["info", "{tmp}"], "bundle.json: missing: not a bundle"),
     ],
 )
