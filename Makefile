@@ -10,7 +10,7 @@ DEMO_PROMPT ?= What color is the circle?
 # the assembled default model is cached here (built once, on first use)
 export MOBILEVLM_CACHE := $(CURDIR)/.cache/mobilevlm
 
-.PHONY: install demo test test-slow bench bench-vision lint clean
+.PHONY: install demo test test-slow bench bench-eval bench-scale bench-llm bench-vision lint clean
 
 # torch first, pinned: that takes the local CPU build; an unpinned torch pulls
 # gigabytes of CUDA packages. llama-cpp-python compiles llama.cpp (minutes, once;
@@ -37,14 +37,30 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
-# the default model exported to ONNX (fp32, int8, int4) and GGUF (f16, q8_0, q4_k_m),
-# then tokens/s of each against llama-cpp-python's own loop on the bundle's q4_k_m GGUF
+# the default model exported to ONNX (fp32, int8, int4) and GGUF (f16, q8_0, q4_k_m), then
+# every variant and the peers side by side (each run a fresh process): docs/bench/report.md
 BUNDLE := .cache/bundles/default
 $(BUNDLE)/bundle.json: $(STAMP)
 	$(VENV)/bin/mobilevlm export -o $(BUNDLE) --formats onnx,gguf
 
 bench: $(BUNDLE)/bundle.json
-	$(VENV)/bin/mobilevlm bench $(BUNDLE) --repeats 9
+	$(VENV)/bin/mobilevlm bench $(BUNDLE) --repeats 5 --report docs/bench
+
+# accuracy of every variant on held-out Shapes-VQA against latency and memory:
+# docs/bench/eval.md and the trade-off chart
+EVAL_VARIANTS ?= torch,fp32,int8,int4,int8/qdq-vision,int4/qdq-vision,f16,q8_0,q4_k_m,transformers
+bench-eval: $(BUNDLE)/bundle.json
+	$(VENV)/bin/mobilevlm eval --bundle $(BUNDLE) --variants $(EVAL_VARIANTS) --n 200 \
+		--report docs/bench
+
+# a random model at MobileVLM_V2-1.7B's geometry exported int4 / q4_k_m, against llama.cpp's
+# mtmd and llama-cpp-python on the same files (export ~10 min once, ~15 GB at its peak)
+bench-scale: $(STAMP)
+	$(PY) -m mobilevlm.export.scale_bench --report docs/bench-scale
+
+# the LLM alone in one process: this runtime's loops against llama-cpp-python's Llama.generate
+bench-llm: $(BUNDLE)/bundle.json
+	$(VENV)/bin/mobilevlm bench $(BUNDLE) --llm-only --repeats 9
 
 # image encode at MobileVLM_V2-1.7B's geometry: ONNX fp32 / QDQ int8 against llama.cpp's
 # mtmd (random CLIP ViT-L/14-336 + LDPv2, exported once into .cache/vision-bench)

@@ -16,7 +16,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from mobilevlm.export.gguf_llm import check_tokenizer, quantize_llm, write_llm_gguf
+from mobilevlm.export.gguf_llm import (
+    check_tokenizer,
+    quantize_llm,
+    repacked_bytes,
+    write_llm_gguf,
+)
 from mobilevlm.export.gguf_mmproj import mmproj_problems, write_mmproj
 
 from mobilevlm.bundle import GGUF_PRECISIONS, Artefact, BundleFile
@@ -62,6 +67,7 @@ def write_gguf_artefacts(
         step(f"llm {precision}")
         name = LLM_FILE.format(precision=precision)
         details = quantize_llm(f16, out / name, precision)
+        details["repacked_bytes"] = repacked_bytes(out / name)  # the memory planner counts it
         artefacts.append(_artefact(out, "llm", precision, name, {**made, **details}))
 
     extra: dict = {}

@@ -325,6 +325,33 @@ def quantize_llm(source: str | Path, target: str | Path, precision: str, threads
     return {"quantizer": "llama.cpp llama_model_quantize", "ftype": precision}
 
 
+# llama.cpp's CPU backend copies weight matrices of these types into an interleaved layout
+# when it loads them (its CPU_REPACK buffer: q4_K and q4_0 as 8x8 blocks with AVX2, q4_0 and
+# iq4_nl as 4x4 / 4x8 on ARM), and the mapped file pages of the same tensors stay resident
+REPACKED_TYPES = ("Q4_0", "Q4_K", "IQ4_NL")
+REPACK_ROWS = 8
+
+
+def repacked_bytes(path: str | Path) -> int:
+    """Bytes of the GGUF's weights that llama.cpp's CPU backend holds a second time,
+    repacked: matrices of REPACKED_TYPES whose rows come in multiples of 8 (the token
+    embedding, read row by row, stays as it is). At MobileVLM_V2-1.7B's size this is 560
+    MiB of a 795 MiB q4_k_m file, which llama.cpp's own log confirms."""
+    from gguf import GGUFReader
+
+    total = 0
+    for tensor in GGUFReader(str(path)).tensors:
+        rows = tensor.shape[1] if len(tensor.shape) == 2 else 0
+        if (
+            tensor.tensor_type.name in REPACKED_TYPES
+            and rows % REPACK_ROWS == 0
+            and rows
+            and tensor.name != "token_embd.weight"
+        ):
+            total += int(tensor.n_bytes)
+    return total
+
+
 def llama_cpp_tokenize(path: str | Path, texts: Sequence[str]) -> list[list[int]]:
     """How llama.cpp, reading only the vocabulary of the GGUF at ``path``, tokenizes each
     text (special tokens parsed, no BOS added)."""

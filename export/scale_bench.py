@@ -26,6 +26,7 @@ PRECISIONS = ("int4", "q4_k_m")
 # 1.2 GB per image for ViT-L/14-336, so the default 32 images would not fit next to the model
 CALIBRATION_IMAGES = 4
 VARIANTS = "int4,int4/qdq-vision,q4_k_m/hybrid,q4_k_m/mtmd,llama-cpp-python"
+BASELINE = "q4_k_m/mtmd"  # llama.cpp's own image path on the same files
 
 
 def v2_1_7b_config() -> ModelConfig:
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from mobilevlm.runtime.cli import main as cli
 
     command = ["bench", str(bundle), "--variants", VARIANTS, "--repeats", str(args.repeats)]
-    command += ["--decode-tokens", str(args.decode_tokens)]
+    command += ["--decode-tokens", str(args.decode_tokens), "--baseline", BASELINE]
     if args.threads:
         command += ["--threads", str(args.threads)]
     if args.report:

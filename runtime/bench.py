@@ -43,6 +43,7 @@ METRICS = (
     ("decode_tokens_per_s", "decode tok/s", "{:.1f}", True),
     ("peak_rss_mib", "peak MiB", "{:.0f}", False),
 )
+CPU_EXTENSIONS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd")
 PACKAGES = ("onnxruntime", "llama-cpp-python", "torch", "transformers", "numpy")
 
 
@@ -167,14 +168,21 @@ def speedup(base: VariantResult, row: VariantResult, metric: str, higher_better:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    """The CPU, its vector extensions that decide the kernels (int8 dot products need VNNI),
+    the core count and the OS: what a reader needs to compare numbers."""
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith(("flags", "Features")):
+                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
+    extensions = [name for name in CPU_EXTENSIONS if name in flags]
+    if extensions:
+        cpu += f" ({', '.join(extensions)})"
     return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}"
 
 

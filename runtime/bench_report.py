@@ -52,8 +52,9 @@ def _text(path: Path, text: str) -> None:
     _write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
-def _save(figure, path: Path) -> None:
-    figure.tight_layout()
+def _save(figure, path: Path, bottom: float = 0.0) -> None:
+    """``bottom``: inches kept free under the axes (for a legend there)."""
+    figure.tight_layout(rect=(0, bottom / figure.get_figheight(), 1, 1))
     _write(path, lambda p: figure.savefig(p, dpi=120, format="png"))
 
 
@@ -80,7 +81,8 @@ def _bars(ax, rows: Sequence[VariantResult], values: Sequence[float | None], lab
         text = "n/a" if value is None else f"{value:,.0f}" if value >= 10 else f"{value:.2f}"
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {text}", va="center")
     ax.set_xlabel(label)
-    ax.invert_yaxis()
+    if not ax.yaxis_inverted():  # the first variant on top (axes may share their y)
+        ax.invert_yaxis()
     ax.margins(x=0.18)
 
 
@@ -90,7 +92,7 @@ def bench_charts(report: BenchReport, directory: Path) -> list[Path]:
     plt = _pyplot()
     rows = report.ran
     names = [r.variant.name for r in rows]
-    height = 1.2 + 0.45 * len(rows)
+    height = 1.6 + 0.45 * len(rows)
     paths = []
 
     fig, (ax, ax_load) = plt.subplots(1, 2, figsize=(12, height), width_ratios=(3, 1))
@@ -102,18 +104,19 @@ def bench_charts(report: BenchReport, directory: Path) -> list[Path]:
     whole = [0.0 if ok else t for t, ok in zip(ttft, split, strict=True)]
     ax.barh(names, encode, color="#ff7f0e", label="image encode")
     ax.barh(names, prefill, left=encode, color="#1f77b4", label="prefill")
-    ax.barh(names, whole, color="#bbbbbb", hatch="//", label="encode + prefill (not split)")
+    if not all(split):
+        ax.barh(names, whole, color="#bbbbbb", hatch="//", label="encode + prefill (not split)")
     for y, t in enumerate(ttft):
         ax.text(t, y, f" {t:,.0f} ms", va="center")
     ax.invert_yaxis()
     ax.margins(x=0.2)
     ax.set_xlabel("time to first token, ms (median; lower is better)")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, frameon=False)
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=3, frameon=False)
     _bars(ax_load, rows, [r.median("load_s") for r in rows], "load, s")
     ax_load.set_yticks([])
     fig.suptitle(f"Latency: image + prompt to first token\n{report.machine}", fontsize=10)
     paths.append(directory / "latency.png")
-    _save(fig, paths[-1])
+    _save(fig, paths[-1], bottom=0.4)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(12, height), sharey=True)

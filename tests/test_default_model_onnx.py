@@ -9,6 +9,7 @@ from mobilevlm import shapes_vqa
 
 INT8_MAX_DROP = 0.01  # accuracy points an int8 bundle may lose against fp32
 INT4_MAX_DROP = 0.03
+SMALL_SAMPLE = 40  # held-out questions of the light comparison in the default run
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +21,11 @@ def default_model(torch_threads):
 
 @pytest.fixture(scope="module")
 def fp32_bundle(default_model, tmp_path_factory):
+    """The default model in every ONNX precision, checked against torch."""
     from mobilevlm.export.bundle_export import export_bundle
 
     path = tmp_path_factory.mktemp("default") / "bundle"
-    return export_bundle(default_model, path, ["fp32"]), path
+    return export_bundle(default_model, path, ["fp32", "int8", "int4"]), path
 
 
 def test_fp32_bundle_matches_torch(fp32_bundle):
@@ -41,6 +43,19 @@ def test_fp32_bundle_answers_the_demo_question(fp32_bundle):
     result = vlm.generate(REPO / "examples" / "shapes.png", "What color is the circle?")
     assert shapes_vqa.is_correct(result.text, "red", "color"), result.text
     assert vlm.generate(None, "What is the capital of France?").text.strip().startswith("Paris")
+
+
+def test_quantized_precisions_keep_accuracy_on_a_small_fixed_sample(fp32_bundle):
+    """The light version of the comparison below: the first held-out questions, each
+    precision in a process of its own, as `mobilevlm eval --variants` runs them."""
+    from mobilevlm.runtime.evaluate import compare
+    from mobilevlm.runtime.variants import parse_variant
+
+    variants = [parse_variant(p) for p in ("fp32", "int8", "int4")]
+    rows = compare(fp32_bundle[1], variants, "shapes-vqa", SMALL_SAMPLE)
+    accuracy = {r.name: r.report.accuracy() for r in rows}
+    assert accuracy["int8"] >= accuracy["fp32"] - INT8_MAX_DROP, accuracy
+    assert accuracy["int4"] >= accuracy["fp32"] - INT4_MAX_DROP, accuracy
 
 
 @pytest.mark.slow

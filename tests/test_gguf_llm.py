@@ -15,6 +15,7 @@ from mobilevlm.export.gguf_llm import (  # noqa: E402
     check_tokenizer,
     llama_cpp_tokenize,
     quantize_llm,
+    repacked_bytes,
     write_llm_gguf,
 )
 from mobilevlm.runtime.backends import load_bundle  # noqa: E402
@@ -104,6 +105,34 @@ def test_quantized_files_are_smaller_and_carry_llama_cpp_file_types(llm_files):
     assert sizes["q4_k_m"] < sizes["q8_0"] < sizes["f16"]
     file_type = GGUFReader(str(llm_files["q8_0"])).fields["general.file_type"]
     assert int(file_type.parts[file_type.data[0]][0]) == 7  # LLAMA_FTYPE_MOSTLY_Q8_0
+
+
+def test_repacked_bytes_are_what_llama_cpp_repacks(tmp_path, capfd):
+    """The memory planner counts q4_K matrices twice: llama.cpp's CPU backend copies them
+    into its repack buffer at load. A 256-wide LLM makes q4_K tensors (the tiny ones are
+    too narrow for 256-blocks); the recorded bytes equal the buffer llama.cpp reports."""
+    from dataclasses import replace
+
+    from mobilevlm.language_model import build_language_model
+    from mobilevlm.tiny_random import random_init_, tiny_config, tiny_tokenizer
+
+    config = tiny_config(template="chatml")
+    llm = replace(config.llm, hidden_size=256, intermediate_size=512, head_dim=64)
+    config = replace(config, llm=llm, projector=replace(config.projector, output_dim=256))
+    lm = random_init_(build_language_model(llm), seed=0, std=0.02)
+    state = {k: v.float().numpy() for k, v in lm.state_dict().items()}
+    write_llm_gguf(config, state, tiny_tokenizer(llm.vocab_size), tmp_path / "f16.gguf")
+    quantize_llm(tmp_path / "f16.gguf", tmp_path / "q4.gguf", "q4_k_m")
+    assert repacked_bytes(tmp_path / "f16.gguf") == 0
+    counted = repacked_bytes(tmp_path / "q4.gguf")
+    capfd.readouterr()
+    open_llama(tmp_path / "q4.gguf", context=64, verbose=True).close()
+    log = capfd.readouterr().err
+    reported = [line for line in log.splitlines() if "CPU_REPACK model buffer size" in line]
+    if not reported:
+        pytest.skip("llama.cpp repacks nothing on this CPU")
+    assert counted > 0
+    assert f"{counted / 2**20:.2f} MiB" in reported[0], (counted, reported)
 
 
 def test_tied_embeddings_are_written_once(tiny_models, tmp_path):
