@@ -200,9 +200,13 @@ def worker(job: dict[str, Any], on_row: Callable[[dict], None] | None = None) ->
     """Run one job in a fresh process; its ``result`` row (WorkerError when it failed)."""
     command = [sys.executable, "-m", "mobilevlm.runtime.bench_worker", json.dumps(job)]
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    ) as process:
+    # stderr to a file: llama.cpp's logs could fill a pipe nobody reads while stdout is read
+    with (
+        tempfile.TemporaryFile("w+") as log,
+        subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=log, text=True, env=env
+        ) as process,
+    ):
         result = error = None
         for line in process.stdout:
             row = json.loads(line)
@@ -212,7 +216,9 @@ def worker(job: dict[str, Any], on_row: Callable[[dict], None] | None = None) ->
                 error = row["error"]
             elif on_row:
                 on_row(row)
-        stderr = process.stderr.read()
+        process.wait()
+        log.seek(0)
+        stderr = log.read()
     if result is None:
         last = error or (stderr.strip().splitlines() or ["no output"])[-1]
         raise WorkerError(f"{job['variant']}: {last}")
@@ -221,12 +227,18 @@ def worker(job: dict[str, Any], on_row: Callable[[dict], None] | None = None) ->
 
 def checkpoint_for(manifest: BundleManifest, given: Path | None) -> str | None:
     """Where the torch variants load their weights: ``given``, the bundle's recorded source
-    when it is a directory here, the built-in model (when torch is installed); else None."""
+    when it is a directory here, the built-in model when torch is installed (its assembled
+    directory, or DEFAULT_MODEL_SOURCE until it is assembled); else None."""
     if given is not None:
         return str(given)
     source = manifest.exporter.get("source", "")
     if source == DEFAULT_MODEL_SOURCE:
-        return source if importlib.util.find_spec("torch") else None
+        if not importlib.util.find_spec("torch"):
+            return None
+        from mobilevlm.default_model import default_model_dir
+
+        assembled = default_model_dir()
+        return str(assembled) if assembled.is_dir() else source
     return source if source and Path(source).is_dir() else None
 
 

@@ -110,10 +110,13 @@ def every_variant(manifest: BundleManifest) -> list[Variant]:
 
 def disk_bytes(
     variant: Variant, manifest: BundleManifest, root: Path, checkpoint: Path | None
-) -> int:
-    """Bytes on disk of the files the variant loads (the checkpoint's for the reference)."""
+) -> int | None:
+    """Bytes on disk of the files the variant loads (the checkpoint's for the reference;
+    None while there is no checkpoint directory)."""
     if variant.uses_reference:
-        return sum(f.stat().st_size for f in (checkpoint or root).rglob("*") if f.is_file())
+        if checkpoint is None:
+            return None
+        return sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
     if variant.engine == "onnxruntime":
         selection = select(manifest, variant.precision, variant.vision_precision)
     else:

@@ -60,3 +60,12 @@ def default_config() -> ModelConfig:
         template="chatml",
         system_prompt=SYSTEM_PROMPT,
     )
+
+
+def default_model_dir() -> Path:
+    """The cached checkpoint directory of the default model (assembled on first use by
+    :func:`mobilevlm.default_model.assemble.assemble`); torch-free, so the runtime can find
+    it."""
+    from mobilevlm.files import cache_root, sha256_file
+
+    return cache_root() / f"default-model-{sha256_file(TRAINED_WEIGHTS)[:12]}"

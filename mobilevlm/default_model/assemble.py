@@ -19,10 +19,9 @@ from typing import Any
 
 from mobilevlm import smollm2
 from mobilevlm.checkpoint import CONFIG_FILE, save_checkpoint
-from mobilevlm.default_model import TRAINED_WEIGHTS, default_config
+from mobilevlm.default_model import TRAINED_WEIGHTS, default_config, default_model_dir
 from mobilevlm.efficientnet_lite import tower_weights
 from mobilevlm.errors import CheckpointError, at
-from mobilevlm.files import cache_root, sha256_file
 from mobilevlm.model import MobileVLM
 from mobilevlm.reference import load_reference
 
@@ -83,12 +82,6 @@ def apply_trained(model: MobileVLM, path: str | Path = TRAINED_WEIGHTS) -> Mobil
             raise CheckpointError(at(path, f"unexpected LoRA tensors {result.unexpected_keys[:3]}"))
         model.language_model = peft_model.merge_and_unload()
     return model
-
-
-def default_model_dir() -> Path:
-    """The cached checkpoint directory of the default model (built on first use)."""
-    digest = sha256_file(TRAINED_WEIGHTS)[:12]
-    return cache_root() / f"default-model-{digest}"
 
 
 def assemble(progress: bool | None = None) -> Path:
