@@ -39,7 +39,8 @@ def _import_engine(engine: str) -> None:
 
 def load(job: dict[str, Any]):
     """The variant of ``job``, as something with ``generate(image, prompt, config)`` and
-    ``reset()``."""
+    ``reset()``. A bundle's variants also take ``providers`` and ``vision_precision`` (the
+    variant's own, e.g. ``int4/qdq-vision``, wins)."""
     variant = parse_variant(job["variant"])
     threads, context = job.get("threads"), job.get("context")
     if variant.uses_reference:
@@ -68,9 +69,10 @@ def load(job: dict[str, Any]):
         job["bundle"],
         variant.precision,
         mode=variant.mode or "hybrid",
+        providers=job.get("providers") or ("cpu",),
         threads=threads,
         context=context,
-        vision_precision=variant.vision_precision,
+        vision_precision=variant.vision_precision or job.get("vision_precision"),
     )
 
 

@@ -593,6 +593,11 @@ def _eval_variants(args: argparse.Namespace) -> list[str]:
         return []
     if args.bundle is None:
         raise MobileVLMError("--variants, --precisions, --modes and --report need --bundle")
+    if args.memory_budget is not None:
+        raise MobileVLMError(
+            "--memory-budget picks one variant; it does not combine with --variants, "
+            "--precisions, --modes or --report"
+        )
     if args.variants:
         return _comma_list(args.variants)
     manifest = BundleManifest.read(args.bundle)
@@ -648,7 +653,16 @@ def _eval_compare(args: argparse.Namespace, names: list[str], count: int) -> int
         bar.set_postfix_str(f"{name} accuracy {done[1] / done[0]:.1%}")
 
     results = compare(
-        args.bundle, variants, args.dataset, args.n, checkpoint, args.threads, progress
+        args.bundle,
+        variants,
+        args.dataset,
+        args.n,
+        checkpoint,
+        args.threads,
+        progress,
+        providers=args.provider,
+        context=args.context,
+        vision_precision=args.vision_precision,
     )
     bar.close()
     for result, variant in zip(results, variants, strict=True):

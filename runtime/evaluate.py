@@ -227,13 +227,16 @@ def compare(
     checkpoint: str | None = None,
     threads: int | None = None,
     on_record: Callable[[str, Record], None] | None = None,
+    **load_options,
 ) -> list[VariantEval]:
     """Evaluate each variant of ``bundle`` in a fresh process (so its peak memory is its
-    own), then each one's agreement with the reference (:func:`reference_of`)."""
+    own), then each one's agreement with the reference (:func:`reference_of`).
+    ``load_options``: ``providers``, ``context``, ``vision_precision`` for the bundle's
+    variants (see :func:`mobilevlm.runtime.bench_worker.load`)."""
     from mobilevlm.runtime.bench import worker
 
     job = {"task": "eval", "bundle": str(bundle), "checkpoint": checkpoint, "threads": threads}
-    job.update({"dataset": str(dataset), "n": n})
+    job.update({"dataset": str(dataset), "n": n, **load_options})
     results = []
     for variant in variants:
         report = EvalReport(dataset)
