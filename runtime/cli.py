@@ -242,10 +242,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="checkpoint of the torch and transformers variants (default: the bundle's source)",
     )
-    bench.add_argument("--image", type=Path, metavar="IMG", help="(default: a Shapes-VQA scene)")
-    bench.add_argument("--prompt", default=None, metavar="TEXT")
-    bench.add_argument("--decode-tokens", type=int, default=64, metavar="N")
-    bench.add_argument("--repeats", type=int, default=5, metavar="N")
+    bench.add_argument(
+        "--image", type=Path, metavar="IMG", help="image to answer (default: a Shapes-VQA scene)"
+    )
+    bench.add_argument(
+        "--prompt", default=None, metavar="TEXT", help="(default: 'Describe the image in detail.')"
+    )
+    bench.add_argument(
+        "--decode-tokens",
+        type=int,
+        default=64,
+        metavar="N",
+        help="decoded per answer, EOS ignored (64)",
+    )
+    bench.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        metavar="N",
+        help="measured rounds, each variant a fresh process per round (5)",
+    )
     bench.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads")
     bench.add_argument("--context", type=int, default=None, metavar="N", help="KV positions")
     bench.add_argument(
@@ -730,6 +746,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         variants = every_variant(manifest)
     if args.image is not None:
         load_image(args.image)  # a bad image is a user error before anything runs
+    baseline = parse_variant(args.baseline).name if args.baseline else None
+    if baseline and baseline not in [v.name for v in variants]:
+        raise MobileVLMError(f"--baseline {args.baseline} is not among the variants measured")
     settings = bench.BenchSettings(
         prompt=args.prompt or bench.DEFAULT_PROMPT,
         decode_tokens=args.decode_tokens,
@@ -751,10 +770,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.report:
         from mobilevlm.runtime.bench_report import write_bench_report
 
-        written = write_bench_report(report, args.report, args.baseline)
+        written = write_bench_report(report, args.report, baseline)
         print(f"report: {written}", file=sys.stderr)
     if args.json:
-        print(json.dumps(report.to_dict(args.baseline)))
+        print(json.dumps(report.to_dict(baseline)))
     else:
         print(f"machine: {report.machine}")
         print(
@@ -762,7 +781,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"decoded; medians of {settings.repeats} runs, each a fresh process; "
             "x: times faster than the baseline"
         )
-        print(report.table(args.baseline))
+        print(report.table(baseline))
     return 0
 
 

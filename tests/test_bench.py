@@ -107,3 +107,5 @@ def test_a_variant_the_bundle_cannot_run_is_refused_before_anything_runs(bundle,
     assert err.strip().endswith("cannot evaluate q4_k_m/hybrid: no q4_k_m LLM in the bundle")
     code, _, err = cli(capsys, "bench", bundle, "--variants", "int3")
     assert code == 2 and "unknown variant 'int3'" in err
+    code, _, err = cli(capsys, "bench", bundle, "--variants", "fp32", "--baseline", "f16")
+    assert code == 2 and "--baseline f16 is not among the variants measured" in err
