@@ -257,12 +257,11 @@ def memory_estimate(manifest: BundleManifest, variant: Variant, context: int | N
         return None
     from mobilevlm.runtime.memory import plan_memory
 
-    backend = "llama.cpp" if variant.engine == "llama.cpp" else "onnxruntime"
     context = min(context or DEFAULT_CONTEXT, manifest.model.llm.max_position_embeddings)
     plan = plan_memory(
         manifest,
         1 << 50,
-        backend,
+        variant.engine,  # the backend's name
         variant.precision,
         variant.mode or "hybrid",
         context,
@@ -283,11 +282,10 @@ def run_bench(
     reference = checkpoint_for(manifest, checkpoint)
     results = []
     for v in variants:
-        why = unavailable(v, manifest, Path(reference) if reference else None)
+        why = unavailable(v, manifest, reference)
         row = VariantResult(v, skipped=why)
         if why is None:
-            ref = Path(reference) if reference and Path(reference).is_dir() else None
-            row.disk_bytes = disk_bytes(v, manifest, bundle, ref)
+            row.disk_bytes = disk_bytes(v, manifest, bundle, reference)
             row.estimate_bytes = memory_estimate(manifest, v, settings.context)
         results.append(row)
     with tempfile.TemporaryDirectory() as scratch:

@@ -17,6 +17,7 @@ import sys
 import time
 from typing import Any
 
+from mobilevlm.runtime.backends import LLAMA_CPP
 from mobilevlm.runtime.memory import peak_rss
 from mobilevlm.runtime.variants import LLAMA_CPP_PYTHON, TORCH, TRANSFORMERS, parse_variant
 
@@ -32,7 +33,7 @@ def _import_engine(engine: str) -> None:
     """Import the engine's libraries before the load is timed: load time is the model's."""
     if engine in (TORCH, TRANSFORMERS):  # torch and transformers, through the reference
         import mobilevlm.peer_transformers  # noqa: F401
-    elif engine in ("llama.cpp", LLAMA_CPP_PYTHON):
+    elif engine in (LLAMA_CPP, LLAMA_CPP_PYTHON):
         import llama_cpp  # noqa: F401
     import onnxruntime  # noqa: F401
 

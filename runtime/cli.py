@@ -654,9 +654,8 @@ def _eval_compare(args: argparse.Namespace, names: list[str], count: int) -> int
     manifest = BundleManifest.read(args.bundle)
     variants = list(dict.fromkeys(parse_variant(n) for n in names))
     checkpoint = checkpoint_for(manifest, args.model)
-    reference_dir = Path(checkpoint) if checkpoint and Path(checkpoint).is_dir() else None
     for variant in variants:
-        why = unavailable(variant, manifest, Path(checkpoint) if checkpoint else None)
+        why = unavailable(variant, manifest, checkpoint)
         if why:
             raise MobileVLMError(f"{args.bundle}: cannot evaluate {variant.name}: {why}")
     bar = tqdm(total=count * len(variants), unit="q", disable=not sys.stderr.isatty())
@@ -682,7 +681,7 @@ def _eval_compare(args: argparse.Namespace, names: list[str], count: int) -> int
     )
     bar.close()
     for result, variant in zip(results, variants, strict=True):
-        result.disk_bytes = disk_bytes(variant, manifest, args.bundle, reference_dir)
+        result.disk_bytes = disk_bytes(variant, manifest, args.bundle, checkpoint)
     if args.report:
         from mobilevlm.runtime.bench_report import write_eval_report
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mobilevlm.runtime.backends import LLAMA_CPP, ONNXRUNTIME
 from mobilevlm.runtime.bundle import GGUF_PREFERENCE, select, select_gguf
 
 from mobilevlm.bundle import GGUF_PRECISIONS, PRECISIONS, BundleManifest
@@ -30,7 +31,7 @@ MODES = ("hybrid", "mtmd")
 @dataclass(frozen=True)
 class Variant:
     name: str  # as the user writes it, e.g. "int4", "q4_k_m/mtmd", "transformers"
-    engine: str  # "torch", "onnxruntime", "llama.cpp", or a peer's name
+    engine: str  # TORCH, a backend (ONNXRUNTIME, LLAMA_CPP), or a peer's name
     precision: str  # of the LLM weights
     mode: str | None = None  # llama.cpp: where image embeddings come from
     vision_precision: str | None = None  # None: the bundle's fp32 vision graph
@@ -65,19 +66,20 @@ def parse_variant(name: str) -> Variant:
         return Variant(LLAMA_CPP_PYTHON, LLAMA_CPP_PYTHON, "")  # the bundle's fastest GGUF
     precision, _, option = name.partition("/")
     if precision in PRECISIONS and option in ("", QDQ_VISION):
-        return Variant(name, "onnxruntime", precision, None, "int8" if option else None)
+        return Variant(name, ONNXRUNTIME, precision, None, "int8" if option else None)
     if precision in GGUF_PRECISIONS and option in ("", *MODES):
         mode = option or "hybrid"
-        return Variant(f"{precision}/{mode}", "llama.cpp", precision, mode)
+        return Variant(f"{precision}/{mode}", LLAMA_CPP, precision, mode)
     known = [TORCH, *PRECISIONS, "int8/qdq-vision", *GGUF_PRECISIONS, "q4_k_m/mtmd", *PEERS]
     raise MobileVLMError(f"unknown variant {name!r} (known forms: {', '.join(known)})")
 
 
-def unavailable(variant: Variant, manifest: BundleManifest, checkpoint: Path | None) -> str | None:
-    """Why ``variant`` cannot run on this bundle, or None when it can."""
+def unavailable(variant: Variant, manifest: BundleManifest, checkpoint: str | None) -> str | None:
+    """Why ``variant`` cannot run on this bundle, or None when it can. ``checkpoint``: where
+    the torch variants load from (``bench.checkpoint_for``)."""
     if variant.uses_reference:
         return None if checkpoint is not None else "no checkpoint to load the torch weights from"
-    if variant.engine == "onnxruntime":
+    if variant.engine == ONNXRUNTIME:
         if manifest.find("decoder", variant.precision) is None:
             return f"no {variant.precision} decoder in the bundle"
         if variant.vision_precision and manifest.find("vision", "int8") is None:
@@ -109,15 +111,15 @@ def every_variant(manifest: BundleManifest) -> list[Variant]:
 
 
 def disk_bytes(
-    variant: Variant, manifest: BundleManifest, root: Path, checkpoint: Path | None
+    variant: Variant, manifest: BundleManifest, root: Path, checkpoint: str | None
 ) -> int | None:
     """Bytes on disk of the files the variant loads (the checkpoint's for the reference;
     None while there is no checkpoint directory)."""
     if variant.uses_reference:
-        if checkpoint is None:
+        if checkpoint is None or not Path(checkpoint).is_dir():  # the built-in model, unbuilt
             return None
-        return sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
-    if variant.engine == "onnxruntime":
+        return sum(f.stat().st_size for f in Path(checkpoint).rglob("*") if f.is_file())
+    if variant.engine == ONNXRUNTIME:
         selection = select(manifest, variant.precision, variant.vision_precision)
     else:
         mode = "mtmd" if variant.engine == LLAMA_CPP_PYTHON else variant.mode
