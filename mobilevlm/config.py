@@ -215,12 +215,20 @@ class ProjectorConfig:
     type: str = "ldpnetv2"
     input_dim: int = 1024  # mm_hidden_size: the vision tower's feature width
     output_dim: int = 2048  # the LLM's hidden size
+    # ldpnetv2 only: side of a learned absolute position embedding added to its output
+    # grid (0: none, as in MobileVLM). A ViT's tokens carry their position; a CNN's
+    # translation-equivariant map does not, and LDPv2's PEG only knows the borders.
+    position_grid: int = 0
 
     def __post_init__(self) -> None:
         if self.type not in PROJECTOR_TYPES:
             raise UnsupportedModelError(
                 f"projector type {self.type!r} is not supported "
                 f"(expected one of {', '.join(PROJECTOR_TYPES)})"
+            )
+        if self.position_grid and self.type != "ldpnetv2":
+            raise UnsupportedModelError(
+                f"a learned position embedding (position_grid) needs ldpnetv2, not {self.type!r}"
             )
 
     def output_tokens(self, input_tokens: int) -> int:
@@ -354,7 +362,13 @@ class ModelConfig:
                 f"projector output width {self.projector.output_dim} does not match "
                 f"the LLM hidden size {self.llm.hidden_size}"
             )
-        self.projector.output_tokens(self.vision.num_output_tokens)  # raises on a bad grid
+        tokens = self.projector.output_tokens(self.vision.num_output_tokens)  # raises on a bad grid
+        if self.projector.position_grid and self.projector.position_grid**2 != tokens:
+            side = self.projector.position_grid
+            raise UnsupportedModelError(
+                f"the projector's position embedding is {side}x{side}, "
+                f"but the vision tower gives {tokens} image tokens"
+            )
 
     @property
     def num_image_tokens(self) -> int:

@@ -122,12 +122,17 @@ class PositionalEncodingGenerator(nn.Module):
 
 
 class LDPNetV2Projector(nn.Module):
-    """LDPv2 (MobileVLM V2): MLP, 2x2 average pooling of the token grid, PEG."""
+    """LDPv2 (MobileVLM V2): MLP, 2x2 average pooling of the token grid, PEG; then, with
+    ``position_grid``, a learned embedding per output token (``position``, (tokens, dim))."""
 
-    def __init__(self, input_dim: int, output_dim: int) -> None:
+    def __init__(self, input_dim: int, output_dim: int, position_grid: int = 0) -> None:
         super().__init__()
         self.mlp = FeatureMLP(input_dim, output_dim)
         self.peg = PositionalEncodingGenerator(output_dim)
+        if position_grid:
+            self.position = nn.Parameter(torch.zeros(position_grid**2, output_dim))
+        else:
+            self.position = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         grid = _tokens_to_grid(self.mlp(x))
@@ -135,7 +140,8 @@ class LDPNetV2Projector(nn.Module):
             raise UnsupportedModelError(
                 f"ldpnetv2 needs an even patch grid, got {grid.shape[-1]}x{grid.shape[-1]}"
             )
-        return _grid_to_tokens(self.peg(F.avg_pool2d(grid, 2)))
+        tokens = _grid_to_tokens(self.peg(F.avg_pool2d(grid, 2)))
+        return tokens if self.position is None else tokens + self.position
 
 
 def build_projector(config: ProjectorConfig) -> nn.Module:
@@ -143,7 +149,7 @@ def build_projector(config: ProjectorConfig) -> nn.Module:
     if config.type == "ldpnet":
         return LDPNetProjector(cin, cout)
     if config.type == "ldpnetv2":
-        return LDPNetV2Projector(cin, cout)
+        return LDPNetV2Projector(cin, cout, config.position_grid)
     if config.type == "mlp2x_gelu":
         return nn.Sequential(nn.Linear(cin, cout), nn.GELU(), nn.Linear(cout, cout))
     if config.type == "linear":

@@ -68,6 +68,7 @@ def tiny_config(
     image_size: int = 56,
     select_feature: str = "patch",
     tie_word_embeddings: bool = False,
+    position_grid: int = 0,
 ) -> ModelConfig:
     """A 4x4-patch CLIP (56 px, patch 14), 2-layer LLaMA with GQA; 32/64-wide."""
     vision = ClipVisionConfig(
@@ -95,7 +96,7 @@ def tiny_config(
     )
     return ModelConfig(
         vision=vision,
-        projector=ProjectorConfig(type=projector, input_dim=32, output_dim=64),
+        projector=ProjectorConfig(projector, 32, 64, position_grid=position_grid),
         llm=llm,
         preprocess=PreprocessConfig(image_size=image_size),
         template=template,

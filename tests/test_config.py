@@ -76,5 +76,13 @@ def test_mismatched_widths_and_grids_are_refused():
         ModelConfig(
             vision=ClipVisionConfig(), projector=ProjectorConfig("ldpnet", 1024, 999), llm=llm
         )
+    with pytest.raises(UnsupportedModelError, match="position embedding is 4x4.*144 image tokens"):
+        ModelConfig(
+            vision=ClipVisionConfig(),
+            projector=ProjectorConfig("ldpnetv2", 1024, 2048, position_grid=4),
+            llm=llm,
+        )
+    with pytest.raises(UnsupportedModelError, match="position_grid.*needs ldpnetv2, not 'ldpnet'"):
+        ProjectorConfig("ldpnet", 1024, 2048, position_grid=12)
     with pytest.raises(UnsupportedModelError, match="vision tower type 'siglip'"):
         ModelConfig.from_dict({"vision": {"type": "siglip"}, "projector": {}, "llm": {}})

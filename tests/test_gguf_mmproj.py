@@ -237,8 +237,12 @@ def _efficientnet_config() -> ModelConfig:
             {"projector": "mlp2x_gelu", "image_size": SIZE, "select_feature": "cls_patch"},
             "select_feature 'cls_patch'",
         ),
+        (
+            {"projector": "ldpnetv2", "image_size": SIZE, "position_grid": 12},
+            "no learned position embedding",
+        ),
     ],
-    ids=["efficientnet", "linear", "ldpnetv2-56px", "ldpnet-56px", "mlp-cls_patch"],
+    ids=["efficientnet", "linear", "ldpnetv2-56px", "ldpnet-56px", "mlp-cls_patch", "ldpv2-pos"],
 )
 def test_models_mtmd_cannot_run_are_refused_with_the_reason(tiny, message, torch_threads, tmp_path):
     from mobilevlm.export.gguf_mmproj import mmproj_problems, write_mmproj

@@ -70,3 +70,44 @@ def test_grounding_targets_name_each_object_in_its_centre_cell(tiny_models, torc
         torch.testing.assert_close(targets[cell], word("background"))
     assert grounding_loss(targets[None], targets[None]).item() == 0.0
     assert grounding_loss(torch.zeros_like(targets)[None], targets[None]).item() == 1.0
+
+
+def test_position_words_name_the_spec_cell_of_each_image_token(tiny_models, torch_threads):
+    from mobilevlm.train import position_words
+
+    torch = torch_threads
+    model = tiny_models(template="chatml", image_size=168, position_grid=6)  # 6x6 tokens
+    table = model.language_model.get_input_embeddings().weight
+
+    def words(text):
+        return sum(table[model.tokenizer.encode(" " + w)].mean(dim=0) for w in text.split())
+
+    where = position_words(model, grid=6)  # 2x2 image tokens per 3x3 cell
+    assert where.shape == (36, model.config.llm.hidden_size)
+    for token, name in [
+        (0, "top left"),
+        (7, "top left"),
+        (2, "top"),
+        (15, "center"),
+        (17, "right"),
+        (35, "bottom right"),
+        (30, "bottom left"),
+    ]:
+        torch.testing.assert_close(where[token], words(name))
+    # a projector without a position embedding gets no position words
+    assert not position_words(tiny_models(template="chatml"), grid=2).any()
+
+
+def test_a_checkpoint_of_another_recipe_is_not_resumed(tmp_path, torch_threads):
+    import json
+
+    from mobilevlm.train import TrainConfig, load_checkpoint, recipe
+
+    torch = torch_threads
+    config = TrainConfig(work=str(tmp_path))
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"step": 7, "recipe": json.dumps(recipe(config))}, path)
+    run_only = TrainConfig(work="elsewhere", eval_every=1, threads=1)
+    assert load_checkpoint(path, run_only)["step"] == 7
+    with pytest.raises(SystemExit, match="checkpoint.pt was written by another"):
+        load_checkpoint(path, TrainConfig(work=str(tmp_path), steps=config.steps + 1))
