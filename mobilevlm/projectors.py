@@ -129,10 +129,9 @@ class LDPNetV2Projector(nn.Module):
         super().__init__()
         self.mlp = FeatureMLP(input_dim, output_dim)
         self.peg = PositionalEncodingGenerator(output_dim)
-        if position_grid:
-            self.position = nn.Parameter(torch.zeros(position_grid**2, output_dim))
-        else:
-            self.position = None
+        shape = (position_grid**2, output_dim)
+        position = nn.Parameter(torch.zeros(shape)) if position_grid else None
+        self.register_parameter("position", position)  # None, like a Linear without bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         grid = _tokens_to_grid(self.mlp(x))
