@@ -61,8 +61,8 @@ def mmproj_problems(config: ModelConfig) -> list[str]:
             f"projector {projector!r} has no llama.cpp equivalent "
             f"(supported: {', '.join(PROJECTOR_TYPES)})"
         )
-    if config.projector.position_grid:
-        problems.append("llama.cpp's ldpv2 graph has no learned position embedding (position_grid)")
+    if config.projector.cell_labels:
+        problems.append("llama.cpp's ldpv2 graph writes no cell label tokens (cell_labels)")
     if not isinstance(vision, ClipVisionConfig):
         problems.append(f"vision tower {vision.type!r} is not a CLIP ViT, the only tower mtmd runs")
         return problems

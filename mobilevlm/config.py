@@ -10,6 +10,7 @@ selects the dataclass (``clip_vit`` for MobileVLM checkpoints).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -215,10 +216,14 @@ class ProjectorConfig:
     type: str = "ldpnetv2"
     input_dim: int = 1024  # mm_hidden_size: the vision tower's feature width
     output_dim: int = 2048  # the LLM's hidden size
-    # ldpnetv2 only: side of a learned absolute position embedding added to its output
-    # grid (0: none, as in MobileVLM). A ViT's tokens carry their position; a CNN's
-    # translation-equivariant map does not, and LDPv2's PEG only knows the borders.
-    position_grid: int = 0
+    # ldpnetv2 only: label tokens that say where its output tokens lie (empty: none, as in
+    # MobileVLM). The output grid is cut into k x k square cells (k*k entries, row-major);
+    # cell c becomes cell_labels[c] label tokens followed by its own grid tokens. A ViT's
+    # tokens carry their position; a CNN's translation-equivariant map does not, and
+    # LDPv2's PEG only knows the borders. The labels are learned constants (the default
+    # model's are the LLM's words naming each cell), so the image reads like
+    # "top left <tokens> top <tokens> ...".
+    cell_labels: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.type not in PROJECTOR_TYPES:
@@ -226,9 +231,16 @@ class ProjectorConfig:
                 f"projector type {self.type!r} is not supported "
                 f"(expected one of {', '.join(PROJECTOR_TYPES)})"
             )
-        if self.position_grid and self.type != "ldpnetv2":
+        object.__setattr__(self, "cell_labels", tuple(int(n) for n in self.cell_labels))
+        if self.cell_labels and self.type != "ldpnetv2":
+            raise UnsupportedModelError(f"cell_labels need ldpnetv2, not {self.type!r}")
+        if self.cell_labels and (
+            math.isqrt(len(self.cell_labels)) ** 2 != len(self.cell_labels)
+            or min(self.cell_labels) < 0
+        ):
             raise UnsupportedModelError(
-                f"a learned position embedding (position_grid) needs ldpnetv2, not {self.type!r}"
+                f"cell_labels must give a label count >= 0 for each of k x k cells, "
+                f"got {list(self.cell_labels)}"
             )
 
     def output_tokens(self, input_tokens: int) -> int:
@@ -246,7 +258,13 @@ class ProjectorConfig:
             raise UnsupportedModelError(
                 f"ldpnetv2 pools the patch grid by 2 and needs an even grid, got {grid}x{grid}"
             )
-        return (grid // 2) ** 2
+        cells = math.isqrt(len(self.cell_labels))
+        if cells and (grid // 2) % cells:
+            raise UnsupportedModelError(
+                f"ldpnetv2's {grid // 2}x{grid // 2} output grid does not split into "
+                f"{cells}x{cells} labelled cells"
+            )
+        return (grid // 2) ** 2 + sum(self.cell_labels)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProjectorConfig:
@@ -362,13 +380,7 @@ class ModelConfig:
                 f"projector output width {self.projector.output_dim} does not match "
                 f"the LLM hidden size {self.llm.hidden_size}"
             )
-        tokens = self.projector.output_tokens(self.vision.num_output_tokens)  # raises on a bad grid
-        if self.projector.position_grid and self.projector.position_grid**2 != tokens:
-            side = self.projector.position_grid
-            raise UnsupportedModelError(
-                f"the projector's position embedding is {side}x{side}, "
-                f"but the vision tower gives {tokens} image tokens"
-            )
+        self.projector.output_tokens(self.vision.num_output_tokens)  # raises on a bad grid
 
     @property
     def num_image_tokens(self) -> int:

@@ -123,24 +123,48 @@ class PositionalEncodingGenerator(nn.Module):
 
 class LDPNetV2Projector(nn.Module):
     """LDPv2 (MobileVLM V2): MLP, 2x2 average pooling of the token grid, PEG; then, with
-    ``position_grid``, a learned embedding per output token (``position``, (tokens, dim))."""
+    ``cell_labels``, each k x k cell of the output grid is preceded by its label tokens
+    (``labels``, (sum(cell_labels), dim), learned constants)."""
 
-    def __init__(self, input_dim: int, output_dim: int, position_grid: int = 0) -> None:
+    def __init__(self, input_dim: int, output_dim: int, cell_labels: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.mlp = FeatureMLP(input_dim, output_dim)
         self.peg = PositionalEncodingGenerator(output_dim)
-        shape = (position_grid**2, output_dim)
-        position = nn.Parameter(torch.zeros(shape)) if position_grid else None
-        self.register_parameter("position", position)  # None, like a Linear without bias
+        self.cell_labels = tuple(cell_labels)
+        labels = nn.Parameter(torch.zeros(sum(cell_labels), output_dim)) if cell_labels else None
+        self.register_parameter("labels", labels)  # None, like a Linear without bias
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def grid_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled grid's tokens, row-major, before any labels: (B, (g/2)^2, dim)."""
         grid = _tokens_to_grid(self.mlp(x))
         if grid.shape[-1] % 2:
             raise UnsupportedModelError(
                 f"ldpnetv2 needs an even patch grid, got {grid.shape[-1]}x{grid.shape[-1]}"
             )
-        tokens = _grid_to_tokens(self.peg(F.avg_pool2d(grid, 2)))
-        return tokens if self.position is None else tokens + self.position
+        return _grid_to_tokens(self.peg(F.avg_pool2d(grid, 2)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.grid_tokens(x)
+        if self.labels is None:
+            return tokens
+        side = math.isqrt(tokens.shape[1])
+        labels = self.labels.unsqueeze(0).expand(tokens.shape[0], -1, -1)
+        return torch.cat([tokens, labels], dim=1)[:, labelled_order(side, self.cell_labels)]
+
+
+def labelled_order(side: int, cell_labels: tuple[int, ...]) -> list[int]:
+    """Output order of LDPv2 with cell labels, as indices into [grid tokens (side*side,
+    row-major), label tokens]: cell by cell (row-major), its labels, then its tokens."""
+    cells = math.isqrt(len(cell_labels))
+    step = side // cells
+    order, label = [], side * side
+    for c, count in enumerate(cell_labels):
+        order += range(label, label + count)
+        label += count
+        top, left = c // cells * step, c % cells * step
+        rows, cols = range(top, top + step), range(left, left + step)
+        order += [r * side + col for r in rows for col in cols]
+    return order
 
 
 def build_projector(config: ProjectorConfig) -> nn.Module:
@@ -148,7 +172,7 @@ def build_projector(config: ProjectorConfig) -> nn.Module:
     if config.type == "ldpnet":
         return LDPNetProjector(cin, cout)
     if config.type == "ldpnetv2":
-        return LDPNetV2Projector(cin, cout, config.position_grid)
+        return LDPNetV2Projector(cin, cout, config.cell_labels)
     if config.type == "mlp2x_gelu":
         return nn.Sequential(nn.Linear(cin, cout), nn.GELU(), nn.Linear(cout, cout))
     if config.type == "linear":

@@ -68,7 +68,7 @@ def tiny_config(
     image_size: int = 56,
     select_feature: str = "patch",
     tie_word_embeddings: bool = False,
-    position_grid: int = 0,
+    cell_labels: tuple[int, ...] = (),
 ) -> ModelConfig:
     """A 4x4-patch CLIP (56 px, patch 14), 2-layer LLaMA with GQA; 32/64-wide."""
     vision = ClipVisionConfig(
@@ -96,7 +96,7 @@ def tiny_config(
     )
     return ModelConfig(
         vision=vision,
-        projector=ProjectorConfig(projector, 32, 64, position_grid=position_grid),
+        projector=ProjectorConfig(projector, 32, 64, cell_labels=cell_labels),
         llm=llm,
         preprocess=PreprocessConfig(image_size=image_size),
         template=template,

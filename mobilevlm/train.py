@@ -43,6 +43,7 @@ from mobilevlm.default_model.assemble import (
 )
 from mobilevlm.efficientnet_lite import EfficientNetLiteTower, tower_weights
 from mobilevlm.preprocess import preprocess
+from mobilevlm.projectors import labelled_order
 from mobilevlm.prompts import Turn, get_template
 from mobilevlm.tokenizer import IMAGE_TOKEN_ID
 
@@ -178,18 +179,18 @@ def _words(model, text: str) -> torch.Tensor:
     return sum(table[model.tokenizer.encode(" " + w)].mean(dim=0) for w in text.split())
 
 
-def position_words(model, grid: int) -> torch.Tensor:
-    """(grid*grid, hidden): the words naming the spec's 3x3 cell that holds each image token's
-    centre (" top" + " left", " center", ...). A projector with a position embedding
-    (``position_grid``) starts it as these, so that each image token also says where it is;
-    zeros for one without."""
-    if model.projector.position is None:
-        return torch.zeros(grid * grid, model.config.llm.hidden_size)
-    third = [(2 * i + 1) * 3 // (2 * grid) for i in range(grid)]  # row/column -> 0, 1, 2
-    names = shapes_vqa.POSITIONS
-    return torch.stack(
-        [_words(model, names[third[r]][third[c]]) for r in range(grid) for c in range(grid)]
-    ).detach()
+def cell_label_words(model) -> torch.Tensor:
+    """(labels, hidden): the LLM's input embeddings of the words naming each of the spec's
+    3x3 cells, in the projector's label order (" top", " left", " top", ...). The projector's
+    labels are these, frozen, so the image reads like "top left <tokens> top <tokens> ..."."""
+    table = model.language_model.get_input_embeddings().weight
+    ids = [model.tokenizer.encode(" " + name) for name in shapes_vqa.POSITION_NAMES]
+    if tuple(len(i) for i in ids) != model.config.projector.cell_labels:
+        raise RuntimeError(
+            f"cell_labels {model.config.projector.cell_labels} do not match the tokenizer's "
+            f"words for the cells {[len(i) for i in ids]}"
+        )
+    return table[[t for i in ids for t in i]].detach().clone()
 
 
 def grid_targets(model, scene: shapes_vqa.Scene, grid: int) -> torch.Tensor:
@@ -206,20 +207,25 @@ def grid_targets(model, scene: shapes_vqa.Scene, grid: int) -> torch.Tensor:
 
 
 def _grid(model) -> int:
-    return int(round(model.config.num_image_tokens**0.5))
+    return math.isqrt(model.config.num_image_tokens - sum(model.config.projector.cell_labels))
 
 
-def scene_targets(model, split: str, count: int, where: bool = True) -> torch.Tensor:
-    """(count, tokens, hidden) float16 targets of a split's first ``count`` scenes: what each
-    image token shows, plus where it is unless ``where`` is false."""
+def grid_part(model, images: torch.Tensor) -> torch.Tensor:
+    """The grid tokens (B, grid*grid, hidden), row-major, of the projector's output."""
+    cells = model.config.projector.cell_labels
+    if not cells:
+        return images
+    grid = _grid(model)
+    order = labelled_order(grid, cells)
+    return images[:, [order.index(k) for k in range(grid * grid)]]
+
+
+def scene_targets(model, split: str, count: int) -> torch.Tensor:
+    """(count, grid tokens, hidden) float16 targets of a split's first ``count`` scenes."""
     grid = _grid(model)
     with torch.no_grad():
-        position = position_words(model, grid) if where else 0
         return torch.stack(
-            [
-                grid_targets(model, shapes_vqa.sample(split, i).scene, grid) + position
-                for i in range(count)
-            ]
+            [grid_targets(model, shapes_vqa.sample(split, i).scene, grid) for i in range(count)]
         ).half()
 
 
@@ -232,12 +238,9 @@ def grounding_loss(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def grounding_accuracy(model, features: np.ndarray, targets: torch.Tensor) -> float:
     """Share of object tokens (targets other than background) whose nearest word target,
-    among all the split's targets, is their own. ``targets`` without position words (so that
-    equal words are equal vectors); the image tokens' position embedding is left out too."""
+    among all the split's targets, is their own."""
     with torch.no_grad():
-        images = image_embeddings(model, torch.from_numpy(features))
-        if model.projector.position is not None:
-            images = images - model.projector.position
+        images = grid_part(model, image_embeddings(model, torch.from_numpy(features)))
         images = images.reshape(-1, targets.shape[-1])
         flat = targets.float().reshape(-1, targets.shape[-1])
         vocab, inverse = torch.unique(flat, dim=0, return_inverse=True)
@@ -247,19 +250,16 @@ def grounding_accuracy(model, features: np.ndarray, targets: torch.Tensor) -> fl
 
 
 def align_projector(model, config: TrainConfig, feats, targets, eval_feats, eval_targets, log_file):
-    """Stage 1: the projector alone learns to write each object as the words that name it
-    (and, with a position embedding, each token's position as the words of its cell). No LLM
-    pass, so thousands of images a minute."""
-    if model.projector.position is not None:
-        with torch.no_grad():
-            model.projector.position.copy_(position_words(model, _grid(model)))
-    optimizer = torch.optim.AdamW(model.projector.parameters(), lr=config.projector_lr)
+    """Stage 1: the projector alone learns to write each object as the words that name it.
+    No LLM pass, so thousands of images a minute."""
+    optimizer = torch.optim.AdamW(_trained(model.projector), lr=config.projector_lr)
     gen = torch.Generator().manual_seed(config.seed)
     for step in range(config.align_steps):
         for group in optimizer.param_groups:
             group["lr"] = config.projector_lr * min(1.0, (step + 1) / config.warmup)
         idx = torch.randint(len(feats), (config.align_batch,), generator=gen).numpy()
-        loss = grounding_loss(image_embeddings(model, torch.from_numpy(feats[idx])), targets[idx])
+        images = image_embeddings(model, torch.from_numpy(feats[idx]))
+        loss = grounding_loss(grid_part(model, images), targets[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -275,6 +275,10 @@ def align_projector(model, config: TrainConfig, feats, targets, eval_feats, eval
 
 
 # ---------------------------------------------------------------- the loop
+
+
+def _trained(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
 
 
 def image_embeddings(model, features: torch.Tensor) -> torch.Tensor:
@@ -315,7 +319,7 @@ def batch_loss(
     loss = F.cross_entropy(logits, gold)
     stats = {"tokens": int(where.sum()), "exact": _exact(logits.argmax(-1), gold, where)}
     if targets is not None and aux_weight:
-        aux = grounding_loss(images, targets)
+        aux = grounding_loss(grid_part(model, images), targets)
         stats["grounding"] = round(aux.item(), 4)
         loss = loss + aux_weight * aux
     return loss, stats
@@ -398,13 +402,17 @@ def train(config: TrainConfig, train_feats: np.ndarray, eval_feats: np.ndarray) 
     model = base_model()
     model.requires_grad_(False)
     model.projector.requires_grad_(True)
+    if model.projector.labels is not None:  # the cells' names stay the LLM's words
+        model.projector.labels.requires_grad_(False)
+        with torch.no_grad():
+            model.projector.labels.copy_(cell_label_words(model))
     model.language_model = get_peft_model(
         model.language_model, lora_config(config.lora_rank, config.lora_alpha)
     )
     lora_params = [p for p in model.language_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         [
-            {"params": list(model.projector.parameters()), "lr": config.projector_lr},
+            {"params": _trained(model.projector), "lr": config.projector_lr},
             {"params": lora_params, "lr": config.lora_lr},
         ],
         weight_decay=0.0,
@@ -434,7 +442,7 @@ def train(config: TrainConfig, train_feats: np.ndarray, eval_feats: np.ndarray) 
         start = ckpt["step"]
         log.info("resumed at step %d", start)
     else:
-        eval_targets = scene_targets(model, "heldout", len(eval_feats), where=False)
+        eval_targets = scene_targets(model, "heldout", len(eval_feats))
         align_projector(model, config, train_feats, targets, eval_feats, eval_targets, log_file)
         start = 0
         save_checkpoint(start)
@@ -458,7 +466,7 @@ def train(config: TrainConfig, train_feats: np.ndarray, eval_feats: np.ndarray) 
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.projector.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(_trained(model.projector), 1.0)
         torch.nn.utils.clip_grad_norm_(lora_params, 1.0)
         optimizer.step()
         record = {

@@ -76,13 +76,18 @@ def test_mismatched_widths_and_grids_are_refused():
         ModelConfig(
             vision=ClipVisionConfig(), projector=ProjectorConfig("ldpnet", 1024, 999), llm=llm
         )
-    with pytest.raises(UnsupportedModelError, match="position embedding is 4x4.*144 image tokens"):
+    labelled = ProjectorConfig("ldpnetv2", 1024, 2048, cell_labels=[2, 1, 2, 1, 1, 1, 2, 1, 2])
+    assert labelled.cell_labels == (2, 1, 2, 1, 1, 1, 2, 1, 2)  # from JSON's list
+    assert labelled.output_tokens(24 * 24) == 144 + 13
+    with pytest.raises(UnsupportedModelError, match="12x12 output grid does not split into 5x5"):
         ModelConfig(
             vision=ClipVisionConfig(),
-            projector=ProjectorConfig("ldpnetv2", 1024, 2048, position_grid=4),
+            projector=ProjectorConfig("ldpnetv2", 1024, 2048, cell_labels=(1,) * 25),
             llm=llm,
         )
-    with pytest.raises(UnsupportedModelError, match="position_grid.*needs ldpnetv2, not 'ldpnet'"):
-        ProjectorConfig("ldpnet", 1024, 2048, position_grid=12)
+    with pytest.raises(UnsupportedModelError, match="k x k cells, got \\[1, 1\\]"):
+        ProjectorConfig("ldpnetv2", 1024, 2048, cell_labels=(1, 1))
+    with pytest.raises(UnsupportedModelError, match="cell_labels need ldpnetv2, not 'ldpnet'"):
+        ProjectorConfig("ldpnet", 1024, 2048, cell_labels=(1,))
     with pytest.raises(UnsupportedModelError, match="vision tower type 'siglip'"):
         ModelConfig.from_dict({"vision": {"type": "siglip"}, "projector": {}, "llm": {}})

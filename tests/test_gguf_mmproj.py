@@ -238,11 +238,11 @@ def _efficientnet_config() -> ModelConfig:
             "select_feature 'cls_patch'",
         ),
         (
-            {"projector": "ldpnetv2", "image_size": SIZE, "position_grid": 12},
-            "no learned position embedding",
+            {"projector": "ldpnetv2", "image_size": SIZE, "cell_labels": (1, 0, 0, 2)},
+            "writes no cell label tokens",
         ),
     ],
-    ids=["efficientnet", "linear", "ldpnetv2-56px", "ldpnet-56px", "mlp-cls_patch", "ldpv2-pos"],
+    ids=["efficientnet", "linear", "ldpnetv2-56px", "ldpnet-56px", "mlp-cls_patch", "ldpv2-labels"],
 )
 def test_models_mtmd_cannot_run_are_refused_with_the_reason(tiny, message, torch_threads, tmp_path):
     from mobilevlm.export.gguf_mmproj import mmproj_problems, write_mmproj

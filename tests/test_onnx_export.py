@@ -59,7 +59,7 @@ def test_efficientnet_tower_exports_with_parity(tmp_path, torch_threads):
     base = tiny_config(template="chatml")
     config = ModelConfig(
         vision=EfficientNetLiteConfig(image_size=128, feature="blocks"),
-        projector=ProjectorConfig("ldpnetv2", 320, base.llm.hidden_size, position_grid=2),
+        projector=ProjectorConfig("ldpnetv2", 320, base.llm.hidden_size, cell_labels=(2, 1, 0, 1)),
         llm=base.llm,
         preprocess=PreprocessConfig(image_size=128, aspect="pad"),
         template="chatml",

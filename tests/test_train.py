@@ -72,30 +72,35 @@ def test_grounding_targets_name_each_object_in_its_centre_cell(tiny_models, torc
     assert grounding_loss(torch.zeros_like(targets)[None], targets[None]).item() == 1.0
 
 
-def test_position_words_name_the_spec_cell_of_each_image_token(tiny_models, torch_threads):
-    from mobilevlm.train import position_words
+def test_cell_labels_precede_each_cells_tokens_and_grounding_sees_the_grid(
+    tiny_models, torch_threads
+):
+    from mobilevlm.projectors import labelled_order
+    from mobilevlm.train import cell_label_words, grid_part
 
     torch = torch_threads
-    model = tiny_models(template="chatml", image_size=168, position_grid=6)  # 6x6 tokens
-    table = model.language_model.get_input_embeddings().weight
+    # 6x6 output tokens, 2x2 per cell of a 3x3 split; labels 36.. (2 + 1 + ... + 2 = 13)
+    order = labelled_order(6, (2, 1, 2, 1, 1, 1, 2, 1, 2))
+    assert order[:6] == [36, 37, 0, 1, 6, 7]  # "top left": two labels, then its 2x2 tokens
+    assert order[6:11] == [38, 2, 3, 8, 9]  # "top"
+    assert order[-6:] == [47, 48, 28, 29, 34, 35]  # "bottom right"
+    assert sorted(order) == list(range(49))
 
-    def words(text):
-        return sum(table[model.tokenizer.encode(" " + w)].mean(dim=0) for w in text.split())
-
-    where = position_words(model, grid=6)  # 2x2 image tokens per 3x3 cell
-    assert where.shape == (36, model.config.llm.hidden_size)
-    for token, name in [
-        (0, "top left"),
-        (7, "top left"),
-        (2, "top"),
-        (15, "center"),
-        (17, "right"),
-        (35, "bottom right"),
-        (30, "bottom left"),
-    ]:
-        torch.testing.assert_close(where[token], words(name))
-    # a projector without a position embedding gets no position words
-    assert not position_words(tiny_models(template="chatml"), grid=2).any()
+    model = tiny_models(template="chatml", image_size=112, cell_labels=(1, 0, 2, 1))  # 4x4 grid
+    assert model.config.num_image_tokens == 16 + 4
+    projector = model.projector
+    with torch.no_grad():
+        projector.labels.copy_(torch.randn_like(projector.labels))
+        x = torch.randn(2, 64, 32)
+        images, grid = projector(x), projector.grid_tokens(x)
+    assert images.shape == (2, 20, 64)
+    torch.testing.assert_close(images[:, 0], projector.labels[0].expand(2, -1))
+    torch.testing.assert_close(images[:, 1:3], grid[:, [0, 1]])  # top left cell, first row
+    torch.testing.assert_close(images[:, 5:7], grid[:, [2, 3]])  # top right: no label
+    torch.testing.assert_close(images[:, 9:11], projector.labels[1:3].expand(2, -1, -1))
+    torch.testing.assert_close(grid_part(model, images), grid)
+    with pytest.raises(RuntimeError, match="do not match the tokenizer's words"):
+        cell_label_words(model)  # the tiny tokenizer does not spell the cells in 1, 0, 2, 1
 
 
 def test_a_checkpoint_of_another_recipe_is_not_resumed(tmp_path, torch_threads):

@@ -23,7 +23,10 @@ TRAINED_WEIGHTS = ASSETS / "trained.safetensors"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_SIZE = 320  # stride 32 -> 10x10 feature grid -> LDPv2 -> 5x5 = 25 image tokens
+IMAGE_SIZE = 384  # stride 32 -> 12x12 feature grid -> LDPv2 -> 6x6 tokens, 2x2 per spec cell
+# label tokens before each of the spec's 3x3 cells: the LLM's own words for it, " top" " left",
+# " top", ... (SmolLM2 writes each name in one token a word): 36 + 13 = 49 image tokens
+CELL_LABELS = (2, 1, 2, 1, 1, 1, 2, 1, 2)
 # the last block's 320 channels: a linear probe on them names an object's color at 94%,
 # the 1280-channel head (after its ReLU6) at 87% (shape: both above 99%)
 FEATURE = "blocks"
@@ -52,7 +55,9 @@ def default_config() -> ModelConfig:
     vision = EfficientNetLiteConfig(image_size=IMAGE_SIZE, feature=FEATURE)
     return ModelConfig(
         vision=vision,
-        projector=ProjectorConfig("ldpnetv2", vision.output_dim, SMOLLM2_135M.hidden_size),
+        projector=ProjectorConfig(
+            "ldpnetv2", vision.output_dim, SMOLLM2_135M.hidden_size, cell_labels=CELL_LABELS
+        ),
         llm=SMOLLM2_135M,
         preprocess=PreprocessConfig(
             image_size=IMAGE_SIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD, aspect="pad"
