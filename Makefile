@@ -40,7 +40,7 @@ test-slow: $(STAMP)
 # the default model exported to ONNX (fp32, int8, int4) and GGUF (f16, q8_0, q4_k_m), then
 # every variant and the peers side by side (each run a fresh process): docs/bench/report.md
 BUNDLE := .cache/bundles/default
-$(BUNDLE)/bundle.json: $(STAMP)
+$(BUNDLE)/bundle.json: $(STAMP) mobilevlm/default_model/trained.safetensors
 	$(VENV)/bin/mobilevlm export -o $(BUNDLE) --formats onnx,gguf
 
 bench: $(BUNDLE)/bundle.json
