@@ -194,10 +194,11 @@ def cell_label_words(model) -> torch.Tensor:
 
 
 def grid_targets(model, scene: shapes_vqa.Scene, grid: int) -> torch.Tensor:
-    """What each image token should say, besides where it is: (grid*grid, hidden) embeddings
-    of the words " {color}" + " {shape}" for the object whose centre lies in the token's cell
-    (summed when two do), the word " background" elsewhere. Written in the LLM's own input
-    embeddings, the image tokens start out as text the frozen LLM already reads."""
+    """What each grid token should say (the cell labels say where): (grid*grid, hidden)
+    embeddings of the words " {color}" + " {shape}" for the object whose centre lies in the
+    token's patch (summed when two do), the word " background" elsewhere. Written in the
+    LLM's own input embeddings, the image tokens start out as text the frozen LLM already
+    reads."""
     cells: dict[int, torch.Tensor] = {}
     for o in scene.objects:
         cell = min(int(o.cy * grid), grid - 1) * grid + min(int(o.cx * grid), grid - 1)
