@@ -95,10 +95,16 @@ class EfficientNetLite(nn.Module):
         if num_classes:
             self._fc = nn.Linear(config.head_channels, num_classes)
 
-    def blocks(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> (B, 320, S/32, S/32): the last block's output."""
+    def blocks(self, pixel_values: torch.Tensor, stop: int | None = None) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, 320, S/32, S/32): the last block's output (or, with ``stop``,
+        the output of the blocks before block ``stop``)."""
         x = F.relu6(self._bn0(self._conv_stem(pixel_values)))
-        for block in self._blocks:
+        return self.run_blocks(x, 0, stop)
+
+    def run_blocks(self, x: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
+        """Blocks ``start`` to ``stop`` (exclusive) on the output of block ``start - 1``:
+        training caches the frozen part and runs the fine-tuned blocks on the fly."""
+        for block in self._blocks[start:stop]:
             x = block(x)
         return x
 

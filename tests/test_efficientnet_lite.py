@@ -57,6 +57,10 @@ def test_tower_tokens_are_the_selected_feature_map_row_major(feature, channels, 
         fmap = tower.head(blocks) if feature == "head" else blocks
     assert tokens.shape == (2, 16, channels) and config.output_dim == channels
     torch.testing.assert_close(tokens[:, 5], fmap[:, :, 1, 1])  # row 1, column 1 of 4x4
+    # training caches the frozen blocks' output and runs the tuned ones on top
+    with torch.no_grad():
+        resumed = tower.run_blocks(tower.blocks(x, stop=11), 11)
+    torch.testing.assert_close(resumed, blocks)
 
 
 def test_config_round_trips_and_fits_ldpv2():

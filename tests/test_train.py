@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mobilevlm import shapes_vqa
+from mobilevlm.errors import CheckpointError
 from mobilevlm.prompts import Turn, get_template
 
 
@@ -52,13 +53,13 @@ def test_conversations_end_with_the_caption_listing_every_object():
 
 
 def test_grounding_targets_name_each_object_in_its_centre_cell(tiny_models, torch_threads):
-    from mobilevlm.train import grid_targets, grounding_loss
+    from mobilevlm.train import GROUNDING_WORDS, grid_targets, grounding_loss, grounding_words
 
     torch = torch_threads
     model = tiny_models(template="chatml")
     red_star = shapes_vqa.SceneObject("star", "red", (230, 25, 25), 0.8, 0.2, 0.2, 0.0)
     scene = shapes_vqa.Scene(400, "white", (red_star,), (False,))
-    targets = grid_targets(model, scene, grid=2)
+    targets, classes = grid_targets(model, scene, grid=2)
     table = model.language_model.get_input_embeddings().weight
 
     def word(w):
@@ -68,8 +69,15 @@ def test_grounding_targets_name_each_object_in_its_centre_cell(tiny_models, torc
     torch.testing.assert_close(targets[1], word("red") + word("star"))  # top right cell
     for cell in (0, 2, 3):
         torch.testing.assert_close(targets[cell], word("background"))
+    assert classes.tolist() == [0, GROUNDING_WORDS.index("red star"), 0, 0]
     assert grounding_loss(targets[None], targets[None]).item() == 0.0
     assert grounding_loss(torch.zeros_like(targets)[None], targets[None]).item() == 1.0
+    # the choice term: the right words win over the words of a wrong color
+    words = grounding_words(model)
+    wrong = targets.clone()
+    wrong[1] = words[GROUNDING_WORDS.index("blue star")]
+    right_loss = grounding_loss(targets[None], targets[None], classes[None], words)
+    assert right_loss < grounding_loss(wrong[None], targets[None], classes[None], words)
 
 
 def test_cell_labels_precede_each_cells_tokens_and_grounding_sees_the_grid(
@@ -116,3 +124,32 @@ def test_a_checkpoint_of_another_recipe_is_not_resumed(tmp_path, torch_threads):
     assert load_checkpoint(path, run_only)["step"] == 7
     with pytest.raises(SystemExit, match="checkpoint.pt was written by another"):
         load_checkpoint(path, TrainConfig(work=str(tmp_path), steps=config.steps + 1))
+
+
+def test_trained_parts_carry_the_tuned_encoder_blocks(tmp_path, torch_threads):
+    """A recipe that fine-tunes encoder blocks ships them beside the projector; assembling
+    puts them over the package's weights and refuses tensors the tower does not have."""
+    from safetensors.torch import save_file
+
+    from mobilevlm.default_model.assemble import (
+        PROJECTOR_PREFIX,
+        TRAINED_FORMAT,
+        VISION_PREFIX,
+        apply_trained,
+    )
+    from mobilevlm.tiny_random import build_tiny_model
+
+    torch = torch_threads
+    model = build_tiny_model(template="chatml")
+    name, weight = next(iter(model.vision_tower.state_dict().items()))
+    tensors = {PROJECTOR_PREFIX + k: v for k, v in model.projector.state_dict().items()}
+    tensors[VISION_PREFIX + name] = torch.full_like(weight, 0.5)
+    path = tmp_path / "trained.safetensors"
+    save_file(tensors, str(path), metadata={"format": TRAINED_FORMAT})
+    apply_trained(model, path)
+    torch.testing.assert_close(model.vision_tower.state_dict()[name], torch.full_like(weight, 0.5))
+
+    tensors[VISION_PREFIX + "no_such.weight"] = weight
+    save_file(tensors, str(path), metadata={"format": TRAINED_FORMAT})
+    with pytest.raises(CheckpointError, match="unexpected encoder tensors"):
+        apply_trained(model, path)

@@ -28,6 +28,7 @@ from mobilevlm.reference import load_reference
 TRAINED_FORMAT = "mobilevlm-default-model-parts"
 LORA_PREFIX = "lora."
 PROJECTOR_PREFIX = "projector."
+VISION_PREFIX = "vision."  # fine-tuned encoder blocks, over the package's ImageNet weights
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -47,8 +48,9 @@ def lora_config(rank: int, alpha: int):
     return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(LORA_TARGETS))
 
 
-def read_trained(path: str | Path = TRAINED_WEIGHTS) -> tuple[dict, dict, dict[str, Any]]:
-    """(projector state, LoRA state, LoRA config kwargs) from the trained-parts file."""
+def read_trained(path: str | Path = TRAINED_WEIGHTS) -> tuple[dict, dict, dict, dict[str, Any]]:
+    """(projector state, fine-tuned encoder tensors, LoRA state, LoRA config kwargs) from
+    the trained-parts file."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -62,19 +64,25 @@ def read_trained(path: str | Path = TRAINED_WEIGHTS) -> tuple[dict, dict, dict[s
         raise CheckpointError(at(path, f"unreadable trained parts ({e})")) from e
     if meta.get("format") != TRAINED_FORMAT:
         raise CheckpointError(at(path, f"not a {TRAINED_FORMAT} file"))
-    projector = {
-        k[len(PROJECTOR_PREFIX) :]: v for k, v in tensors.items() if k.startswith(PROJECTOR_PREFIX)
-    }
-    lora = {k[len(LORA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(LORA_PREFIX)}
-    return projector, lora, json.loads(meta.get("lora", "null")) or {}
+
+    def part(prefix: str) -> dict:
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    lora_kwargs = json.loads(meta.get("lora", "null")) or {}
+    return part(PROJECTOR_PREFIX), part(VISION_PREFIX), part(LORA_PREFIX), lora_kwargs
 
 
 def apply_trained(model: MobileVLM, path: str | Path = TRAINED_WEIGHTS) -> MobileVLM:
-    """Load the trained projector and merge the LoRA adapter into the LLM's weights."""
+    """Load the trained projector and encoder blocks, and merge the LoRA adapter into the
+    LLM's weights."""
     from peft import get_peft_model, set_peft_model_state_dict
 
-    projector, lora, lora_kwargs = read_trained(path)
+    projector, vision, lora, lora_kwargs = read_trained(path)
     model.projector.load_state_dict(projector)
+    if vision:
+        unexpected = model.vision_tower.load_state_dict(vision, strict=False).unexpected_keys
+        if unexpected:
+            raise CheckpointError(at(path, f"unexpected encoder tensors {unexpected[:3]}"))
     if lora:
         peft_model = get_peft_model(model.language_model, lora_config(**lora_kwargs))
         result = set_peft_model_state_dict(peft_model, lora)
