@@ -1,11 +1,11 @@
 """Train the default model's parts on Shapes-VQA: ``python -m mobilevlm.train``.
 
-What is trained: the LDPv2 projector (from scratch) and a LoRA adapter on
-SmolLM2-135M's linear layers. What is frozen: EfficientNet-Lite0 (ImageNet
-weights) and SmolLM2's own weights. Because the encoder is frozen its
-features are computed once per image and cached (rendering and the CNN are a
-real cost on 2 cores); the 1x1 head conv runs on the fly from the cached
-last-block output, which is 4x smaller than the head's.
+What is trained: the LDPv2 projector (from scratch), a LoRA adapter on
+SmolLM2-135M's linear layers and, with ``--tuned-blocks N``, EfficientNet-Lite0's
+last N blocks (the shipped recipe: none). What is frozen: the rest of
+EfficientNet-Lite0 (ImageNet weights) and SmolLM2's own weights. The frozen
+blocks' output is computed once per image and cached (rendering and the CNN
+are a real cost on 2 cores); the tuned blocks run on the fly from it.
 
 Supervision is dense: every training sequence is a multi-turn chat about one
 image in the runtime's exact template (the first turn is exactly what
