@@ -281,8 +281,8 @@ def grounding_loss(
     plus the cross-entropy of each token's choice among ``words``, scored by squared distance
     relative to the words' energy over ``tau``. The squared error alone spends itself on
     what all the words share: after 3000 steps 23% of object tokens were still nearest a
-    wrong word; with the choice term 16% after 750 steps, the rest mostly objects whose
-    centre lies near a patch border."""
+    wrong word; with the choice term 14% after 1000 steps, most of them read as background
+    (probes on the same features find the token of an object's centre for 90% of objects)."""
     targets = targets.float()
     loss = ((images - targets) ** 2).sum(-1).mean() / (targets**2).sum(-1).mean()
     if classes is not None:
