@@ -216,20 +216,23 @@ def grounding_words(model) -> torch.Tensor:
     return torch.stack([_words(model, text) for text in GROUNDING_WORDS]).detach()
 
 
-def grid_targets(model, scene: shapes_vqa.Scene, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+def grid_targets(
+    model, scene: shapes_vqa.Scene, grid: int, words: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """What each grid token should say (the cell labels say where): (grid*grid, hidden)
     embeddings of the words " {color}" + " {shape}" for the object whose centre lies in the
     token's patch (summed when two do), the word " background" elsewhere, and (grid*grid,)
     their index in GROUNDING_WORDS (-100 where two objects share a patch). Written in the
     LLM's own input embeddings, the image tokens start out as text the frozen LLM already
-    reads."""
-    cells: dict[int, list[str]] = {}
+    reads. ``words``: :func:`grounding_words`, when the caller already has them."""
+    words = grounding_words(model) if words is None else words
+    cells: dict[int, list[int]] = {}
     for o in scene.objects:
         cell = min(int(o.cy * grid), grid - 1) * grid + min(int(o.cx * grid), grid - 1)
-        cells.setdefault(cell, []).append(f"{o.color} {o.shape}")
-    texts = [cells.get(c, ["background"]) for c in range(grid * grid)]
-    targets = torch.stack([sum(_words(model, t) for t in ts) for ts in texts]).detach()
-    classes = torch.tensor([GROUNDING_WORDS.index(ts[0]) if len(ts) == 1 else -100 for ts in texts])
+        cells.setdefault(cell, []).append(GROUNDING_WORDS.index(f"{o.color} {o.shape}"))
+    indices = [cells.get(c, [0]) for c in range(grid * grid)]
+    targets = torch.stack([words[i].sum(dim=0) for i in indices])
+    classes = torch.tensor([i[0] if len(i) == 1 else -100 for i in indices])
     return targets, classes
 
 
@@ -262,11 +265,12 @@ class Grounding:
 
 
 def scene_targets(model, split: str, count: int, tau: float) -> Grounding:
-    grid = _grid(model)
-    with torch.no_grad():
-        pairs = [grid_targets(model, shapes_vqa.sample(split, i).scene, grid) for i in range(count)]
+    grid, words = _grid(model), grounding_words(model)
+    pairs = [
+        grid_targets(model, shapes_vqa.sample(split, i).scene, grid, words) for i in range(count)
+    ]
     targets, classes = zip(*pairs, strict=True)
-    return Grounding(torch.stack(targets).half(), torch.stack(classes), grounding_words(model), tau)
+    return Grounding(torch.stack(targets).half(), torch.stack(classes), words, tau)
 
 
 def grounding_loss(
