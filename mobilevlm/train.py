@@ -309,22 +309,30 @@ def grounding_accuracy(model, features: np.ndarray, targets: torch.Tensor, first
     return float((nearest == inverse)[objects].float().mean())
 
 
+def frozen_outputs(tower: EfficientNetLiteTower, feats: np.ndarray, first: int) -> np.ndarray:
+    """The last block's output with every block at its ImageNet weights, from a cache that
+    stops before block ``first``: what stage 1 aligns the projector to."""
+    if first == len(tower._blocks):
+        return feats
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(feats), 50):
+            x = torch.from_numpy(feats[start : start + 50]).float()
+            out.append(tower.run_blocks(x, first).half().numpy())
+    return np.concatenate(out)
+
+
 def align_projector(
     model, config: TrainConfig, feats, grounding: Grounding, eval_feats, eval_targets, log_file
 ):
-    """Stage 1: the projector (and the tuned encoder blocks) learn to write each object as
-    the words that name it. No LLM pass, so thousands of images a minute."""
-    first = first_tuned(model.vision_tower, config)
-    groups = [
-        {"params": _trained(model.projector), "lr": config.projector_lr},
-        {"params": _trained(model.vision_tower), "lr": config.tower_lr},
-    ]
-    optimizer = torch.optim.AdamW(groups)
-    base_lrs = [g["lr"] for g in groups]
+    """Stage 1: the projector learns to write each object as the words that name it, on the
+    frozen encoder's output (the tuned blocks join in stage 2, so this stays cheap). No LLM
+    pass, so thousands of images a minute."""
+    first = len(model.vision_tower._blocks)
+    optimizer = torch.optim.AdamW(_trained(model.projector), lr=config.projector_lr)
     gen = torch.Generator().manual_seed(config.seed)
     for step in range(config.align_steps):
-        for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
-            group["lr"] = lr * min(1.0, (step + 1) / config.warmup)
+        optimizer.param_groups[0]["lr"] = config.projector_lr * min(1.0, (step + 1) / config.warmup)
         idx = torch.randint(len(feats), (config.align_batch,), generator=gen).numpy()
         images = image_embeddings(model, torch.from_numpy(feats[idx]), first)
         loss = grounding.loss(grid_part(model, images), idx)
@@ -500,7 +508,7 @@ def train(config: TrainConfig, train_feats: np.ndarray, eval_feats: np.ndarray) 
             "step": step,
             "recipe": json.dumps(recipe(config)),
             "projector": model.projector.state_dict(),
-            "tower": model.vision_tower.state_dict(),
+            "tuned_blocks": model.vision_tower._blocks[first:].state_dict(),
             "lora": get_peft_model_state_dict(model.language_model),
             "optimizer": optimizer.state_dict(),
         }
@@ -513,15 +521,22 @@ def train(config: TrainConfig, train_feats: np.ndarray, eval_feats: np.ndarray) 
     if ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, config)
         model.projector.load_state_dict(ckpt["projector"])
-        model.vision_tower.load_state_dict(ckpt["tower"])
+        model.vision_tower._blocks[first:].load_state_dict(ckpt["tuned_blocks"])
         set_peft_model_state_dict(model.language_model, ckpt["lora"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start = ckpt["step"]
         log.info("resumed at step %d", start)
     else:
         eval_targets = scene_targets(model, "heldout", len(eval_feats), config.grounding_tau)
+        tower = model.vision_tower
         align_projector(
-            model, config, train_feats, grounding, eval_feats, eval_targets.targets, log_file
+            model,
+            config,
+            frozen_outputs(tower, train_feats, first),
+            grounding,
+            frozen_outputs(tower, eval_feats, first),
+            eval_targets.targets,
+            log_file,
         )
         start = 0
         save_checkpoint(start)

@@ -153,3 +153,20 @@ def test_trained_parts_carry_the_tuned_encoder_blocks(tmp_path, torch_threads):
     save_file(tensors, str(path), metadata={"format": TRAINED_FORMAT})
     with pytest.raises(CheckpointError, match="unexpected encoder tensors"):
         apply_trained(model, path)
+
+
+def test_stage_one_aligns_to_the_frozen_encoder_output_from_a_partial_cache(torch_threads):
+    """With tuned blocks the cache stops before them; stage 1 still sees what the whole
+    ImageNet encoder writes (to the cache's fp16 rounding)."""
+    from mobilevlm.train import _frozen_tower, frozen_outputs
+
+    torch = torch_threads
+    tower = _frozen_tower()
+    pixels = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cached = tower.blocks(pixels, 11).half().numpy()
+        whole = tower.blocks(pixels).numpy()
+    out = frozen_outputs(tower, cached, 11)
+    assert out.dtype == np.float16 and out.shape == whole.shape
+    np.testing.assert_allclose(out.astype(np.float32), whole, rtol=0.02, atol=0.05)
+    assert frozen_outputs(tower, cached, len(tower._blocks)) is cached
