@@ -67,6 +67,21 @@ def test_assembly_is_cached_and_names_the_trained_parts():
     assert config["model"]["preprocess"]["mean"] == [0.485, 0.456, 0.406]
 
 
+def test_the_shipped_trained_parts_are_fp16_and_within_the_size_budget():
+    """What the repository may carry of the model: trained tensors only (projector, LoRA,
+    tuned encoder blocks), fp16, 25 MB at most; the rest comes from the packages."""
+    from safetensors import safe_open
+
+    from mobilevlm.default_model import TRAINED_WEIGHTS
+    from mobilevlm.default_model.assemble import LORA_PREFIX, PROJECTOR_PREFIX, VISION_PREFIX
+
+    assert TRAINED_WEIGHTS.stat().st_size <= 25_000_000
+    with safe_open(TRAINED_WEIGHTS, "np") as weights:
+        for name in weights.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            assert name.startswith((PROJECTOR_PREFIX, LORA_PREFIX, VISION_PREFIX)), name
+            assert weights.get_slice(name).get_dtype() == "F16", name
+
+
 def test_the_shipped_gguf_is_accepted():
     assert smollm2.verify_gguf(smollm2.locate_gguf()).name == smollm2.GGUF_NAME
 
