@@ -1,8 +1,8 @@
 """Train the default model's parts on Shapes-VQA: ``python -m mobilevlm.train``.
 
 What is trained: the LDPv2 projector (from scratch), a LoRA adapter on
-SmolLM2-135M's linear layers and, with ``--tuned-blocks N``, EfficientNet-Lite0's
-last N blocks (the shipped recipe: none). What is frozen: the rest of
+SmolLM2-135M's linear layers and EfficientNet-Lite0's last ``--tuned-blocks``
+blocks (the shipped recipe: 5, the stride-32 stage). What is frozen: the rest of
 EfficientNet-Lite0 (ImageNet weights) and SmolLM2's own weights. The frozen
 blocks' output is computed once per image and cached (rendering and the CNN
 are a real cost on 2 cores); the tuned blocks run on the fly from it.
@@ -11,7 +11,7 @@ Supervision is dense: every training sequence is a multi-turn chat about one
 image in the runtime's exact template (the first turn is exactly what
 ``mobilevlm run`` sends), with a loss on every answer and its end token;
 some end with a caption turn listing every object. The loop is seeded and
-resumable: features are cached in ``WORK/features-{split}-{image size}``,
+resumable: features are cached in ``WORK/features-{split}-{image size}-b{first tuned}``,
 ``WORK/checkpoint.pt`` is written after the grounding stage and every
 ``--checkpoint-every`` steps and picked up on restart (refused when another
 recipe wrote it); the log is ``WORK/log.jsonl``.
@@ -72,7 +72,7 @@ class TrainConfig:
     align_batch: int = 64
     aux_weight: float = 1.0
     grounding_tau: float = 0.05
-    tuned_blocks: int = 0
+    tuned_blocks: int = 5
     tower_lr: float = 3e-4
     seed: int = 0
     eval_every: int = 90
