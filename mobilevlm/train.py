@@ -610,7 +610,9 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m mobilevlm.train", description=__doc__.split("\n")[0]
     )
     for name, value in asdict(TrainConfig()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+        parser.add_argument(
+            f"--{name.replace('_', '-')}", type=type(value), default=value, help=f"default: {value}"
+        )
     parser.add_argument("--features-only", action="store_true", help="only build the caches")
     args = parser.parse_args(argv)
     features_only = args.__dict__.pop("features_only")
