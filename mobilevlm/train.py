@@ -217,15 +217,14 @@ def grounding_words(model) -> torch.Tensor:
 
 
 def grid_targets(
-    model, scene: shapes_vqa.Scene, grid: int, words: torch.Tensor | None = None
+    scene: shapes_vqa.Scene, grid: int, words: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What each grid token should say (the cell labels say where): (grid*grid, hidden)
     embeddings of the words " {color}" + " {shape}" for the object whose centre lies in the
     token's patch (summed when two do), the word " background" elsewhere, and (grid*grid,)
     their index in GROUNDING_WORDS (-100 where two objects share a patch). Written in the
     LLM's own input embeddings, the image tokens start out as text the frozen LLM already
-    reads. ``words``: :func:`grounding_words`, when the caller already has them."""
-    words = grounding_words(model) if words is None else words
+    reads. ``words``: :func:`grounding_words`, computed once per split by the caller."""
     cells: dict[int, list[int]] = {}
     for o in scene.objects:
         cell = min(int(o.cy * grid), grid - 1) * grid + min(int(o.cx * grid), grid - 1)
@@ -266,9 +265,7 @@ class Grounding:
 
 def scene_targets(model, split: str, count: int, tau: float) -> Grounding:
     grid, words = _grid(model), grounding_words(model)
-    pairs = [
-        grid_targets(model, shapes_vqa.sample(split, i).scene, grid, words) for i in range(count)
-    ]
+    pairs = [grid_targets(shapes_vqa.sample(split, i).scene, grid, words) for i in range(count)]
     targets, classes = zip(*pairs, strict=True)
     return Grounding(torch.stack(targets).half(), torch.stack(classes), words, tau)
 

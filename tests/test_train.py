@@ -59,7 +59,8 @@ def test_grounding_targets_name_each_object_in_its_centre_cell(tiny_models, torc
     model = tiny_models(template="chatml")
     red_star = shapes_vqa.SceneObject("star", "red", (230, 25, 25), 0.8, 0.2, 0.2, 0.0)
     scene = shapes_vqa.Scene(400, "white", (red_star,), (False,))
-    targets, classes = grid_targets(model, scene, grid=2)
+    words = grounding_words(model)
+    targets, classes = grid_targets(scene, grid=2, words=words)
     table = model.language_model.get_input_embeddings().weight
 
     def word(w):
@@ -73,7 +74,6 @@ def test_grounding_targets_name_each_object_in_its_centre_cell(tiny_models, torc
     assert grounding_loss(targets[None], targets[None]).item() == 0.0
     assert grounding_loss(torch.zeros_like(targets)[None], targets[None]).item() == 1.0
     # the choice term: the right words win over the words of a wrong color
-    words = grounding_words(model)
     wrong = targets.clone()
     wrong[1] = words[GROUNDING_WORDS.index("blue star")]
     right_loss = grounding_loss(targets[None], targets[None], classes[None], words)
