@@ -27,6 +27,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -42,10 +43,12 @@ from mobilevlm.default_model.assemble import (
     base_model,
     lora_config,
 )
+from mobilevlm.default_model.text_prompts import TRAIN_PROMPTS
 from mobilevlm.efficientnet_lite import EfficientNetLiteTower, tower_weights
 from mobilevlm.preprocess import preprocess
 from mobilevlm.projectors import labelled_order
 from mobilevlm.prompts import Turn, get_template
+from mobilevlm.sampling import GenerationConfig
 from mobilevlm.tokenizer import IMAGE_TOKEN_ID
 
 log = logging.getLogger("mobilevlm.train")
@@ -74,6 +77,12 @@ class TrainConfig:
     grounding_tau: float = 0.05
     tuned_blocks: int = 5
     tower_lr: float = 3e-4
+    # how often each kind is asked in training (the held-out split asks them uniformly):
+    # counting, the hardest, twice as often as the rest, exists (near perfect) half as often
+    kind_weights: str = "color=1,shape=1,count=2,count_color=2,position=1.25,exists=0.5"
+    text_per_batch: int = 1  # text-only conversations replaying the base LLM, per step
+    text_turn_rate: float = 0.15  # share of image conversations with one replayed text turn
+    text_weight: float = 1.0  # the replay's mean token loss, relative to the answers' own
     seed: int = 0
     eval_every: int = 90
     checkpoint_every: int = 50
@@ -136,49 +145,110 @@ def cache_features(
 # ---------------------------------------------------------------- sequences
 
 
+CAPTION_QUESTION = "List every object with its color and position."
+
+
+class QA(NamedTuple):
+    question: str
+    answer: str
+    replay: bool = False  # the base LLM's own answer to a text-only question
+
+
 @dataclass
 class Example:
     """One training conversation, tokenized."""
 
-    ids: list[int]  # IMAGE_TOKEN_ID marks the image
+    ids: list[int]  # IMAGE_TOKEN_ID marks the image, when there is one
     labels: list[int]  # -100 where no loss
+    replay: list[bool]  # per label: part of a replayed text answer
+
+
+def kind_weights(spec: str) -> np.ndarray:
+    """``"color=1,count=2,..."`` -> probabilities in shapes_vqa.KINDS order."""
+    weights = dict.fromkeys(shapes_vqa.KINDS, 1.0)
+    for item in filter(None, spec.split(",")):
+        kind, _, value = item.partition("=")
+        if kind not in weights:
+            raise ValueError(f"kind_weights: unknown question kind {kind!r}")
+        weights[kind] = float(value)
+    p = np.array([weights[k] for k in shapes_vqa.KINDS])
+    return p / p.sum()
 
 
 def conversation(
-    scene: shapes_vqa.Scene, rng: np.random.Generator, max_turns: int, caption_rate: float
-) -> list[tuple[str, str]]:
-    """(question, answer) turns about one scene; the last may be the dense caption."""
-    turns = []
-    for _ in range(int(rng.integers(1, max_turns + 1))):
-        q = shapes_vqa.random_question(scene, rng)
-        turns.append((q.question, q.answer))
-    if rng.random() < caption_rate:
-        turns.append(("List every object with its color and position.", shapes_vqa.describe(scene)))
+    scene: shapes_vqa.Scene,
+    rng: np.random.Generator,
+    config: TrainConfig,
+    replay: list[QA],
+) -> list[QA]:
+    """Turns about one scene, kinds drawn with ``config.kind_weights``; the last may be the
+    dense caption, and one turn after the first may be a replayed text-only question."""
+    p = kind_weights(config.kind_weights)
+    turns, count = [], int(rng.integers(1, config.max_turns + 1))
+    while len(turns) < count:
+        q = shapes_vqa.ask(scene, str(rng.choice(shapes_vqa.KINDS, p=p)), rng)
+        if q is not None:
+            turns.append(QA(q.question, q.answer))
+    if rng.random() < config.caption_rate:
+        turns.append(QA(CAPTION_QUESTION, shapes_vqa.describe(scene)))
+    if replay and rng.random() < config.text_turn_rate:
+        turns.insert(int(rng.integers(1, len(turns) + 1)), replay[rng.integers(len(replay))])
     return turns
 
 
-def encode_conversation(model, turns: list[tuple[str, str]]) -> Example:
+def replay_answers(model, work: Path, max_new_tokens: int = 64) -> list[QA]:
+    """The base LLM's own greedy answers to the text-only TRAIN_PROMPTS, generated once
+    before any training (cached in WORK/text-replay.json). Answers that run past
+    ``max_new_tokens`` are left out, so no target teaches stopping mid-sentence."""
+    path = work / "text-replay.json"
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached["prompts"] == list(TRAIN_PROMPTS) and cached["max_new_tokens"] == max_new_tokens:
+            return [QA(q, a, True) for q, a in cached["answers"]]
+    t0 = time.perf_counter()
+    answers = []
+    with torch.no_grad():
+        for question in TRAIN_PROMPTS:
+            result = model.generate(None, question, GenerationConfig(max_new_tokens=max_new_tokens))
+            if result.stats.stop_reason != "max_new_tokens":
+                answers.append((question, result.text.strip()))
+    data = {"prompts": list(TRAIN_PROMPTS), "max_new_tokens": max_new_tokens, "answers": answers}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+    log.info(
+        "replay: %d of %d base answers in %.0fs",
+        len(answers), len(TRAIN_PROMPTS), time.perf_counter() - t0,
+    )  # fmt: skip
+    return [QA(q, a, True) for q, a in answers]
+
+
+def encode_conversation(model, turns: list[QA], with_image: bool = True) -> Example:
     """Token ids and labels of a chat in the model's template: loss on each answer and the
     stop token that ends it. Each turn's prompt is the template's own rendering of the whole
     history, so the text is exactly what the runtime sends after the same turns."""
     template = get_template(model.config.template)
     ids: list[int] = []
     labels: list[int] = []
+    replay: list[bool] = []
     history: list[Turn] = []
     system, stop = model.config.system_prompt, template.stop_strings[0]
-    for question, answer in turns:
-        text = template.render([*history, Turn(question)], system=system)
+    for question, answer, replayed in turns:
+        text = template.render([*history, Turn(question)], system=system, with_image=with_image)
         prompt = model.tokenizer.encode_prompt(text)
         if prompt[: len(ids)] != ids:
             raise RuntimeError(f"template {template.name!r} does not tokenize turn by turn")
         labels += [-100] * (len(prompt) - len(ids))
         # the answer as the template writes it (v1 puts a space before it), up to its stop
-        full = template.render([*history, Turn(question, answer), Turn("")], system=system)
+        full = template.render(
+            [*history, Turn(question, answer), Turn("")], system=system, with_image=with_image
+        )
         reply = model.tokenizer.encode(full[len(text) : full.index(stop, len(text)) + len(stop)])
+        replay += [False] * (len(prompt) - len(replay)) + [replayed] * len(reply)
         ids = prompt + reply
         labels += reply
         history.append(Turn(question, answer))
-    return Example(ids, labels)
+    return Example(ids, labels, replay)
 
 
 # ---------------------------------------------------------------- grounding
@@ -369,36 +439,66 @@ def batch_loss(
     grounding: Grounding | None = None,
     idx=None,
     aux_weight: float = 0.0,
+    text_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict]:
-    """Mean cross-entropy over answer tokens (logits only where a label is), plus
+    """:func:`answer_loss` of the sequences on the images of ``features``, plus
     ``aux_weight`` times the grounding loss of the image tokens (scenes ``idx`` of
     ``grounding``) when given."""
     images = image_embeddings(model, features, first)
-    embeds, labels = [], []
-    for seq, image in zip(seqs, images, strict=True):
-        embeds.append(model.embed(seq.ids, image)[0])
-        at = seq.ids.index(IMAGE_TOKEN_ID)
-        labels.append(seq.labels[:at] + [-100] * image.shape[0] + seq.labels[at + 1 :])
-    length = max(e.shape[0] for e in embeds)
-    mask = torch.zeros(len(seqs), length, dtype=torch.long)
-    target = torch.full((len(seqs), length), -100, dtype=torch.long)
-    padded = torch.zeros(len(seqs), length, embeds[0].shape[1])
-    for b, (e, lab) in enumerate(zip(embeds, labels, strict=True)):
-        padded[b, : e.shape[0]] = e
-        mask[b, : e.shape[0]] = 1
-        target[b, : len(lab)] = torch.tensor(lab)
-    lm = model.language_model.get_base_model()  # the LlamaForCausalLM, LoRA layers inside
-    hidden = lm.model(inputs_embeds=padded, attention_mask=mask).last_hidden_state
-    where = target[:, 1:] != -100
-    logits = lm.lm_head(hidden[:, :-1][where])
-    gold = target[:, 1:][where]
-    loss = F.cross_entropy(logits, gold)
-    stats = {"tokens": int(where.sum()), "exact": _exact(logits.argmax(-1), gold, where)}
+    loss, stats = answer_loss(model, images, seqs, text_weight)
     if grounding is not None and aux_weight:
         aux = grounding.loss(grid_part(model, images), idx)
         stats["grounding"] = round(aux.item(), 4)
         loss = loss + aux_weight * aux
     return loss, stats
+
+
+def answer_loss(
+    model, images: torch.Tensor, seqs: list[Example], text_weight: float = 1.0, rows: int = 4
+) -> tuple[torch.Tensor, dict]:
+    """Mean cross-entropy over answer tokens (logits only where a label is), plus
+    ``text_weight`` times the mean over replayed text answers. The first ``len(images)``
+    sequences hold the images, the rest are text only. The LLM runs on ``rows`` sequences
+    at a time, sorted by length: less padding than one batch, as fast per token."""
+    embeds, labels, replays = [], [], []
+    for b, seq in enumerate(seqs):
+        if b < len(images):  # the image's tokens take the placeholder's place, unsupervised
+            embeds.append(model.embed(seq.ids, images[b])[0])
+            at, n = seq.ids.index(IMAGE_TOKEN_ID), images.shape[1]
+            labels.append(seq.labels[:at] + [-100] * n + seq.labels[at + 1 :])
+            replays.append(seq.replay[:at] + [False] * n + seq.replay[at + 1 :])
+        else:
+            embeds.append(model.embed(seq.ids, None)[0])
+            labels.append(seq.labels)
+            replays.append(seq.replay)
+    lm = model.language_model.get_base_model()  # the LlamaForCausalLM, LoRA layers inside
+    order = sorted(range(len(seqs)), key=lambda b: embeds[b].shape[0])
+    losses, flags, exact = [], [], {}
+    for chunk in (order[i : i + rows] for i in range(0, len(order), rows)):
+        length = max(embeds[b].shape[0] for b in chunk)
+        mask = torch.zeros(len(chunk), length, dtype=torch.long)
+        target = torch.full((len(chunk), length), -100, dtype=torch.long)
+        is_replay = torch.zeros(len(chunk), length, dtype=torch.bool)
+        padded = torch.zeros(len(chunk), length, embeds[0].shape[1])
+        for row, b in enumerate(chunk):
+            n = embeds[b].shape[0]
+            padded[row, :n] = embeds[b]
+            mask[row, :n] = 1
+            target[row, :n] = torch.tensor(labels[b])
+            is_replay[row, :n] = torch.tensor(replays[b])
+        hidden = lm.model(inputs_embeds=padded, attention_mask=mask).last_hidden_state
+        where = target[:, 1:] != -100
+        logits = lm.lm_head(hidden[:, :-1][where])
+        gold = target[:, 1:][where]
+        losses.append(F.cross_entropy(logits, gold, reduction="none"))
+        flags.append(is_replay[:, 1:][where])
+        exact.update(zip(chunk, _exact(logits.argmax(-1), gold, where), strict=True))
+    token_losses, replayed = torch.cat(losses), torch.cat(flags)
+    answers = token_losses[~replayed]
+    loss = answers.mean() if len(answers) else token_losses.new_zeros(())
+    if replayed.any():
+        loss = loss + text_weight * token_losses[replayed].mean()
+    return loss, {"tokens": int((~replayed).sum()), "exact": [exact[b] for b in range(len(seqs))]}
 
 
 def _exact(pred: torch.Tensor, gold: torch.Tensor, where: torch.Tensor) -> list[bool]:
@@ -420,7 +520,7 @@ def heldout_accuracy(model, features: np.ndarray, first: int, batch: int = 25) -
             idx = range(start, min(start + batch, len(features)))
             samples = [shapes_vqa.sample("heldout", i) for i in idx]
             seqs = [
-                encode_conversation(model, [(s.question.question, s.question.answer)])
+                encode_conversation(model, [QA(s.question.question, s.question.answer)])
                 for s in samples
             ]
             feats = torch.from_numpy(features[idx.start : idx.stop])
@@ -477,6 +577,8 @@ def train(config: TrainConfig, train_feats: np.ndarray, eval_feats: np.ndarray) 
     work = Path(config.work)
     torch.manual_seed(config.seed)
     model = base_model()
+    # the base LLM's answers, before any adapter exists
+    replay = replay_answers(model, work) if config.text_per_batch or config.text_turn_rate else []
     model.requires_grad_(False)
     model.projector.requires_grad_(True)
     first = first_tuned(model.vision_tower, config)
@@ -548,13 +650,14 @@ def train(config: TrainConfig, train_feats: np.ndarray, eval_feats: np.ndarray) 
         for b, i in enumerate(indices):
             rng = np.random.default_rng([config.seed, step, b])
             scene = shapes_vqa.sample("train", i).scene
-            seqs.append(
-                encode_conversation(
-                    model, conversation(scene, rng, config.max_turns, config.caption_rate)
-                )
-            )
+            seqs.append(encode_conversation(model, conversation(scene, rng, config, replay)))
+        rng = np.random.default_rng([config.seed, step, len(indices)])
+        for q in rng.choice(len(replay), size=config.text_per_batch if replay else 0):
+            seqs.append(encode_conversation(model, [replay[q]], with_image=False))
         feats = torch.from_numpy(train_feats[indices])
-        loss, stats = batch_loss(model, feats, seqs, first, grounding, indices, config.aux_weight)
+        loss, stats = batch_loss(
+            model, feats, seqs, first, grounding, indices, config.aux_weight, config.text_weight
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for group in optimizer.param_groups:

@@ -12,10 +12,10 @@ from mobilevlm.prompts import Turn, get_template
 
 @pytest.mark.parametrize("template", ["chatml", "v1"])
 def test_conversation_tokens_equal_the_runtime_prompt_and_answers(tiny_models, template):
-    from mobilevlm.train import encode_conversation
+    from mobilevlm.train import QA, encode_conversation
 
     model = tiny_models(template=template)
-    turns = [("What color is the star?", "red"), ("How many shapes are there?", "3")]
+    turns = [QA("What color is the star?", "red"), QA("How many shapes are there?", "3")]
     seq = encode_conversation(model, turns)
     stop = get_template(template).stop_strings[0]
     # the first turn is exactly `run`'s prompt, followed by the answer and the stop string
@@ -28,7 +28,7 @@ def test_conversation_tokens_equal_the_runtime_prompt_and_answers(tiny_models, t
     answers = [model.tokenizer.encode(f"{space}{a}{stop}") for a in ("red", "3")]
     assert supervised == answers[0] + answers[1]
     # the second turn's prompt is the template's rendering of the whole history
-    text = get_template(template).render([Turn(*turns[0]), Turn(turns[1][0])])
+    text = get_template(template).render([Turn(*turns[0][:2]), Turn(turns[1][0])])
     second = model.tokenizer.encode_prompt(text)
     assert seq.ids[: len(second)] == second
 
@@ -43,13 +43,73 @@ def test_batches_are_a_pure_function_of_the_step_and_cover_each_epoch():
 
 
 def test_conversations_end_with_the_caption_listing_every_object():
-    from mobilevlm.train import conversation
+    from mobilevlm.train import TrainConfig, conversation
 
     scene = shapes_vqa.sample("train", 0).scene
-    turns = conversation(scene, np.random.default_rng(0), max_turns=3, caption_rate=1.0)
+    config = TrainConfig(max_turns=3, caption_rate=1.0)
+    turns = conversation(scene, np.random.default_rng(0), config, replay=[])
     assert 2 <= len(turns) <= 4
     assert turns[-1][1] == shapes_vqa.describe(scene)
     assert turns[-1][1].count(",") == len(scene.objects) - 1
+
+
+def test_question_kinds_follow_the_training_weights():
+    from mobilevlm.train import QA, TrainConfig, conversation, kind_weights
+
+    p = kind_weights("count=2,exists=0")
+    assert p[shapes_vqa.KINDS.index("count")] == 2 * p[shapes_vqa.KINDS.index("color")]
+    assert p[shapes_vqa.KINDS.index("exists")] == 0 and p.sum() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="unknown question kind 'size'"):
+        kind_weights("size=2")
+    # only counting asked, and every conversation carries the one replayed text turn
+    config = TrainConfig(kind_weights="color=0,shape=0,position=0,exists=0,count_color=0")
+    config.caption_rate, config.text_turn_rate = 0.0, 1.0
+    replay = [QA("What is the capital of Spain?", "Madrid.", replay=True)]
+    for seed in range(5):
+        scene = shapes_vqa.sample("train", seed).scene
+        turns = conversation(scene, np.random.default_rng(seed), config, replay)
+        assert [t.replay for t in turns].count(True) == 1 and not turns[0].replay
+        assert all(t.question.startswith("How many shapes") for t in turns if not t.replay)
+
+
+def test_replayed_text_answers_are_marked_and_weighted_on_their_own(torch_threads):
+    """Text-only turns are tokenized as the runtime sends them without an image; their
+    labels are marked, and the loss is the answers' mean plus text_weight times theirs,
+    whatever the LLM's row grouping."""
+    from peft import get_peft_model
+
+    from mobilevlm.default_model.assemble import lora_config
+    from mobilevlm.tiny_random import build_tiny_model
+    from mobilevlm.train import QA, answer_loss, encode_conversation
+
+    torch = torch_threads
+    model = build_tiny_model(template="chatml")
+    text = QA("What is the capital of Spain?", "Madrid.", replay=True)
+    alone = encode_conversation(model, [text], with_image=False)
+    assert alone.ids[: len(model.prompt_ids(text.question, with_image=False))] == (
+        model.prompt_ids(text.question, with_image=False)
+    )
+    marked = [lab for lab, r in zip(alone.labels, alone.replay, strict=True) if r]
+    assert marked == [lab for lab in alone.labels if lab != -100]
+    mixed = encode_conversation(model, [QA("What color is the star?", "red"), text])
+    first_answer = [lab for lab, r in zip(mixed.labels, mixed.replay, strict=True) if not r]
+    assert [lab for lab in first_answer if lab != -100] == model.tokenizer.encode("red<|im_end|>")
+
+    model.language_model = get_peft_model(model.language_model, lora_config(4, 8))
+    images = torch.randn(2, model.config.num_image_tokens, model.config.llm.hidden_size)
+    plain = encode_conversation(model, [QA("How many shapes are there?", "3")])
+    with torch.no_grad():
+        answers, stats = answer_loss(model, images, [plain, mixed], text_weight=0.0)
+        both, _ = answer_loss(model, images, [plain, mixed, alone], text_weight=0.5, rows=1)
+        together, _ = answer_loss(model, images, [plain, mixed, alone], text_weight=0.5, rows=8)
+        unweighted, _ = answer_loss(model, images, [plain, mixed, alone], text_weight=0.0)
+        weighted, _ = answer_loss(model, images, [plain, mixed, alone], text_weight=1.0)
+    answered = len(model.tokenizer.encode("3<|im_end|>") + model.tokenizer.encode("red<|im_end|>"))
+    assert stats["tokens"] == answered  # the replay is counted apart
+    torch.testing.assert_close(both, together)
+    torch.testing.assert_close(unweighted, answers)  # a text row changes no image answer
+    assert weighted > answers
+    torch.testing.assert_close(both, answers + 0.5 * (weighted - answers))
 
 
 def test_grounding_targets_name_each_object_in_its_centre_cell(tiny_models, torch_threads):
