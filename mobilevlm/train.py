@@ -77,12 +77,15 @@ class TrainConfig:
     grounding_tau: float = 0.05
     tuned_blocks: int = 5
     tower_lr: float = 3e-4
-    # how often each kind is asked in training (the held-out split asks them uniformly):
-    # counting, the hardest, twice as often as the rest, exists (near perfect) half as often
-    kind_weights: str = "color=1,shape=1,count=2,count_color=2,position=1.25,exists=0.5"
-    text_per_batch: int = 1  # text-only conversations replaying the base LLM, per step
-    text_turn_rate: float = 0.15  # share of image conversations with one replayed text turn
-    text_weight: float = 1.0  # the replay's mean token loss, relative to the answers' own
+    # how often each kind is asked, e.g. "count=2,exists=0.5" (unnamed kinds 1); empty:
+    # uniformly, as the held-out split asks them
+    kind_weights: str = ""
+    # the language replay (MODEL_CARD): text-only conversations of the base LLM's own
+    # answers per step, the share of image conversations with one such turn, and the
+    # replay's mean token loss relative to the image answers' own
+    text_per_batch: int = 0
+    text_turn_rate: float = 0.0
+    text_weight: float = 1.0
     seed: int = 0
     eval_every: int = 90
     checkpoint_every: int = 50
@@ -183,12 +186,15 @@ def conversation(
 ) -> list[QA]:
     """Turns about one scene, kinds drawn with ``config.kind_weights``; the last may be the
     dense caption, and one turn after the first may be a replayed text-only question."""
-    p = kind_weights(config.kind_weights)
-    turns, count = [], int(rng.integers(1, config.max_turns + 1))
-    while len(turns) < count:
-        q = shapes_vqa.ask(scene, str(rng.choice(shapes_vqa.KINDS, p=p)), rng)
-        if q is not None:
-            turns.append(QA(q.question, q.answer))
+    count = int(rng.integers(1, config.max_turns + 1))
+    if config.kind_weights:
+        p, questions = kind_weights(config.kind_weights), []
+        while len(questions) < count:
+            q = shapes_vqa.ask(scene, str(rng.choice(shapes_vqa.KINDS, p=p)), rng)
+            questions += [q] if q is not None else []
+    else:  # uniformly over the kinds the scene allows
+        questions = [shapes_vqa.random_question(scene, rng) for _ in range(count)]
+    turns = [QA(q.question, q.answer) for q in questions]
     if rng.random() < config.caption_rate:
         turns.append(QA(CAPTION_QUESTION, shapes_vqa.describe(scene)))
     if replay and rng.random() < config.text_turn_rate:
