@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mobilevlm import shapes_vqa
+from mobilevlm import decode_loop, shapes_vqa
 from mobilevlm.default_model import TRAINED_WEIGHTS, default_config
 from mobilevlm.default_model.assemble import (
     LORA_PREFIX,
@@ -48,7 +48,6 @@ from mobilevlm.efficientnet_lite import EfficientNetLiteTower, tower_weights
 from mobilevlm.preprocess import preprocess
 from mobilevlm.projectors import labelled_order
 from mobilevlm.prompts import Turn, get_template
-from mobilevlm.sampling import GenerationConfig
 from mobilevlm.tokenizer import IMAGE_TOKEN_ID
 
 log = logging.getLogger("mobilevlm.train")
@@ -202,7 +201,45 @@ def conversation(
     return turns
 
 
-def replay_answers(model, work: Path, max_new_tokens: int = 64) -> list[QA]:
+def _greedy_tokens(model, questions, max_new_tokens: int, stops: list[int]) -> list[list[int]]:
+    """The LLM's greedy text-only replies to ``questions`` in one left-padded batch
+    (transformers' generate: 16 prompts at a time are 4x faster than one by one on 2
+    cores), each up to and including its first stop token."""
+    config, tokenizer = model.config, model.tokenizer
+    prompts = [decode_loop.conversation_ids(config, tokenizer, q, False) for q in questions]
+    width = max(len(p) for p in prompts)
+    pad = config.llm.pad_token_id if config.llm.pad_token_id is not None else stops[0]
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        out = model.language_model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=stops,
+            pad_token_id=pad,
+        )
+    replies = []
+    for row in out[:, width:].tolist():
+        end = next((i for i, t in enumerate(row) if t in stops), len(row) - 1)
+        replies.append(row[: end + 1])
+    return replies
+
+
+def _greedy_answers(model, questions, max_new_tokens: int) -> list[str | None]:
+    """The replies' text; None where ``max_new_tokens`` ran out before the end token."""
+    config = model.config
+    stops = decode_loop.stop_token_ids(
+        config, model.tokenizer, get_template(config.template).stop_strings
+    )
+    return [
+        model.tokenizer.decode(reply[:-1]).strip() if reply[-1] in stops else None
+        for reply in _greedy_tokens(model, questions, max_new_tokens, sorted(stops))
+    ]
+
+
+def replay_answers(model, work: Path, max_new_tokens: int = 64, batch: int = 16) -> list[QA]:
     """The base LLM's own greedy answers to the text-only TRAIN_PROMPTS, generated once
     before any training (cached in WORK/text-replay.json). Answers that run past
     ``max_new_tokens`` are left out, so no target teaches stopping mid-sentence."""
@@ -213,11 +250,10 @@ def replay_answers(model, work: Path, max_new_tokens: int = 64) -> list[QA]:
             return [QA(q, a, True) for q, a in cached["answers"]]
     t0 = time.perf_counter()
     answers = []
-    with torch.no_grad():
-        for question in TRAIN_PROMPTS:
-            result = model.generate(None, question, GenerationConfig(max_new_tokens=max_new_tokens))
-            if result.stats.stop_reason != "max_new_tokens":
-                answers.append((question, result.text.strip()))
+    for start in range(0, len(TRAIN_PROMPTS), batch):
+        questions = TRAIN_PROMPTS[start : start + batch]
+        replies = _greedy_answers(model, questions, max_new_tokens)
+        answers += [(q, a) for q, a in zip(questions, replies, strict=True) if a is not None]
     data = {"prompts": list(TRAIN_PROMPTS), "max_new_tokens": max_new_tokens, "answers": answers}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1))

@@ -230,3 +230,22 @@ def test_stage_one_aligns_to_the_frozen_encoder_output_from_a_partial_cache(torc
     assert out.dtype == np.float16 and out.shape == whole.shape
     np.testing.assert_allclose(out.astype(np.float32), whole, rtol=0.02, atol=0.05)
     assert frozen_outputs(tower, cached, len(tower._blocks)) is cached
+
+
+def test_replay_answers_are_the_models_own_greedy_answers(tiny_models):
+    """Batched, left-padded generation gives what `generate` gives one prompt at a time
+    (prompts of different lengths); an answer cut off by max_new_tokens is left out."""
+    from mobilevlm.sampling import GenerationConfig
+    from mobilevlm.train import _greedy_answers, _greedy_tokens
+
+    model = tiny_models(template="chatml")
+    questions = ["What is the capital of Spain?", "Hi", "Write one sentence about the sea."]
+    one_by_one = [model.generate(None, q, GenerationConfig(max_new_tokens=6)) for q in questions]
+    assert all(r.stats.stop_reason == "max_new_tokens" for r in one_by_one)
+    written = {t for r in one_by_one for t in r.token_ids}
+    no_stop = [min(set(range(model.config.llm.vocab_size)) - written)]  # never written here
+    assert _greedy_tokens(model, questions, 6, no_stop) == [r.token_ids for r in one_by_one]
+    assert _greedy_answers(model, questions, max_new_tokens=6) == [None, None, None]
+    # stopping at a token it writes: cut there, the stop included
+    first = one_by_one[1].token_ids[0]
+    assert _greedy_tokens(model, questions[1:2], 6, [first]) == [[first]]
