@@ -10,7 +10,9 @@ are a real cost on 2 cores); the tuned blocks run on the fly from it.
 Supervision is dense: every training sequence is a multi-turn chat about one
 image in the runtime's exact template (the first turn is exactly what
 ``mobilevlm run`` sends), with a loss on every answer and its end token;
-some end with a caption turn listing every object. The loop is seeded and
+some end with a caption turn listing every object. With ``--text-per-batch``
+and ``--text-turn-rate`` stage 2 also replays the base LLM's own answers to
+text-only prompts, so the adapter keeps its language. The loop is seeded and
 resumable: features are cached in ``WORK/features-{split}-{image size}-b{first tuned}``,
 ``WORK/checkpoint.pt`` is written after the grounding stage and every
 ``--checkpoint-every`` steps and picked up on restart (refused when another
