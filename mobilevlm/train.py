@@ -93,6 +93,9 @@ class TrainConfig:
     threads: int = 2
     output: str = str(TRAINED_WEIGHTS)
 
+    def __post_init__(self) -> None:
+        kind_weights(self.kind_weights)  # a bad spec fails here, not after stage 1
+
 
 # ---------------------------------------------------------------- features
 
@@ -176,6 +179,8 @@ def kind_weights(spec: str) -> np.ndarray:
             raise ValueError(f"kind_weights: unknown question kind {kind!r}")
         weights[kind] = float(value)
     p = np.array([weights[k] for k in shapes_vqa.KINDS])
+    if (p < 0).any() or p.sum() <= 0:
+        raise ValueError(f"kind_weights: {spec!r} must be >= 0 and not all 0")
     return p / p.sum()
 
 
@@ -760,7 +765,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--features-only", action="store_true", help="only build the caches")
     args = parser.parse_args(argv)
     features_only = args.__dict__.pop("features_only")
-    config = TrainConfig(**vars(args))
+    try:
+        config = TrainConfig(**vars(args))
+    except ValueError as exc:
+        parser.error(str(exc))  # exit 2, one line
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(config.threads)
     work = Path(config.work)

@@ -60,10 +60,15 @@ def test_question_kinds_follow_the_training_weights():
     assert p[shapes_vqa.KINDS.index("count")] == 2 * p[shapes_vqa.KINDS.index("color")]
     assert p[shapes_vqa.KINDS.index("exists")] == 0 and p.sum() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="unknown question kind 'size'"):
-        kind_weights("size=2")
+        TrainConfig(kind_weights="size=2")  # refused before any work is done
+    with pytest.raises(ValueError, match="not all 0"):
+        kind_weights("color=0,shape=0,count=0,count_color=0,position=0,exists=0")
     # only counting asked, and every conversation carries the one replayed text turn
-    config = TrainConfig(kind_weights="color=0,shape=0,position=0,exists=0,count_color=0")
-    config.caption_rate, config.text_turn_rate = 0.0, 1.0
+    config = TrainConfig(
+        kind_weights="color=0,shape=0,position=0,exists=0,count_color=0",
+        caption_rate=0.0,
+        text_turn_rate=1.0,
+    )
     replay = [QA("What is the capital of Spain?", "Madrid.", replay=True)]
     for seed in range(5):
         scene = shapes_vqa.sample("train", seed).scene
