@@ -254,3 +254,55 @@ def test_replay_answers_are_the_models_own_greedy_answers(tiny_models):
     # stopping at a token it writes: cut there, the stop included
     first = one_by_one[1].token_ids[0]
     assert _greedy_tokens(model, questions[1:2], 6, [first]) == [[first]]
+
+
+def test_bf16_stage_two_loss_and_gradients_follow_fp32(tiny_models, torch_threads):
+    """bfloat16 autocast halves a stage-2 step on CPUs with native bfloat16; the loss it
+    trains on is fp32's to bf16 rounding, and the gradients land in the fp32 weights."""
+    from dataclasses import replace
+
+    from peft import get_peft_model
+
+    from mobilevlm.config import EfficientNetLiteConfig, ProjectorConfig
+    from mobilevlm.default_model.assemble import lora_config
+    from mobilevlm.model import MobileVLM
+    from mobilevlm.tiny_random import random_init_, tiny_config, tiny_tokenizer
+    from mobilevlm.train import QA, TrainConfig, autocast, batch_loss, encode_conversation
+
+    torch = torch_threads
+    # the default model's kind of tower (random weights) under a tiny LLM
+    base = tiny_config(template="chatml")
+    config = replace(
+        base,
+        vision=EfficientNetLiteConfig(image_size=128, feature="blocks"),
+        projector=ProjectorConfig("ldpnetv2", 320, base.llm.hidden_size),
+    )
+    model = MobileVLM(config, tiny_tokenizer(config.llm.vocab_size, add_bos=False))
+    model = random_init_(model, 0).eval()
+    model.requires_grad_(False)
+    model.projector.requires_grad_(True)
+    model.language_model = get_peft_model(model.language_model, lora_config(4, 8))
+    first = len(model.vision_tower._blocks)
+    seqs = [
+        encode_conversation(model, [QA("What color is the star?", "red")]),
+        encode_conversation(model, [QA("How many shapes are there?", "3")]),
+    ]
+    size = config.vision.image_size
+    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        features = model.vision_tower.blocks(pixels)
+    losses, grads = {}, {}
+    for precision in ("fp32", "bf16"):
+        model.zero_grad(set_to_none=True)
+        with autocast(precision):
+            loss, _ = batch_loss(model, features, seqs, first)
+        loss.backward()
+        losses[precision] = loss.detach()
+        grads[precision] = torch.cat([p.grad.flatten() for p in model.projector.parameters()])
+        assert loss.dtype == torch.float32 and grads[precision].dtype == torch.float32
+    assert losses["bf16"] != losses["fp32"]  # the LLM did run in bfloat16
+    torch.testing.assert_close(losses["bf16"], losses["fp32"], rtol=0.02, atol=0.0)
+    cosine = torch.nn.functional.cosine_similarity(grads["bf16"], grads["fp32"], dim=0)
+    assert cosine > 0.99
+    with pytest.raises(ValueError, match="precision: 'fp16' is not one of bf16, fp32"):
+        TrainConfig(precision="fp16")
