@@ -771,6 +771,16 @@ def write_trained(model, config: TrainConfig) -> Path:
     return out
 
 
+def native_bf16() -> bool:
+    """Whether the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), judged from Linux's
+    /proc/cpuinfo; elsewhere assumed so."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m mobilevlm.train", description=__doc__.split("\n")[0]
@@ -788,6 +798,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(exc))  # exit 2, one line
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(config.threads)
+    if config.precision == "bf16" and not native_bf16():
+        log.warning("this CPU has no native bfloat16: --precision fp32 may train faster")
     work = Path(config.work)
     tower = _frozen_tower()
     stop = first_tuned(tower, config)
