@@ -111,11 +111,6 @@ def test_pipeline_conversation_on_the_default_model(fp32_bundle):
     assert (vlm.cache_misses, vlm.cache_hits) == (1, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known model limit (MODEL_CARD): after an image turn the LoRA echoes the "
-    "question's noun ('France'); stage 2 has no text-only turns yet",
-)
 def test_a_text_question_after_an_image_turn_keeps_its_language(fp32_bundle):
     from mobilevlm.runtime import Pipeline
 
