@@ -54,8 +54,8 @@ from mobilevlm.tokenizer import IMAGE_TOKEN_ID
 
 log = logging.getLogger("mobilevlm.train")
 SHARD = 250
-# what may differ between a run and the checkpoint it resumes
 PRECISIONS = ("bf16", "fp32")
+# what may differ between a run and the checkpoint it resumes
 RUN_ONLY = ("work", "eval_every", "checkpoint_every", "threads", "output")
 
 

@@ -256,7 +256,7 @@ def test_replay_answers_are_the_models_own_greedy_answers(tiny_models):
     assert _greedy_tokens(model, questions[1:2], 6, [first]) == [[first]]
 
 
-def test_bf16_stage_two_loss_and_gradients_follow_fp32(tiny_models, torch_threads):
+def test_bf16_stage_two_loss_and_gradients_follow_fp32(torch_threads):
     """bfloat16 autocast halves a stage-2 step on CPUs with native bfloat16; the loss it
     trains on is fp32's to bf16 rounding, and the gradients land in the fp32 weights."""
     from dataclasses import replace
