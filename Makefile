@@ -56,7 +56,7 @@ bench-eval: $(BUNDLE)/bundle.json
 # a random model at MobileVLM_V2-1.7B's geometry exported int4 / q4_k_m, against llama.cpp's
 # mtmd and llama-cpp-python on the same files (export ~10 min once, ~15 GB at its peak)
 bench-scale: $(STAMP)
-	$(PY) -m mobilevlm.export.scale_bench --report docs/bench-scale
+	$(PY) -m mobilevlm.bench.scale --report docs/bench-scale
 
 # the LLM alone in one process: this runtime's loops against llama-cpp-python's Llama.generate
 bench-llm: $(BUNDLE)/bundle.json
@@ -65,7 +65,7 @@ bench-llm: $(BUNDLE)/bundle.json
 # image encode at MobileVLM_V2-1.7B's geometry: ONNX fp32 / QDQ int8 against llama.cpp's
 # mtmd (random CLIP ViT-L/14-336 + LDPv2, exported once into .cache/vision-bench)
 bench-vision: $(STAMP)
-	$(PY) -m mobilevlm.export.vision_bench --repeats 5
+	$(PY) -m mobilevlm.bench.vision --repeats 5
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

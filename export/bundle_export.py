@@ -21,13 +21,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from mobilevlm import __version__
+from mobilevlm.errors import BundleError, at
 from mobilevlm.export import quantize
 from mobilevlm.export.calibration import calibration_images
 from mobilevlm.export.onnx_bundle import ONNX_PRECISIONS, onnx_artefact, write_onnx_llm
 from mobilevlm.export.onnx_vision import export_vision
-
-from mobilevlm import __version__
-from mobilevlm.bundle import (
+from mobilevlm.manifest import (
     GGUF_PRECISIONS,
     MANIFEST_FILE,
     PRECISIONS,
@@ -35,9 +36,8 @@ from mobilevlm.bundle import (
     Artefact,
     BundleManifest,
 )
-from mobilevlm.checkpoint import atomic_directory
-from mobilevlm.errors import BundleError, at
-from mobilevlm.model import MobileVLM
+from mobilevlm.reference.checkpoint import atomic_directory
+from mobilevlm.reference.model import MobileVLM
 
 FORMATS = ("onnx", "gguf")
 UNQUANTIZED = ("fp32", "f16")

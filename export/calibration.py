@@ -9,7 +9,7 @@ import numpy as np
 from mobilevlm import shapes_vqa
 from mobilevlm.config import PreprocessConfig
 from mobilevlm.errors import ImageError, at
-from mobilevlm.preprocess import preprocess
+from mobilevlm.generation.preprocess import preprocess
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_COUNT = 32

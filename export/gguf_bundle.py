@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+
 from mobilevlm.export.gguf_llm import (
     check_tokenizer,
     quantize_llm,
@@ -23,10 +24,9 @@ from mobilevlm.export.gguf_llm import (
     write_llm_gguf,
 )
 from mobilevlm.export.gguf_mmproj import mmproj_problems, write_mmproj
-
-from mobilevlm.bundle import GGUF_PRECISIONS, Artefact, BundleFile
-from mobilevlm.decode_loop import prompt_ids
-from mobilevlm.model import MobileVLM
+from mobilevlm.generation.decode_loop import prompt_ids
+from mobilevlm.manifest import GGUF_PRECISIONS, Artefact, BundleFile
+from mobilevlm.reference.model import MobileVLM
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +94,8 @@ def gguf_parity(model: MobileVLM, root: Path, artefacts: Sequence[Artefact]) -> 
     """Each GGUF LLM in llama.cpp against the torch reference on text prompts, teacher-forced
     along the reference's greedy continuation: ``{precision: {"top1_agreement": fraction}}``
     (the fraction of positions where both pick the same next token)."""
-    from mobilevlm.runtime.llama_cpp_model import LlamaDecoder, open_llama
-
-    from mobilevlm.generate import TorchBackend
+    from mobilevlm.reference.backend import TorchBackend
+    from mobilevlm.runtime.llamacpp.model import LlamaDecoder, open_llama
 
     reference = TorchBackend(model)
     prompts = [

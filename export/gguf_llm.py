@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 from gguf import GGUFWriter, LlamaFileType, TokenType
 
-from mobilevlm.bundle import GGUF_PRECISIONS
 from mobilevlm.config import LLMConfig, ModelConfig
 from mobilevlm.errors import BundleError, UnsupportedModelError, at
-from mobilevlm.prompts import get_template
-from mobilevlm.tokenizer import Tokenizer
+from mobilevlm.generation.prompts import get_template
+from mobilevlm.generation.tokenizer import Tokenizer
+from mobilevlm.manifest import GGUF_PRECISIONS
 
 # llama.cpp's llama_ftype values for what its quantizer makes from the f16 file
 LLAMA_FTYPES = {"q8_0": 7, "q4_k_m": 15}
@@ -182,8 +182,8 @@ def _vocab(tokenizer: Tokenizer, vocab_size: int) -> dict:
 
 
 def chat_template(config: ModelConfig) -> str:
-    """A Jinja chat template that renders what :mod:`mobilevlm.prompts` renders (text only;
-    the image goes where a client puts its media marker)."""
+    """A Jinja chat template that renders what :mod:`mobilevlm.generation.prompts` renders
+    (text only; the image goes where a client puts its media marker)."""
     template = get_template(config.template)
     system = config.system_prompt if config.system_prompt is not None else template.default_system
     default = json.dumps(system)
@@ -303,7 +303,7 @@ def _pre(vocab: dict) -> dict:
 
 def quantize_llm(source: str | Path, target: str | Path, precision: str, threads: int = 0) -> dict:
     """``precision`` (q8_0, q4_k_m) from the f16 GGUF ``source``, by llama.cpp's quantizer."""
-    from mobilevlm.runtime.llama_cpp_model import import_llama_cpp
+    from mobilevlm.runtime.llamacpp.model import import_llama_cpp
 
     llama_cpp = import_llama_cpp()
     if precision not in LLAMA_FTYPES:
@@ -355,7 +355,7 @@ def repacked_bytes(path: str | Path) -> int:
 def llama_cpp_tokenize(path: str | Path, texts: Sequence[str]) -> list[list[int]]:
     """How llama.cpp, reading only the vocabulary of the GGUF at ``path``, tokenizes each
     text (special tokens parsed, no BOS added)."""
-    from mobilevlm.runtime.llama_cpp_model import import_llama_cpp
+    from mobilevlm.runtime.llamacpp.model import import_llama_cpp
 
     lib = import_llama_cpp()
     params = lib.llama_model_default_params()

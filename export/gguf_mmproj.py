@@ -35,7 +35,7 @@ from gguf import GGUFWriter, LlamaFileType
 
 from mobilevlm.config import ClipVisionConfig, ModelConfig
 from mobilevlm.errors import UnsupportedModelError, at
-from mobilevlm.model import MobileVLM
+from mobilevlm.reference.model import MobileVLM
 
 # the project's projector types -> llama.cpp's clip.projector_type
 PROJECTOR_TYPES = {"ldpnet": "ldp", "ldpnetv2": "ldpv2", "mlp2x_gelu": "mlp"}

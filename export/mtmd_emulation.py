@@ -32,7 +32,7 @@ from torch import nn
 
 from mobilevlm.config import ClipVisionConfig
 from mobilevlm.errors import UnsupportedModelError
-from mobilevlm.model import MobileVLM
+from mobilevlm.reference.model import MobileVLM
 
 
 @contextmanager

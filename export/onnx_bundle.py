@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+
 from mobilevlm.export import quantize
 from mobilevlm.export.onnx_decoder import build_decoder
-
-from mobilevlm.bundle import Artefact, BundleFile
-from mobilevlm.model import MobileVLM
+from mobilevlm.manifest import Artefact, BundleFile
+from mobilevlm.reference.model import MobileVLM
 
 ONNX_PRECISIONS = ("fp32", "int8", "int4")  # fp16: not faster on x86 CPUs (see docs)
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from mobilevlm.config import ClipVisionConfig
-from mobilevlm.model import MobileVLM
+from mobilevlm.reference.model import MobileVLM
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """How closely an exported bundle follows the torch reference.
 
-Both sides run as :class:`~mobilevlm.decode_loop.LanguageBackend` through
+Both sides run as :class:`~mobilevlm.generation.backend.LanguageBackend` through
 the same steps (prefill a spliced prompt, then feed a fixed continuation one
 token at a time), so the comparison covers the KV cache and the decode path,
 not just one forward pass. The continuation is the reference's own greedy
@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from mobilevlm import shapes_vqa
-from mobilevlm.bundle import BundleManifest
-from mobilevlm.decode_loop import LanguageBackend, prompt_ids, splice
-from mobilevlm.generate import TorchBackend
-from mobilevlm.model import MobileVLM
-from mobilevlm.preprocess import ImageInput
+from mobilevlm.generation.backend import LanguageBackend
+from mobilevlm.generation.decode_loop import prompt_ids
+from mobilevlm.generation.preprocess import ImageInput
+from mobilevlm.generation.splice import splice
+from mobilevlm.manifest import BundleManifest
+from mobilevlm.reference.backend import TorchBackend
+from mobilevlm.reference.model import MobileVLM
 
 TEACHER_TOKENS = 24
 GREEDY_TOKENS = 32
@@ -110,7 +112,7 @@ def parity_prompts(count: int = 2) -> list[tuple[ImageInput, str]]:
 
 def bundle_parity(model: MobileVLM, bundle: str | Path, threads: int | None = None) -> dict:
     """Every exported precision of ``bundle`` against ``model``: a dict for bundle.json."""
-    from mobilevlm.runtime.onnx_model import OnnxVLM
+    from mobilevlm.runtime.ort.model import OnnxVLM
 
     reference = TorchBackend(model)
     prompts = parity_prompts()

@@ -333,7 +333,7 @@ class LLMConfig:
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """How an image becomes pixel values; see :mod:`mobilevlm.preprocess`.
+    """How an image becomes pixel values; see :mod:`mobilevlm.generation.preprocess`.
 
     ``aspect``: ``pad`` (expand to a square with the mean color, then resize:
     MobileVLM's ``image_aspect_ratio: pad``), ``crop`` (resize the shortest

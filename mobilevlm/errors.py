@@ -64,3 +64,7 @@ class BudgetError(MobileVLMError):
         super().__init__(message)
         self.budget = budget
         self.smallest = smallest
+
+
+class OptionsError(MobileVLMError):
+    """A load or generation option that is unknown, out of range, or does not apply."""

@@ -1,16 +1,24 @@
-"""The on-device runtime (torch-free): bundle loading, backends, sampling, the CLI.
+"""The on-device runtime (torch-free): what a device needs to run a bundle.
 
-Nothing here imports torch or transformers; the base install (numpy, pillow,
-onnxruntime, tokenizers, safetensors) is all it needs. The CLI reaches the
-torch reference and the exporter only through lazy imports of the
-``mobilevlm`` modules that define them, so it still starts without torch.
+``Pipeline`` (load once, then ask), ``LoadOptions`` (how to load, defaults in
+one place), ``Conversation`` and ``Streaming``; underneath, loading (open,
+verify, select), the memory planner and one subpackage per engine (``ort``:
+ONNX Runtime; ``llamacpp``: llama.cpp). Nothing here imports torch,
+transformers, the benchmark harness or the CLI.
 """
+
+_EXPORTS = {
+    "Pipeline": "pipeline",
+    "Conversation": "pipeline",
+    "Streaming": "pipeline",
+    "LoadOptions": "options",
+}
 
 
 def __getattr__(name: str):
     """``from mobilevlm.runtime import Pipeline``: the embedded API, imported on first use."""
-    if name in ("Pipeline", "Conversation", "Streaming"):
-        from mobilevlm.runtime import pipeline
+    if name in _EXPORTS:
+        import importlib
 
-        return getattr(pipeline, name)
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,7 +24,7 @@ reports for a process of its own) is a sum, line by line:
 
 The constants were measured on this project's machine (2-core AMD EPYC, Linux,
 glibc, onnxruntime 1.31.1, llama-cpp-python 0.3.36) with ``python -m
-mobilevlm.runtime.memory --measure BUNDLE`` on the default model's bundle: each
+mobilevlm.bench.memory --measure BUNDLE`` on the default model's bundle: each
 part in a fresh process (see :func:`main`); docs/benchmarks.md has the numbers.
 
 Choice. Candidates are ranked as the runtime ranks them without a budget: the
@@ -52,15 +52,10 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mobilevlm.runtime.bundle import (
-    GGUF_PREFERENCE,
-    PRECISION_PREFERENCE,
-    select,
-    select_gguf,
-)
-
-from mobilevlm.bundle import BundleManifest
 from mobilevlm.errors import BudgetError, BundleError, MobileVLMError
+from mobilevlm.manifest import BundleManifest
+from mobilevlm.runtime.options import LLAMA_CPP, ONNXRUNTIME, LoadOptions
+from mobilevlm.runtime.select import GGUF_PREFERENCE, PRECISION_PREFERENCE, select, select_gguf
 
 MIB = 2**20
 UNITS = {
@@ -76,13 +71,12 @@ UNITS = {
     "GB": 10**9,
     "GIB": 2**30,
 }
-ONNXRUNTIME, LLAMA_CPP = "onnxruntime", "llama.cpp"
 # the runtime's own order without a budget: the fastest first
 PREFERENCE = tuple((ONNXRUNTIME, p) for p in PRECISION_PREFERENCE) + tuple(
     (LLAMA_CPP, p) for p in GGUF_PREFERENCE
 )
 
-# Measured with `python -m mobilevlm.runtime.memory --measure BUNDLE` on the default model
+# Measured with `python -m mobilevlm.bench.memory --measure BUNDLE` on the default model
 # (and on a tiny random one for the fixed parts), each part in a fresh process:
 # VmHWM after importing numpy, tokenizers, the backend's library and the runtime: 57, 65 MiB
 BASE_BYTES = {ONNXRUNTIME: 58 * MIB, LLAMA_CPP: 66 * MIB}
@@ -316,21 +310,22 @@ def _candidates(
 def plan_memory(
     manifest: BundleManifest,
     budget: int,
-    backend: str | None = None,
-    precision: str | None = None,
-    mode: str = "hybrid",
-    context: int | None = None,
+    options: LoadOptions | None = None,
     min_context: int | None = None,
-    vision_precision: str | None = None,
+    **fields: Any,
 ) -> MemoryPlan:
-    """The first backend/precision in the runtime's order (the fastest first; or the one
-    asked for) whose estimated peak RSS with margin fits ``budget`` bytes with at least
-    ``min_context`` positions (default: the image tokens and ``MIN_TEXT_POSITIONS``), with
-    the largest context that fits up to the model's limit (or exactly ``context``), and
-    the encoder released after the image prefill when it does not fit resident.
+    """The first backend/precision in the runtime's order (the fastest first, or the one
+    ``options`` ask for; ``fields`` override their fields) whose estimated peak RSS with
+    margin fits ``budget`` bytes with at least ``min_context`` positions (default: the
+    image tokens and ``MIN_TEXT_POSITIONS``), with the largest context that fits up to the
+    model's limit (or exactly ``context``), and the encoder released after the image
+    prefill when it does not fit resident.
 
     Nothing is loaded. Raises :class:`BudgetError` naming the smallest budget that works
     when nothing fits, :class:`BundleError` when the bundle lacks what was asked for."""
+    options = LoadOptions.of(options, **fields)
+    backend, precision, mode = options.backend, options.precision, options.mode
+    context, vision_precision = options.context, options.vision_precision
     limit = manifest.model.llm.max_position_embeddings
     if context is not None:
         floor = min(context, limit)
@@ -398,259 +393,3 @@ def _context_and_vision(
             return with_vision, True
     without = _largest_context(manifest, option, budget, floor, limit, True)
     return (without, False) if without > with_vision else (with_vision, True)
-
-
-# ---------------------------------------------------------------------- measurement
-
-
-def peak_rss() -> int:
-    """This process's peak resident memory in bytes: VmHWM, whose high-water mark belongs to
-    the current program (``ru_maxrss`` keeps the forking parent's across exec, so a child
-    of a large process would report the parent's peak); ``ru_maxrss`` where there is no
-    /proc."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-
-def _rss() -> int:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("no VmRSS in /proc/self/status")
-
-
-def _mapped_rss(suffix: str) -> int:
-    """Resident bytes of this process's mappings of files whose name ends with ``suffix``."""
-    total, name = 0, ""
-    with open("/proc/self/smaps", encoding="utf-8", errors="replace") as smaps:
-        for line in smaps:
-            head = line.split()
-            if head and not head[0].endswith(":"):  # a mapping's first line
-                name = head[5] if len(head) > 5 else ""
-            elif head and head[0] == "Rss:" and name.endswith(suffix):
-                total += int(head[1]) * 1024
-    return total
-
-
-def _test_image(size: int = 320):
-    """An RGB image of random pixels (memory does not depend on what it shows)."""
-    import numpy as np
-
-    return np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
-
-
-def _random_text(tokenizer: Any, vocab: int, count: int, seed: int) -> str:
-    """``count`` random vocabulary entries: the worst case for the mapped embedding table,
-    whose pages are read wherever the rows lie."""
-    import numpy as np
-
-    ids = np.random.default_rng(seed).integers(0, vocab, count)
-    return " ".join(tokenizer.decode([int(i)]).strip() or "x" for i in ids)
-
-
-def _child(spec: dict[str, Any]) -> dict[str, Any]:
-    """One measurement, in a process of its own (``spec["kind"]``): "tokenizer", "vision",
-    "question" (one answer about an image) or "fill" (a conversation under a budget that
-    fills the planned context)."""
-    import gc
-
-    import numpy  # noqa: F401
-    import onnxruntime  # noqa: F401
-    from mobilevlm.runtime.pipeline import Pipeline
-
-    from mobilevlm.tokenizer import Tokenizer
-
-    bundle = spec["bundle"]
-    manifest = BundleManifest.read(bundle)
-    if spec.get("precision") in GGUF_PREFERENCE or spec.get("backend") == LLAMA_CPP:
-        import llama_cpp  # noqa: F401
-    if spec["kind"] == "tokenizer":
-        before = _rss()
-        tokenizer = Tokenizer.from_file(f"{bundle}/{manifest.tokenizer}")
-        return {"tokenizer": _rss() - before, "entries": tokenizer.vocab_size}
-    if spec["kind"] == "vision":
-        from mobilevlm.runtime.onnx_vision import OnnxVisionEncoder
-        from mobilevlm.runtime.providers import resolve_providers
-
-        from mobilevlm.preprocess import preprocess
-
-        pixels = preprocess(_test_image(), manifest.model.preprocess)
-        base, resident = peak_rss(), _rss()
-        encoder = OnnxVisionEncoder(f"{bundle}/{spec['path']}", resolve_providers(["cpu"]))
-        encoder.encode(pixels)
-        peak = peak_rss() - base
-        del encoder
-        gc.collect()
-        return {"vision": peak, "kept": _rss() - resident}
-    if spec["kind"] == "question":
-        base = peak_rss()
-        vlm = Pipeline.load(bundle, precision=spec["precision"], context=spec["context"])
-        result = vlm.generate(_test_image(), "What color is the circle?", max_new_tokens=16)
-        return {
-            "base": base,
-            "peak": peak_rss(),
-            "table": _mapped_rss(".npy"),
-            "positions": result.stats.prefill_tokens + result.stats.generated_tokens,
-        }
-    # "fill": what the budget guarantee is about
-    vlm = Pipeline.load(
-        bundle, memory_budget=spec["budget"], precision=spec.get("precision"), threads=2
-    )
-    chat = vlm.conversation(_test_image())
-    tokenizer, vocab = vlm.model.tokenizer, manifest.model.llm.vocab_size
-    positions, turn = 0, 0
-    while positions < vlm.model.context_length:
-        text = _random_text(tokenizer, vocab, spec.get("words", 40), turn)
-        turn += 1
-        try:
-            result = chat.ask(text, max_new_tokens=spec.get("tokens", 64), stop_strings=("\x01",))
-        except MobileVLMError:  # the next turn does not fit: the context is as full as it gets
-            break
-        # the last token sampled is not written to the cache
-        positions = result.stats.prefill_tokens + result.stats.generated_tokens - 1
-        if result.stats.stop_reason == "context_full":
-            break
-    return {
-        "peak": peak_rss(),
-        "plan": vlm.plan.to_dict(),
-        "positions": positions,
-        "table": _mapped_rss(".npy"),
-    }
-
-
-def _in_subprocess(spec: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
-    import json
-    import subprocess
-    import sys
-
-    out = subprocess.run(
-        [sys.executable, "-m", "mobilevlm.runtime.memory", "--child", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if out.returncode:
-        raise RuntimeError(f"measurement {spec} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def check_budget(
-    bundle: str,
-    budget: str | int,
-    precision: str | None = None,
-    words: int = 40,
-    tokens: int = 64,
-) -> dict[str, Any]:
-    """In a fresh process: ``Pipeline.load(bundle, memory_budget=budget)``, then a
-    conversation about an image, turns of ``words`` random vocabulary entries and answers
-    of up to ``tokens`` tokens, until the planned context is full. Returns ``peak`` (bytes,
-    VmHWM), ``plan`` (:meth:`MemoryPlan.to_dict`), ``positions`` filled and ``table`` (the
-    embedding table's resident bytes)."""
-    spec = {"kind": "fill", "bundle": str(bundle), "budget": str(budget), "words": words}
-    spec.update({"precision": precision, "tokens": tokens})
-    return _in_subprocess(spec)
-
-
-def measure_bundle(bundle: str, context: int = 2048) -> list[dict[str, Any]]:
-    """Every exported precision of ``bundle`` at ``context`` positions, one answer about an
-    image each in a fresh process: the estimate, the measured peak, and the measured
-    residual (peak less base, tokenizer, weights, mapped table pages, vision and the KV
-    cache in use) that the working-memory line stands for."""
-    manifest = BundleManifest.read(bundle)
-    tokenizer = _in_subprocess({"kind": "tokenizer", "bundle": str(bundle)})["tokenizer"]
-    rows: list[dict[str, Any]] = []
-    visions: dict[str, dict[str, int]] = {}
-    for backend, precision in _candidates(manifest, None, None, "hybrid"):
-        option = _option(manifest, backend, precision, "hybrid", None)
-        vision_path = (select_gguf if backend == LLAMA_CPP else select)(manifest, precision)
-        vision_path = vision_path.vision.path
-        if vision_path not in visions:
-            spec = {"kind": "vision", "bundle": str(bundle), "path": vision_path}
-            visions[vision_path] = _in_subprocess(spec)
-        vision = visions[vision_path]
-        spec = {"kind": "question", "bundle": str(bundle), "precision": precision}
-        run = _in_subprocess({**spec, "context": context})
-        kv = _kv_bytes(manifest, backend, context if backend == LLAMA_CPP else run["positions"])
-        residual = run["peak"] - run["base"] - tokenizer - option.weights - run["table"]
-        residual -= vision["vision"] + kv
-        estimate = _need(manifest, option, context, False)
-        rows.append(
-            {
-                "backend": backend,
-                "precision": precision,
-                "context": context,
-                "estimate": estimate,
-                "peak": run["peak"],
-                "base": run["base"],
-                "tokenizer": tokenizer,
-                "table_pages": run["table"],
-                "vision": vision["vision"],
-                "vision_kept": vision["kept"],
-                "residual": residual,
-                "working_memory": _working_memory(manifest, option, context),
-            }
-        )
-    return rows
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m mobilevlm.runtime.memory --measure BUNDLE``: estimate against measured
-    peak RSS for each precision, and the parts the constants come from;
-    ``--check BUNDLE --budget 500MB ...``: the guarantee with the context filled."""
-    import argparse
-    import json
-
-    parser = argparse.ArgumentParser(prog="python -m mobilevlm.runtime.memory")
-    parser.add_argument("--measure", metavar="BUNDLE", help="each precision's parts")
-    parser.add_argument("--check", metavar="BUNDLE", help="peak RSS under each --budget")
-    parser.add_argument("--budget", action="append", default=[], help="with --check")
-    parser.add_argument("--precision", help="with --check: only this precision")
-    parser.add_argument("--context", type=int, default=2048, help="with --measure")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        print(json.dumps(_child(json.loads(args.child))))
-        return
-
-    def mib(n: float) -> str:
-        return f"{n / MIB:.0f}"
-
-    if args.measure:
-        rows = measure_bundle(args.measure, args.context)
-        first = rows[0]
-        print(f"tokenizer {mib(first['tokenizer'])} MiB")
-        columns = ("estimate", "peak", "base", "table_pages", "vision", "vision_kept")
-        print("precision  context  " + "  ".join(columns) + "  residual  working_memory (MiB)")
-        for row in rows:
-            cells = "  ".join(f"{mib(row[c]):>{len(c)}}" for c in columns)
-            print(
-                f"{row['precision']:<9}  {row['context']:>7}  {cells}  {mib(row['residual']):>8}"
-                f"  {mib(row['working_memory']):>14}"
-            )
-    if args.check:
-        print(
-            "budget | plan | context | vision | estimate MiB | measured MiB | positions filled"
-            " | embedding table resident MiB"
-        )
-        for budget in args.budget:
-            run = check_budget(args.check, budget, args.precision)
-            plan = run["plan"]
-            vision = "resident" if plan["vision_resident"] else "released"
-            print(
-                f"{budget} ({mib(parse_size(budget))} MiB) | {plan['backend']} "
-                f"{plan['precision']} | {plan['context']} | {vision} | {mib(plan['total'])} | "
-                f"{mib(run['peak'])} | {run['positions']} | {mib(run['table'])}"
-            )
-
-
-if __name__ == "__main__":
-    main()

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mobilevlm.errors import PromptError
-from mobilevlm.preprocess import ImageInput
-from mobilevlm.prompts import Turn
+from mobilevlm.generation.preprocess import ImageInput
+from mobilevlm.generation.prompts import Turn
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
     from mobilevlm.runtime import Pipeline
 
-    vlm = Pipeline.load("bundles/default", precision="int4", memory_budget="512MB")
+    vlm = Pipeline.load(precision="int4", memory_budget="512MB")  # or a bundle's path first
     print(vlm.generate("photo.png", "What color is the circle?").text)
     for piece in vlm.stream("photo.png", "Describe it."):
         print(piece, end="", flush=True)
@@ -24,55 +24,27 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mobilevlm.runtime.backends import load_bundle
-from mobilevlm.runtime.messages import parse_messages
 from PIL import Image
 
-from mobilevlm import decode_loop
-from mobilevlm.bundle import DEFAULT_MODEL_SOURCE, BundleManifest
-from mobilevlm.errors import MissingDependencyError
-from mobilevlm.files import cache_root
-from mobilevlm.preprocess import ImageInput, load_image
-from mobilevlm.prompts import Turn, get_template
-from mobilevlm.result import GenerationResult
-from mobilevlm.sampling import GenerationConfig
+from mobilevlm.generation import decode_loop
+from mobilevlm.generation.preprocess import ImageInput, load_image
+from mobilevlm.generation.prompts import Turn, get_template
+from mobilevlm.generation.result import GenerationResult
+from mobilevlm.generation.sampling import GenerationConfig
+from mobilevlm.manifest import BundleManifest
+from mobilevlm.runtime.loader import default_bundle, load_bundle
+from mobilevlm.runtime.memory import MemoryPlan, plan_memory
+from mobilevlm.runtime.messages import parse_messages
+from mobilevlm.runtime.options import LoadOptions
 
 IMAGE_CACHE_SIZE = 8  # images whose embeddings are kept
-
-
-def default_bundle(progress: bool | None = None, complete: bool = False) -> Path:
-    """The built-in model as a bundle, exported on first use into the cache directory:
-    ONNX int4 (what `run` needs), or with ``complete`` every ONNX and GGUF precision (what
-    `bench` compares). Building it needs the [export] extra (torch), loading it does not."""
-    path = cache_root() / "bundles" / ("default-complete" if complete else "default")
-    if (path / "bundle.json").is_file():
-        return path
-    try:
-        from mobilevlm.export.bundle_export import export_bundle
-
-        from mobilevlm.default_model.assemble import load_default_model
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"building the default model's bundle needs the [export] extra ({exc.name} is "
-            "missing): pip install torch==2.13.0 && pip install 'mobilevlm-runtime[export]'; "
-            "or pass the path of an exported bundle"
-        ) from exc
-    precisions, formats = (None, ("onnx", "gguf")) if complete else (["int4"], ("onnx",))
-    export_bundle(
-        load_default_model(),
-        path,
-        precisions,
-        formats,
-        source=DEFAULT_MODEL_SOURCE,
-        progress=progress,
-    )
-    return path
 
 
 def image_key(image: ImageInput) -> str:
@@ -121,7 +93,7 @@ class Pipeline:
         model: Any,
         vision_resident: bool = True,
         image_cache_size: int = IMAGE_CACHE_SIZE,
-        plan: Any = None,
+        plan: MemoryPlan | None = None,
     ) -> None:
         self.model = model  # an OnnxVLM, a LlamaCppVLM, or any decode_loop backend
         self.vision_resident = vision_resident
@@ -136,36 +108,36 @@ class Pipeline:
     def load(
         cls,
         bundle: str | Path | None = None,
+        options: LoadOptions | None = None,
         *,
-        backend: str | None = None,
-        precision: str | None = None,
-        mode: str = "hybrid",
-        providers: Sequence[str] = ("cpu",),
-        threads: int | None = None,
-        context: int | None = None,
-        memory_budget: int | str | None = None,
-        vision_precision: str | None = None,
         image_cache_size: int = IMAGE_CACHE_SIZE,
-        verify: str = "auto",
+        **fields: Any,
     ) -> Pipeline:
-        """Load ``bundle`` (None: the built-in model). ``precision`` names the backend
-        (fp32/int8/int4: ONNX Runtime; f16/q8_0/q4_k_m: llama.cpp); ``memory_budget``
-        (bytes, or text such as "512MB") lets the planner choose backend, precision,
-        context and whether the vision encoder stays loaded, before anything is loaded."""
-        path = Path(bundle) if bundle is not None else default_bundle()
+        """Load ``bundle`` (None: the built-in model, exported into the cache on first use)
+        with ``options``, whose fields ``fields`` override (precision="int4", ...).
+        ``precision`` names the engine (fp32/int8/int4: ONNX Runtime; f16/q8_0/q4_k_m:
+        llama.cpp); ``memory_budget`` (bytes, or text such as "512MB") lets the planner
+        choose backend, precision, context and whether the vision encoder stays loaded,
+        before anything is loaded."""
+        options = LoadOptions.of(options, **fields)
+        path = Path(bundle) if bundle is not None else default_bundle(options)
         plan = None
-        vision_resident = True
-        if memory_budget is not None:
-            from mobilevlm.runtime.memory import parse_size, plan_memory
+        if options.memory_budget is not None:
+            plan = plan_memory(BundleManifest.read(path), options.memory_budget, options)
+            options = options.replace(
+                backend=plan.backend, precision=plan.precision, context=plan.context
+            )
+        model = load_bundle(path, options)
+        resident = plan.vision_resident if plan else True
+        return cls(model, resident, image_cache_size, plan)
 
-            budget = parse_size(memory_budget)
-            plan = plan_memory(BundleManifest.read(path), budget, backend, precision, mode, context)
-            backend, precision, context = plan.backend, plan.precision, plan.context
-            vision_resident = plan.vision_resident
-        model = load_bundle(
-            path, precision, backend, mode, providers, threads, context, vision_precision, verify
-        )
-        return cls(model, vision_resident, image_cache_size, plan)
+    def runtime_info(self) -> dict[str, Any]:
+        """What runs this pipeline: engine, precision, mode, the execution providers of the
+        vision graph and the decoder, and the memory plan when it was loaded under one."""
+        info = dict(self.model.runtime_info())
+        if self.plan is not None:
+            info["memory_plan"] = self.plan.to_dict()
+        return info
 
     # ------------------------------------------------------------------ images
 
@@ -208,7 +180,9 @@ class Pipeline:
     ) -> Iterator[str]:
         with self._lock:
             self._cancel.clear()
+            start = time.perf_counter()
             embeds = self.encode_image(image) if image is not None else None
+            encode_ms = (time.perf_counter() - start) * 1000.0 if image is not None else 0.0
 
             def cancelled() -> bool:
                 return self._cancel.is_set() or bool(cancel and cancel())
@@ -222,6 +196,7 @@ class Pipeline:
                 system=system,
                 cancel=cancelled,
                 input_ids=input_ids,
+                image_encode_ms=encode_ms,
             )
             while True:
                 try:

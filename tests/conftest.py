@@ -27,7 +27,7 @@ def torch_threads():
 @pytest.fixture(scope="session")
 def tiny_models(torch_threads):
     """Memoised ``build_tiny_model`` so each tiny geometry is built once per session."""
-    from mobilevlm.tiny_random import build_tiny_model
+    from tiny_models import build_tiny_model
 
     cache = {}
 

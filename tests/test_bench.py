@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from mobilevlm.runtime.cli import main
 from PIL import Image
 
-from mobilevlm.checkpoint import save_checkpoint
+from mobilevlm.cli import main
+from mobilevlm.reference.checkpoint import save_checkpoint
 
 pytest.importorskip("llama_cpp")
 

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_models import write_original
 
-from mobilevlm.checkpoint import detect_layout, load_checkpoint, save_checkpoint
 from mobilevlm.errors import CheckpointError, UnsupportedModelError
-from mobilevlm.tiny_random import write_original
+from mobilevlm.reference.checkpoint import detect_layout, load_checkpoint, save_checkpoint
 
 LLM_KEYS = {
     "model.embed_tokens.weight",
@@ -148,7 +148,7 @@ def test_saving_never_replaces_a_directory_that_is_not_a_checkpoint(tiny_models,
 
 
 def test_a_failed_save_leaves_nothing_behind(tiny_models, tmp_path, monkeypatch):
-    import mobilevlm.checkpoint as checkpoint
+    import mobilevlm.reference.checkpoint as checkpoint
 
     def explode(*args, **kwargs):
         raise OSError("disk full")

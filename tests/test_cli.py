@@ -8,12 +8,12 @@ import sys
 
 import pytest
 from conftest import REPO
-from mobilevlm.runtime.cli import main
 from PIL import Image
+from tiny_models import write_original
 
-from mobilevlm.checkpoint import save_checkpoint
-from mobilevlm.sampling import GenerationConfig
-from mobilevlm.tiny_random import write_original
+from mobilevlm.cli import main
+from mobilevlm.generation.sampling import GenerationConfig
+from mobilevlm.reference.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_console_script_exit_code_in_a_real_process(tmp_path):
         [
             sys.executable,
             "-m",
-            "mobilevlm.runtime.cli",
+            "mobilevlm.cli",
             "run",
             "--model",
             str(tmp_path / "x"),
@@ -130,7 +130,7 @@ def test_console_script_exit_code_in_a_real_process(tmp_path):
         proc.stderr.strip() == f"mobilevlm: error: {tmp_path / 'x'}: no such checkpoint directory"
     )
     help_text = subprocess.run(
-        [sys.executable, "-m", "mobilevlm.runtime.cli", "run", "--help"],
+        [sys.executable, "-m", "mobilevlm.cli", "run", "--help"],
         capture_output=True,
         text=True,
         timeout=120,

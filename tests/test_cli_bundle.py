@@ -9,10 +9,10 @@ import textwrap
 
 import pytest
 from conftest import REPO
-from mobilevlm.runtime.cli import main
 from PIL import Image
 
-from mobilevlm.checkpoint import save_checkpoint
+from mobilevlm.cli import main
+from mobilevlm.reference.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def test_a_bundle_runs_where_torch_cannot_be_imported(exported):
                 if name.split(".")[0] in ("torch", "transformers"):
                     raise ImportError(name + " is blocked by the test")
         sys.meta_path.insert(0, Block())
-        from mobilevlm.runtime.cli import main
+        from mobilevlm.cli import main
         sys.exit(main(["run", "--bundle", {str(bundle)!r}, "--image", {str(image)!r},
                        "--prompt", "hi", "--max-new-tokens", "3", "--json"]))
         """

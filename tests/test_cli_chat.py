@@ -10,9 +10,10 @@ import sys
 
 import pytest
 from conftest import REPO
+from PIL import Image
+
 from mobilevlm.export.bundle_export import export_bundle
 from mobilevlm.runtime import cli
-from PIL import Image
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def test_ctrl_c_during_run_keeps_what_was_generated(bundle, monkeypatch, capsys)
 def test_chat_works_as_a_real_process_with_piped_stdin(bundle):
     path, image = bundle
     proc = subprocess.run(
-        [sys.executable, "-m", "mobilevlm.runtime.cli", "chat", "--bundle", str(path)]
+        [sys.executable, "-m", "mobilevlm.cli", "chat", "--bundle", str(path)]
         + ["--image", str(image), "--max-new-tokens", "3"],
         input="What color?\n",
         capture_output=True,

@@ -22,8 +22,9 @@ def default_model(torch_threads):
 
 def test_assembled_model_answers_generated_questions_from_the_image(default_model):
     """Held-out questions: clearly better with the image than with a blank one."""
-    from mobilevlm.runtime.evaluate import Item, evaluate, shapes_vqa_items
     from PIL import Image
+
+    from mobilevlm.bench.evaluate import Item, evaluate, shapes_vqa_items
 
     items = list(shapes_vqa_items(30, start=1000))
     seeing = evaluate(default_model, items, "shapes-vqa")
@@ -41,7 +42,7 @@ def test_assembled_model_answers_generated_questions_from_the_image(default_mode
 
 
 def test_text_only_question_keeps_its_language(default_model):
-    from mobilevlm.sampling import GenerationConfig
+    from mobilevlm.generation.sampling import GenerationConfig
 
     result = default_model.generate(
         None, "What is the capital of France?", GenerationConfig(max_new_tokens=24)
@@ -145,7 +146,7 @@ def test_run_without_model_uses_the_default_model(tmp_path):
         [
             sys.executable,
             "-m",
-            "mobilevlm.runtime.cli",
+            "mobilevlm.cli",
             "run",
             "--image",
             str(REPO / "examples" / "shapes.png"),

@@ -10,7 +10,7 @@ from mobilevlm.errors import CheckpointError, UnsupportedModelError
 
 @pytest.fixture(scope="module")
 def imagenet_weights(torch_threads):
-    from mobilevlm.efficientnet_lite import load_imagenet_weights
+    from mobilevlm.reference.efficientnet_lite import load_imagenet_weights
 
     return load_imagenet_weights()
 
@@ -22,7 +22,7 @@ def test_logits_equal_the_package_network_on_an_imagenet_normalized_input(
     torch = torch_threads
     from efficientnet_lite_pytorch import EfficientNet
 
-    from mobilevlm.efficientnet_lite import EfficientNetLite, locate_imagenet_weights
+    from mobilevlm.reference.efficientnet_lite import EfficientNetLite, locate_imagenet_weights
 
     reference = EfficientNet.from_pretrained(
         "efficientnet-lite0", weights_path=str(locate_imagenet_weights()), image_size=size
@@ -45,7 +45,7 @@ def test_logits_equal_the_package_network_on_an_imagenet_normalized_input(
 @pytest.mark.parametrize("feature, channels", [("head", 1280), ("blocks", 320)])
 def test_tower_tokens_are_the_selected_feature_map_row_major(feature, channels, torch_threads):
     torch = torch_threads
-    from mobilevlm.efficientnet_lite import EfficientNetLiteTower, tower_weights
+    from mobilevlm.reference.efficientnet_lite import EfficientNetLiteTower, tower_weights
 
     config = EfficientNetLiteConfig(image_size=128, feature=feature)
     tower = EfficientNetLiteTower(config).eval()
@@ -94,7 +94,7 @@ def test_odd_grid_is_refused_by_ldpv2():
 
 
 def test_unreadable_weights_file_is_a_checkpoint_error(tmp_path):
-    from mobilevlm.efficientnet_lite import load_imagenet_weights
+    from mobilevlm.reference.efficientnet_lite import load_imagenet_weights
 
     bad = tmp_path / "lite0.pth"
     bad.write_bytes(b"not a pickle")

@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
+from mobilevlm.errors import BundleError, UnsupportedModelError  # noqa: E402
 from mobilevlm.export.bundle_export import export_bundle  # noqa: E402
 from mobilevlm.export.gguf_llm import (  # noqa: E402
     chat_template,
@@ -18,12 +19,10 @@ from mobilevlm.export.gguf_llm import (  # noqa: E402
     repacked_bytes,
     write_llm_gguf,
 )
-from mobilevlm.runtime.backends import load_bundle  # noqa: E402
-from mobilevlm.runtime.llama_cpp_model import LlamaDecoder, open_llama  # noqa: E402
-
-from mobilevlm.errors import BundleError, UnsupportedModelError  # noqa: E402
-from mobilevlm.prompts import Turn, get_template  # noqa: E402
-from mobilevlm.sampling import GenerationConfig  # noqa: E402
+from mobilevlm.generation.prompts import Turn, get_template  # noqa: E402
+from mobilevlm.generation.sampling import GenerationConfig  # noqa: E402
+from mobilevlm.runtime.llamacpp.model import LlamaDecoder, open_llama  # noqa: E402
+from mobilevlm.runtime.loader import load_bundle  # noqa: E402
 
 PROMPT = "What color is the circle in the top left?"
 
@@ -33,7 +32,7 @@ def _llm_state(model) -> dict[str, np.ndarray]:
 
 
 def _greedy_torch(model, ids: list[int], count: int) -> list[int]:
-    from mobilevlm.generate import TorchBackend
+    from mobilevlm.reference.backend import TorchBackend
 
     backend = TorchBackend(model)
     tokens = [int(np.argmax(backend.prefill_prompt(ids, None)))]
@@ -61,8 +60,7 @@ def confident_model(tiny_models):
     """A tiny model whose top-1 choices win by clear margins (a sharpened lm_head), so that
     8-bit rounding may not flip them: greedy agreement then measures the file, not luck."""
     import torch
-
-    from mobilevlm.tiny_random import build_tiny_model
+    from tiny_models import build_tiny_model
 
     model = build_tiny_model(seed=5, template="chatml")
     with torch.no_grad():
@@ -113,8 +111,9 @@ def test_repacked_bytes_are_what_llama_cpp_repacks(tmp_path, capfd):
     too narrow for 256-blocks); the recorded bytes equal the buffer llama.cpp reports."""
     from dataclasses import replace
 
-    from mobilevlm.language_model import build_language_model
-    from mobilevlm.tiny_random import random_init_, tiny_config, tiny_tokenizer
+    from tiny_models import random_init_, tiny_config, tiny_tokenizer
+
+    from mobilevlm.reference.language_model import build_language_model
 
     config = tiny_config(template="chatml")
     llm = replace(config.llm, hidden_size=256, intermediate_size=512, head_dim=64)
@@ -153,8 +152,8 @@ def test_byte_level_bpe_round_trips_through_llama_cpp(confident_model, llm_files
 
 def test_smollm2_tokenizer_is_written_as_gpt2_with_the_smollm_pre_tokenizer(tmp_path):
     """The default model's tokenizer: digits one by one, then byte-level BPE."""
-    from mobilevlm import smollm2
     from mobilevlm.config import ClipVisionConfig, LLMConfig, ModelConfig, ProjectorConfig
+    from mobilevlm.default_model import smollm2
 
     tokenizer = smollm2.load_tokenizer(smollm2.locate_gguf())
     llm = LLMConfig(
@@ -205,7 +204,7 @@ def test_sentencepiece_tokenizer_is_written_as_llama_spm(
     llama.cpp exactly as SentencePiece itself does."""
     import sentencepiece as spm
 
-    from mobilevlm.checkpoint import _original_tokenizer
+    from mobilevlm.reference.checkpoint import _original_tokenizer
 
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "tokenizer.model").write_bytes(sentencepiece_model.read_bytes())
@@ -305,7 +304,7 @@ def test_next_turn_prefills_only_what_is_new(gguf_bundle, rgb_image):
     next turn of a conversation) runs only its new positions."""
     _, path, _ = gguf_bundle
     vlm = load_bundle(path, "f16", threads=2)
-    from mobilevlm.decode_loop import prompt_ids
+    from mobilevlm.generation.decode_loop import prompt_ids
 
     image = vlm.encode_image(rgb_image)
     first = prompt_ids(vlm.config, vlm.tokenizer, PROMPT)

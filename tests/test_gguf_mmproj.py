@@ -40,8 +40,9 @@ def image() -> np.ndarray:
 
 def clip_model(torch_threads, projector: str, **vision_changes):
     """A tiny MobileVLM at 336 px whose tower weights are big enough to matter."""
-    from mobilevlm.model import MobileVLM
-    from mobilevlm.tiny_random import build_tiny_model, random_init_
+    from tiny_models import build_tiny_model, random_init_
+
+    from mobilevlm.reference.model import MobileVLM
 
     model = build_tiny_model(seed=0, projector=projector, image_size=SIZE)
     if vision_changes:
@@ -57,8 +58,8 @@ def llama_cpp_encode(model, directory, image, ftype: str = "f16") -> tuple[np.nd
     """Export the mmproj and the LLM GGUF, run mtmd on ``image``; (embeddings, details)."""
     from mobilevlm.export.gguf_llm import write_llm_gguf
     from mobilevlm.export.gguf_mmproj import write_mmproj
-    from mobilevlm.runtime.llama_cpp_model import open_llama
-    from mobilevlm.runtime.mtmd_vision import MtmdVisionEncoder
+    from mobilevlm.runtime.llamacpp.model import open_llama
+    from mobilevlm.runtime.llamacpp.mtmd_vision import MtmdVisionEncoder
 
     state = {k: v.float().numpy() for k, v in model.language_model.state_dict().items()}
     write_llm_gguf(model.config, state, model.tokenizer, directory / "llm.gguf")
@@ -180,9 +181,10 @@ def test_an_f32_mmproj_matches_too(torch_threads, tmp_path, image):
 
 
 def test_the_encoder_takes_what_preprocess_takes(export_of, tmp_path, image):
-    from mobilevlm.runtime.llama_cpp_model import open_llama
-    from mobilevlm.runtime.mtmd_vision import MtmdVisionEncoder
     from PIL import Image
+
+    from mobilevlm.runtime.llamacpp.model import open_llama
+    from mobilevlm.runtime.llamacpp.mtmd_vision import MtmdVisionEncoder
 
     exported = export_of("ldpnetv2")
     Image.fromarray(image).save(tmp_path / "image.png")
@@ -200,8 +202,8 @@ def test_the_encoder_takes_what_preprocess_takes(export_of, tmp_path, image):
 
 
 def test_a_file_mtmd_cannot_load_is_a_bundle_error_naming_it(export_of, tmp_path):
-    from mobilevlm.runtime.llama_cpp_model import open_llama
-    from mobilevlm.runtime.mtmd_vision import MtmdVisionEncoder
+    from mobilevlm.runtime.llamacpp.model import open_llama
+    from mobilevlm.runtime.llamacpp.mtmd_vision import MtmdVisionEncoder
 
     llm = export_of("mlp2x_gelu").directory / "llm.gguf"
     broken = tmp_path / "broken.gguf"
@@ -216,7 +218,7 @@ def test_a_file_mtmd_cannot_load_is_a_bundle_error_naming_it(export_of, tmp_path
 
 
 def _efficientnet_config() -> ModelConfig:
-    from mobilevlm.tiny_random import tiny_config
+    from tiny_models import tiny_config
 
     base = tiny_config()
     return ModelConfig(
@@ -245,10 +247,10 @@ def _efficientnet_config() -> ModelConfig:
     ids=["efficientnet", "linear", "ldpnetv2-56px", "ldpnet-56px", "mlp-cls_patch", "ldpv2-labels"],
 )
 def test_models_mtmd_cannot_run_are_refused_with_the_reason(tiny, message, torch_threads, tmp_path):
-    from mobilevlm.export.gguf_mmproj import mmproj_problems, write_mmproj
+    from tiny_models import build_tiny_model
 
-    from mobilevlm.model import MobileVLM
-    from mobilevlm.tiny_random import build_tiny_model
+    from mobilevlm.export.gguf_mmproj import mmproj_problems, write_mmproj
+    from mobilevlm.reference.model import MobileVLM
 
     model = MobileVLM(_efficientnet_config()) if tiny is None else build_tiny_model(**tiny)
     assert len(mmproj_problems(model.config)) == 1
@@ -258,9 +260,9 @@ def test_models_mtmd_cannot_run_are_refused_with_the_reason(tiny, message, torch
 
 
 def test_mlp_runs_any_grid_in_llama_cpp():
-    from mobilevlm.export.gguf_mmproj import mmproj_problems
+    from tiny_models import tiny_config
 
-    from mobilevlm.tiny_random import tiny_config
+    from mobilevlm.export.gguf_mmproj import mmproj_problems
 
     assert mmproj_problems(tiny_config(projector="mlp2x_gelu", image_size=56)) == []
     assert mmproj_problems(tiny_config(projector="ldpnetv2", image_size=SIZE)) == []

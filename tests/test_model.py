@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from mobilevlm.errors import ContextOverflowError, PromptError
-from mobilevlm.sampling import GenerationConfig
-from mobilevlm.tokenizer import IMAGE_TOKEN_ID
+from mobilevlm.generation.sampling import GenerationConfig
+from mobilevlm.generation.tokenizer import IMAGE_TOKEN_ID
 
 
 @pytest.fixture

@@ -7,16 +7,16 @@ import json
 import numpy as np
 import onnx
 import pytest
+
+from mobilevlm.errors import BundleError
 from mobilevlm.export import onnx_bundle
 from mobilevlm.export.bundle_export import export_bundle
 from mobilevlm.export.parity import compare, parity_prompts
-from mobilevlm.runtime.onnx_model import OnnxVLM
-
-from mobilevlm.bundle import MANIFEST_FILE, BundleManifest
-from mobilevlm.errors import BundleError
 from mobilevlm.files import sha256_file
-from mobilevlm.generate import TorchBackend
-from mobilevlm.sampling import GenerationConfig
+from mobilevlm.generation.sampling import GenerationConfig
+from mobilevlm.manifest import MANIFEST_FILE, BundleManifest
+from mobilevlm.reference.backend import TorchBackend
+from mobilevlm.runtime.ort.model import OnnxVLM
 
 GEOMETRIES = {
     "ldpnetv2": dict(projector="ldpnetv2"),
@@ -47,14 +47,15 @@ def test_fp32_bundle_matches_torch(bundles, geometry):
 
 
 def test_efficientnet_tower_exports_with_parity(tmp_path, torch_threads):
+    from tiny_models import random_init_, tiny_config, tiny_tokenizer
+
     from mobilevlm.config import (
         EfficientNetLiteConfig,
         ModelConfig,
         PreprocessConfig,
         ProjectorConfig,
     )
-    from mobilevlm.model import MobileVLM
-    from mobilevlm.tiny_random import random_init_, tiny_config, tiny_tokenizer
+    from mobilevlm.reference.model import MobileVLM
 
     base = tiny_config(template="chatml")
     config = ModelConfig(

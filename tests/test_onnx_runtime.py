@@ -7,14 +7,14 @@ import shutil
 
 import numpy as np
 import pytest
-from mobilevlm.export.bundle_export import export_bundle
-from mobilevlm.runtime.bundle import open_bundle, select
-from mobilevlm.runtime.onnx_model import OnnxVLM
-from mobilevlm.runtime.providers import CPU, resolve_providers
 
-from mobilevlm.bundle import MANIFEST_FILE, BundleManifest
 from mobilevlm.errors import BundleError, ContextOverflowError, ProviderError
-from mobilevlm.sampling import GenerationConfig
+from mobilevlm.export.bundle_export import export_bundle
+from mobilevlm.generation.sampling import GenerationConfig
+from mobilevlm.manifest import MANIFEST_FILE, BundleManifest
+from mobilevlm.runtime.loader import open_bundle, select
+from mobilevlm.runtime.ort.model import OnnxVLM
+from mobilevlm.runtime.ort.providers import CPU, resolve_providers
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,12 @@ import threading
 
 import numpy as np
 import pytest
-from mobilevlm.export.bundle_export import export_bundle
-from mobilevlm.runtime import Pipeline
 from PIL import Image
 
 from mobilevlm.errors import BundleError, ImageError, PromptError, ProviderError
-from mobilevlm.sampling import GenerationConfig
+from mobilevlm.export.bundle_export import export_bundle
+from mobilevlm.generation.sampling import GenerationConfig
+from mobilevlm.runtime import Pipeline
 
 PROMPT = "What color is the circle?"
 BACKENDS = ["fp32", "f16"]  # ONNX Runtime, llama.cpp

@@ -10,7 +10,7 @@ from PIL import Image
 
 from mobilevlm.config import PreprocessConfig
 from mobilevlm.errors import ImageError
-from mobilevlm.preprocess import load_image, preprocess
+from mobilevlm.generation.preprocess import load_image, preprocess
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import random_init_
 
-from mobilevlm.checkpoint import original_key
 from mobilevlm.config import ProjectorConfig
 from mobilevlm.errors import UnsupportedModelError
-from mobilevlm.projectors import build_projector
-from mobilevlm.tiny_random import random_init_
+from mobilevlm.reference.checkpoint import original_key
+from mobilevlm.reference.projectors import build_projector
 
 IN, OUT = 32, 64
 

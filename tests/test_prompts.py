@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mobilevlm.errors import PromptError
-from mobilevlm.prompts import Turn, get_template
+from mobilevlm.generation.prompts import Turn, get_template
 
 V1_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "

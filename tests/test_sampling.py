@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mobilevlm.sampling import (
+from mobilevlm.generation.sampling import (
     GenerationConfig,
     Sampler,
     apply_repetition_penalty,

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from mobilevlm.config import ClipVisionConfig, PreprocessConfig, ProjectorConfig
-from mobilevlm.preprocess import preprocess
-from mobilevlm.projectors import build_projector
-from mobilevlm.vision_tower import ClipVisionTower
+from mobilevlm.generation.preprocess import preprocess
+from mobilevlm.reference.projectors import build_projector
+from mobilevlm.reference.vision_tower import ClipVisionTower
 
 pytestmark = pytest.mark.slow
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from mobilevlm.streaming import TextStream
-from mobilevlm.tiny_random import tiny_tokenizer
+from tiny_models import tiny_tokenizer
+
+from mobilevlm.generation.streaming import TextStream
 
 
 def stream_all(tokenizer, ids, stops=()):

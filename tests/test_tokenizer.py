@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from tiny_models import tiny_tokenizer
 
 from mobilevlm.errors import TokenizerError
-from mobilevlm.prompts import Turn, get_template
-from mobilevlm.tiny_random import tiny_tokenizer
-from mobilevlm.tokenizer import IMAGE_TOKEN_ID, Tokenizer
+from mobilevlm.generation.prompts import Turn, get_template
+from mobilevlm.generation.tokenizer import IMAGE_TOKEN_ID, Tokenizer
 
 
 def llava_tokenizer_image_token(prompt, hf_tokenizer):

@@ -7,12 +7,12 @@ import pytest
 
 from mobilevlm import shapes_vqa
 from mobilevlm.errors import CheckpointError
-from mobilevlm.prompts import Turn, get_template
+from mobilevlm.generation.prompts import Turn, get_template
 
 
 @pytest.mark.parametrize("template", ["chatml", "v1"])
 def test_conversation_tokens_equal_the_runtime_prompt_and_answers(tiny_models, template):
-    from mobilevlm.train import QA, encode_conversation
+    from mobilevlm.training.data import QA, encode_conversation
 
     model = tiny_models(template=template)
     turns = [QA("What color is the star?", "red"), QA("How many shapes are there?", "3")]
@@ -34,7 +34,8 @@ def test_conversation_tokens_equal_the_runtime_prompt_and_answers(tiny_models, t
 
 
 def test_batches_are_a_pure_function_of_the_step_and_cover_each_epoch():
-    from mobilevlm.train import TrainConfig, _batch
+    from mobilevlm.training.config import TrainConfig
+    from mobilevlm.training.data import _batch
 
     config = TrainConfig(batch_size=4)
     assert _batch(config, 3, 10) == _batch(config, 3, 10)
@@ -43,7 +44,8 @@ def test_batches_are_a_pure_function_of_the_step_and_cover_each_epoch():
 
 
 def test_conversations_end_with_the_caption_listing_every_object():
-    from mobilevlm.train import TrainConfig, conversation
+    from mobilevlm.training.config import TrainConfig
+    from mobilevlm.training.data import conversation
 
     scene = shapes_vqa.sample("train", 0).scene
     config = TrainConfig(max_turns=3, caption_rate=1.0)
@@ -54,7 +56,8 @@ def test_conversations_end_with_the_caption_listing_every_object():
 
 
 def test_question_kinds_follow_the_training_weights():
-    from mobilevlm.train import QA, TrainConfig, conversation, kind_weights
+    from mobilevlm.training.config import TrainConfig, kind_weights
+    from mobilevlm.training.data import QA, conversation
 
     p = kind_weights("count=2,exists=0")
     assert p[shapes_vqa.KINDS.index("count")] == 2 * p[shapes_vqa.KINDS.index("color")]
@@ -82,10 +85,11 @@ def test_replayed_text_answers_are_marked_and_weighted_on_their_own(torch_thread
     labels are marked, and the loss is the answers' mean plus text_weight times theirs,
     whatever the LLM's row grouping."""
     from peft import get_peft_model
+    from tiny_models import build_tiny_model
 
     from mobilevlm.default_model.assemble import lora_config
-    from mobilevlm.tiny_random import build_tiny_model
-    from mobilevlm.train import QA, answer_loss, encode_conversation
+    from mobilevlm.training.data import QA, encode_conversation
+    from mobilevlm.training.losses import answer_loss
 
     torch = torch_threads
     model = build_tiny_model(template="chatml")
@@ -118,7 +122,12 @@ def test_replayed_text_answers_are_marked_and_weighted_on_their_own(torch_thread
 
 
 def test_grounding_targets_name_each_object_in_its_centre_cell(tiny_models, torch_threads):
-    from mobilevlm.train import GROUNDING_WORDS, grid_targets, grounding_loss, grounding_words
+    from mobilevlm.training.grounding import (
+        GROUNDING_WORDS,
+        grid_targets,
+        grounding_loss,
+        grounding_words,
+    )
 
     torch = torch_threads
     model = tiny_models(template="chatml")
@@ -148,8 +157,8 @@ def test_grounding_targets_name_each_object_in_its_centre_cell(tiny_models, torc
 def test_cell_labels_precede_each_cells_tokens_and_grounding_sees_the_grid(
     tiny_models, torch_threads
 ):
-    from mobilevlm.projectors import labelled_order
-    from mobilevlm.train import cell_label_words, grid_part
+    from mobilevlm.reference.projectors import labelled_order
+    from mobilevlm.training.grounding import cell_label_words, grid_part
 
     torch = torch_threads
     # 6x6 output tokens, 2x2 per cell of a 3x3 split; labels 36.. (2 + 1 + ... + 2 = 13)
@@ -179,7 +188,8 @@ def test_cell_labels_precede_each_cells_tokens_and_grounding_sees_the_grid(
 def test_a_checkpoint_of_another_recipe_is_not_resumed(tmp_path, torch_threads):
     import json
 
-    from mobilevlm.train import TrainConfig, load_checkpoint, recipe
+    from mobilevlm.training.checkpoints import load_checkpoint, recipe
+    from mobilevlm.training.config import TrainConfig
 
     torch = torch_threads
     config = TrainConfig(work=str(tmp_path))
@@ -195,6 +205,7 @@ def test_trained_parts_carry_the_tuned_encoder_blocks(tmp_path, torch_threads):
     """A recipe that fine-tunes encoder blocks ships them beside the projector; assembling
     puts them over the package's weights and refuses tensors the tower does not have."""
     from safetensors.torch import save_file
+    from tiny_models import build_tiny_model
 
     from mobilevlm.default_model.assemble import (
         PROJECTOR_PREFIX,
@@ -202,7 +213,6 @@ def test_trained_parts_carry_the_tuned_encoder_blocks(tmp_path, torch_threads):
         VISION_PREFIX,
         apply_trained,
     )
-    from mobilevlm.tiny_random import build_tiny_model
 
     torch = torch_threads
     model = build_tiny_model(template="chatml")
@@ -223,7 +233,7 @@ def test_trained_parts_carry_the_tuned_encoder_blocks(tmp_path, torch_threads):
 def test_stage_one_aligns_to_the_frozen_encoder_output_from_a_partial_cache(torch_threads):
     """With tuned blocks the cache stops before them; stage 1 still sees what the whole
     ImageNet encoder writes (to the cache's fp16 rounding)."""
-    from mobilevlm.train import _frozen_tower, frozen_outputs
+    from mobilevlm.training.data import _frozen_tower, frozen_outputs
 
     torch = torch_threads
     tower = _frozen_tower()
@@ -240,8 +250,8 @@ def test_stage_one_aligns_to_the_frozen_encoder_output_from_a_partial_cache(torc
 def test_replay_answers_are_the_models_own_greedy_answers(tiny_models):
     """Batched, left-padded generation gives what `generate` gives one prompt at a time
     (prompts of different lengths); an answer cut off by max_new_tokens is left out."""
-    from mobilevlm.sampling import GenerationConfig
-    from mobilevlm.train import _greedy_answers, _greedy_tokens
+    from mobilevlm.generation.sampling import GenerationConfig
+    from mobilevlm.training.data import _greedy_answers, _greedy_tokens
 
     model = tiny_models(template="chatml")
     questions = ["What is the capital of Spain?", "Hi", "Write one sentence about the sea."]
@@ -262,12 +272,14 @@ def test_bf16_stage_two_loss_and_gradients_follow_fp32(torch_threads):
     from dataclasses import replace
 
     from peft import get_peft_model
+    from tiny_models import random_init_, tiny_config, tiny_tokenizer
 
     from mobilevlm.config import EfficientNetLiteConfig, ProjectorConfig
     from mobilevlm.default_model.assemble import lora_config
-    from mobilevlm.model import MobileVLM
-    from mobilevlm.tiny_random import random_init_, tiny_config, tiny_tokenizer
-    from mobilevlm.train import QA, TrainConfig, autocast, batch_loss, encode_conversation
+    from mobilevlm.reference.model import MobileVLM
+    from mobilevlm.training.config import TrainConfig
+    from mobilevlm.training.data import QA, encode_conversation
+    from mobilevlm.training.losses import autocast, batch_loss
 
     torch = torch_threads
     # the default model's kind of tower (random weights) under a tiny LLM

@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 import torch
+from tiny_models import random_init_, tiny_config
 
 from mobilevlm.config import ClipVisionConfig
 from mobilevlm.errors import UnsupportedModelError
-from mobilevlm.tiny_random import random_init_, tiny_config
-from mobilevlm.vision_tower import ClipVisionTower
+from mobilevlm.reference.vision_tower import ClipVisionTower
 
 
 def tower(select_layer: int, select_feature: str) -> ClipVisionTower:

@@ -17,13 +17,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mobilevlm import smollm2
-from mobilevlm.checkpoint import CONFIG_FILE, save_checkpoint
-from mobilevlm.default_model import TRAINED_WEIGHTS, default_config, default_model_dir
-from mobilevlm.efficientnet_lite import tower_weights
+from mobilevlm.default_model import TRAINED_WEIGHTS, default_config, default_model_dir, smollm2
 from mobilevlm.errors import CheckpointError, at
-from mobilevlm.model import MobileVLM
 from mobilevlm.reference import load_reference
+from mobilevlm.reference.checkpoint import CONFIG_FILE, save_checkpoint
+from mobilevlm.reference.efficientnet_lite import tower_weights
+from mobilevlm.reference.model import MobileVLM
 
 TRAINED_FORMAT = "mobilevlm-default-model-parts"
 LORA_PREFIX = "lora."

@@ -1,0 +1,94 @@
+"""What a phone-class MobileVLM costs on this machine: the bench at MobileVLM_V2-1.7B's geometry.
+
+CLIP ViT-L/14-336 (23 of 24 blocks), LDPv2 to 2048, MobileLLaMA-1.4B (hidden
+2048, 24 layers, 16 heads, intermediate 5632, vocab 32000), random weights:
+latency and memory do not depend on them, and nothing can be downloaded here.
+It is exported once (int4 ONNX with the QDQ int8 vision graph, q4_k_m GGUF with
+the mmproj) into ``--work``, then ``mobilevlm bench`` measures the project's
+variants against llama.cpp's mtmd and llama-cpp-python's multimodal chat on
+the same files.
+
+    python -m mobilevlm.bench.scale [--work DIR] [--repeats 3] [--report DIR]
+
+Expect about 10 minutes for the export (about 15 GB of memory at its peak) and
+several more for the bench on a 2-core machine. A command, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mobilevlm.config import ClipVisionConfig, LLMConfig, ModelConfig, ProjectorConfig
+
+PRECISIONS = ("int4", "q4_k_m")
+# onnxruntime's percentile calibrator keeps every intermediate tensor of every image: about
+# 1.2 GB per image for ViT-L/14-336, so the default 32 images would not fit next to the model
+CALIBRATION_IMAGES = 4
+VARIANTS = "int4,int4/qdq-vision,q4_k_m/hybrid,q4_k_m/mtmd,llama-cpp-python"
+BASELINE = "q4_k_m/mtmd"  # llama.cpp's own image path on the same files
+
+
+def v2_1_7b_config() -> ModelConfig:
+    """MobileVLM_V2-1.7B: the config defaults are its CLIP tower and MobileLLaMA-1.4B."""
+    return ModelConfig(
+        vision=ClipVisionConfig(),
+        projector=ProjectorConfig("ldpnetv2", 1024, 2048),
+        llm=LLMConfig(),
+    )
+
+
+def prepare(work: Path) -> Path:
+    """Export (once) the random V2-1.7B model into ``work/bundle``; returns the bundle."""
+    bundle = work / "bundle"
+    if (bundle / "bundle.json").is_file():
+        return bundle
+    from mobilevlm import shapes_vqa
+    from mobilevlm.export.bundle_export import export_bundle
+    from mobilevlm.reference.model import MobileVLM
+    from mobilevlm.reference.random_weights import random_init_, tiny_tokenizer
+
+    calibration = work / "calibration"
+    calibration.mkdir(parents=True, exist_ok=True)
+    for i in range(CALIBRATION_IMAGES):
+        shapes_vqa.sample("train", i).image().save(calibration / f"{i}.png")
+    config = v2_1_7b_config()
+    print("building the random MobileVLM_V2-1.7B-shaped model ...", flush=True)
+    model = MobileVLM(config, tiny_tokenizer(config.llm.vocab_size))
+    random_init_(model, seed=0, std=0.02).eval()
+    export_bundle(
+        model,
+        bundle,
+        PRECISIONS,
+        ("onnx", "gguf"),
+        calibration_dir=calibration,
+        source="random MobileVLM_V2-1.7B geometry (mobilevlm.bench.scale)",
+        random_weights=True,
+        check_parity=False,
+        progress=True,
+    )
+    return bundle
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mobilevlm.bench.scale")
+    parser.add_argument("--work", type=Path, default=Path(".cache/scale-bench"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--report", type=Path, metavar="DIR")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    bundle = prepare(args.work)
+    from mobilevlm.cli import main as cli
+
+    command = ["bench", str(bundle), "--variants", VARIANTS, "--repeats", str(args.repeats)]
+    command += ["--decode-tokens", str(args.decode_tokens), "--baseline", BASELINE]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    if args.report:
+        command += ["--report", str(args.report)]
+    return cli(command)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

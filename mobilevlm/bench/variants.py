@@ -1,0 +1,154 @@
+"""The ways one bundle can run, named the way `bench` and `eval` take them.
+
+A variant is an engine and a precision: the PyTorch reference (``torch``), an
+ONNX precision (``fp32``, ``int8``, ``int4``; ``int8/qdq-vision`` swaps in the
+static QDQ int8 vision graph that NPUs run), a GGUF precision through this
+runtime's llama.cpp backend (``q4_k_m`` = ``q4_k_m/hybrid``, ``q4_k_m/mtmd``),
+or a peer: ``transformers`` (eager generation on the reference's weights) and
+``llama-cpp-python`` (its own multimodal chat path on the bundle's GGUF and
+mmproj). A variant that cannot run on a bundle says why instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mobilevlm.errors import MobileVLMError
+from mobilevlm.manifest import GGUF_PRECISIONS, PRECISIONS, BundleManifest
+from mobilevlm.runtime.options import LLAMA_CPP, MODES, ONNXRUNTIME
+from mobilevlm.runtime.select import GGUF_PREFERENCE, PRECISION_PREFERENCE, select, select_gguf
+
+TORCH = "torch"
+TRANSFORMERS = "transformers"
+LLAMA_CPP_PYTHON = "llama-cpp-python"
+PEERS = (TRANSFORMERS, LLAMA_CPP_PYTHON)
+QDQ_VISION = "qdq-vision"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str  # as the user writes it, e.g. "int4", "q4_k_m/mtmd", "transformers"
+    engine: str  # TORCH, a backend (ONNXRUNTIME, LLAMA_CPP), or a peer's name
+    precision: str  # of the LLM weights
+    mode: str | None = None  # llama.cpp: where image embeddings come from
+    vision_precision: str | None = None  # None: the bundle's fp32 vision graph
+
+    @property
+    def peer(self) -> bool:
+        return self.engine in PEERS
+
+    @property
+    def uses_reference(self) -> bool:
+        """Runs on the checkpoint's torch weights rather than the bundle's files."""
+        return self.engine in (TORCH, TRANSFORMERS)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "engine": self.engine,
+            "precision": self.precision,
+            "mode": self.mode,
+            "vision_precision": self.vision_precision,
+            "peer": self.peer,
+        }
+
+
+def parse_variant(name: str) -> Variant:
+    """``"int4"`` -> the ONNX int4 variant, and so on (module docstring); ValueError else."""
+    if name == TORCH:
+        return Variant(TORCH, TORCH, "fp32")
+    if name == TRANSFORMERS:
+        return Variant(TRANSFORMERS, TRANSFORMERS, "fp32")
+    if name == LLAMA_CPP_PYTHON:
+        return Variant(LLAMA_CPP_PYTHON, LLAMA_CPP_PYTHON, "")  # the bundle's fastest GGUF
+    precision, _, option = name.partition("/")
+    if precision in PRECISIONS and option in ("", QDQ_VISION):
+        return Variant(name, ONNXRUNTIME, precision, None, "int8" if option else None)
+    if precision in GGUF_PRECISIONS and option in ("", *MODES):
+        mode = option or "hybrid"
+        return Variant(f"{precision}/{mode}", LLAMA_CPP, precision, mode)
+    known = [TORCH, *PRECISIONS, "int8/qdq-vision", *GGUF_PRECISIONS, "q4_k_m/mtmd", *PEERS]
+    raise MobileVLMError(f"unknown variant {name!r} (known forms: {', '.join(known)})")
+
+
+def unavailable(variant: Variant, manifest: BundleManifest, checkpoint: str | None) -> str | None:
+    """Why ``variant`` cannot run on this bundle, or None when it can. ``checkpoint``: where
+    the torch variants load from (``bench.checkpoint_for``)."""
+    if variant.uses_reference:
+        return None if checkpoint is not None else "no checkpoint to load the torch weights from"
+    if variant.engine == ONNXRUNTIME:
+        if manifest.find("decoder", variant.precision) is None:
+            return f"no {variant.precision} decoder in the bundle"
+        if variant.vision_precision and manifest.find("vision", "int8") is None:
+            return "no int8 QDQ vision graph in the bundle"
+        return None
+    gguf = variant.precision or fastest_gguf(manifest)
+    if gguf is None or manifest.find("llm", gguf) is None:
+        return f"no {variant.precision or 'GGUF'} LLM in the bundle"
+    if (variant.mode == "mtmd" or variant.engine == LLAMA_CPP_PYTHON) and not manifest.find(
+        "mmproj", "f16"
+    ):
+        reason = manifest.exporter.get("mmproj_skipped", "the bundle has none")
+        return f"needs an mmproj: {reason}"
+    return None
+
+
+def fastest_gguf(manifest: BundleManifest) -> str | None:
+    return next((p for p in GGUF_PREFERENCE if manifest.find("llm", p)), None)
+
+
+def every_variant(manifest: BundleManifest) -> list[Variant]:
+    """All the forms of this bundle, reference first, peers last (some may be unavailable)."""
+    names = [TORCH, *manifest.precisions]
+    if manifest.find("vision", "int8"):
+        names += [f"{p}/{QDQ_VISION}" for p in manifest.precisions if p != "fp32"]
+    for precision in manifest.gguf_precisions:
+        names += [f"{precision}/{mode}" for mode in MODES]
+    return [parse_variant(n) for n in names + list(PEERS)]
+
+
+def disk_bytes(
+    variant: Variant, manifest: BundleManifest, root: Path, checkpoint: str | None
+) -> int | None:
+    """Bytes on disk of the files the variant loads (the checkpoint's for the reference;
+    None while there is no checkpoint directory)."""
+    if variant.uses_reference:
+        if checkpoint is None or not Path(checkpoint).is_dir():  # the built-in model, unbuilt
+            return None
+        return sum(f.stat().st_size for f in Path(checkpoint).rglob("*") if f.is_file())
+    if variant.engine == ONNXRUNTIME:
+        selection = select(manifest, variant.precision, variant.vision_precision)
+    else:
+        mode = "mtmd" if variant.engine == LLAMA_CPP_PYTHON else variant.mode
+        selection = select_gguf(manifest, variant.precision or fastest_gguf(manifest), mode)
+    tokenizer = (root / manifest.tokenizer).stat().st_size
+    return tokenizer + sum(a.bytes for a in selection.artefacts)
+
+
+def variant_names(
+    manifest: BundleManifest,
+    precisions: Sequence[str] = (),
+    modes: Sequence[str] = (),
+    precision: str | None = None,
+    mode: str | None = None,
+) -> list[str]:
+    """The variants ``precisions`` x ``modes`` name (ONNX precisions have no modes);
+    default precision: ``precision``, else the fastest the bundle has (a GGUF one when
+    modes are named); default mode: ``mode``, else hybrid."""
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise MobileVLMError(f"unknown mode {unknown[0]!r} (expected {', '.join(MODES)})")
+    if not precisions:
+        if precision:
+            precisions = [precision]
+        else:
+            onnx = [p for p in PRECISION_PREFERENCE if p in manifest.precisions]
+            fastest = onnx[0] if onnx and not modes else fastest_gguf(manifest)
+            precisions = [fastest] if fastest else []
+    modes = list(modes) or [mode or "hybrid"]
+    names: list[str] = []
+    for p in precisions:
+        names += [p] if p in PRECISIONS else [f"{p}/{m}" for m in modes]
+    return names

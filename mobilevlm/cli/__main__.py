@@ -1,0 +1,5 @@
+import sys
+
+from mobilevlm.cli import main
+
+sys.exit(main())

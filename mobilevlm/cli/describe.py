@@ -1,0 +1,50 @@
+"""Human-readable summaries of bundles for the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mobilevlm.manifest import BundleManifest
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:,.1f} MiB"
+
+
+def describe_bundle(root: str | Path, manifest: BundleManifest) -> str:
+    cfg = manifest.model
+    llm = cfg.llm
+    lines = [
+        f"bundle {root}",
+        f"  vision     {cfg.vision.type} at {cfg.preprocess.image_size} px -> {cfg.projector.type}"
+        f" -> {manifest.num_image_tokens} image tokens",
+        f"  llm        {llm.num_hidden_layers} layers, hidden {llm.hidden_size}, "
+        f"{llm.num_attention_heads}/{llm.num_key_value_heads} heads, vocab {llm.vocab_size}, "
+        f"context {llm.max_position_embeddings}",
+        f"  template   {cfg.template}",
+        "  artefacts",
+    ]
+    for a in manifest.artefacts:
+        lines.append(f"    {a.component:<11}{a.precision:<6}{_mib(a.bytes):>12}  {a.path}")
+    parity = dict(manifest.exporter.get("parity") or {})
+    gguf = parity.pop("gguf", {})
+    if parity:
+        lines.append("  parity with the PyTorch reference (measured at export)")
+        lines.append(
+            f"    {'precision':<10}{'image rel err':>14}{'logits cos min':>16}{'top-1 agree':>13}"
+            f"{'greedy same':>13}"
+        )
+        for precision, p in parity.items():
+            lines.append(
+                f"    {precision:<10}{p['image_embeds_rel_error']:>14.2e}"
+                f"{p['logits_cosine_min']:>16.6f}{p['top1_agreement']:>13.1%}"
+                f"{p['greedy_tokens_identical']:>13}"
+            )
+    if gguf:
+        lines.append("  GGUF in llama.cpp against the PyTorch reference (text, teacher-forced)")
+        for precision, p in gguf.items():
+            lines.append(f"    {precision:<10}{p['top1_agreement']:>14.1%} top-1 agreement")
+    if "mmproj_skipped" in manifest.exporter:
+        lines.append(f"  no mmproj    {manifest.exporter['mmproj_skipped']}")
+        lines.append("               llama.cpp runs this bundle in hybrid mode (ONNX vision)")
+    return "\n".join(lines)

@@ -1,0 +1,94 @@
+"""``mobilevlm export``: a checkpoint to a bundle (ONNX graphs and/or GGUF files, quantized)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mobilevlm.cli.describe import describe_bundle
+from mobilevlm.cli.options import comma_list, load_reference_model
+from mobilevlm.errors import MissingDependencyError
+from mobilevlm.manifest import DEFAULT_MODEL_SOURCE
+from mobilevlm.runtime.loader import INSTALL_EXPORT_EXTRA
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    ex = sub.add_parser(
+        "export",
+        help="export a checkpoint to a bundle (ONNX graphs and/or GGUF files, quantized)",
+        description="Export a checkpoint into a bundle directory: the vision encoder with its "
+        "projector as ONNX (always), and per format the decoder with a KV cache (ONNX "
+        "Runtime's GroupQueryAttention) and the embedding table, or the LLM as GGUF with its "
+        "tokenizer and chat template and the mmproj for llama.cpp's mtmd; plus bundle.json. "
+        "Quantized precisions come from onnxruntime.quantization and llama.cpp's quantizer "
+        "(its notes summarized, one line per fallback; -v shows them all). The bundle is "
+        "written to a temporary directory, checked against the PyTorch reference and renamed "
+        "into place.",
+    )
+    ex.add_argument(
+        "checkpoint",
+        nargs="?",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="checkpoint directory (default: the built-in Shapes-VQA model)",
+    )
+    ex.add_argument("-o", "--output", type=Path, required=True, metavar="BUNDLE_DIR")
+    ex.add_argument(
+        "--formats",
+        default="onnx",
+        metavar="LIST",
+        help="comma-separated: 'onnx' (default; ONNX Runtime) and/or 'gguf' (llama.cpp: the "
+        "LLM, plus an mmproj when llama.cpp's mtmd can run the vision tower)",
+    )
+    ex.add_argument(
+        "--precisions",
+        metavar="LIST",
+        help="comma-separated among fp32, int8, int4 (onnx) and f16, q8_0, q4_k_m (gguf); "
+        "a format none of whose precisions is named gets all of them",
+    )
+    ex.add_argument(
+        "--calibration-images",
+        type=Path,
+        metavar="DIR",
+        help="images to calibrate the static int8 vision graph (default: 32 generated "
+        "Shapes-VQA scenes)",
+    )
+    ex.add_argument(
+        "--vision-tower", type=Path, metavar="DIR", help="local CLIP vision tower (as for `run`)"
+    )
+    ex.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads")
+    ex.add_argument(
+        "--no-parity", action="store_true", help="skip the check against the PyTorch reference"
+    )
+    ex.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    ex.set_defaults(handler=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    formats = comma_list(args.formats)
+    precisions = comma_list(args.precisions) if args.precisions else None
+    try:
+        from mobilevlm.export.bundle_export import check_request, export_bundle
+        from mobilevlm.reference import has_random_weights
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"export needs the [export] extra ({exc.name} is missing): " + INSTALL_EXPORT_EXTRA
+        ) from exc
+    check_request(args.output, precisions, formats)  # before the model loads
+    model = load_reference_model(args.checkpoint, args.vision_tower, args.threads)
+    manifest = export_bundle(
+        model,
+        args.output,
+        precisions,
+        formats,
+        calibration_dir=args.calibration_images,
+        source=str(args.checkpoint) if args.checkpoint else DEFAULT_MODEL_SOURCE,
+        check_parity=not args.no_parity,
+        random_weights=args.checkpoint is not None and has_random_weights(args.checkpoint),
+    )
+    if args.json:
+        print(json.dumps(manifest.to_dict()))
+    else:
+        print(describe_bundle(args.output, manifest))
+    return 0

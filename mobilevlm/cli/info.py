@@ -1,0 +1,61 @@
+"""``mobilevlm info``: a bundle's model, artefacts and measured parity, and what would run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mobilevlm.cli.console import runtime_line
+from mobilevlm.cli.describe import describe_bundle
+from mobilevlm.cli.options import add_bundle_options, announce_default_export, load_options
+from mobilevlm.manifest import BundleManifest
+from mobilevlm.runtime.loader import check_bundle, default_bundle
+from mobilevlm.runtime.memory import plan_memory
+from mobilevlm.runtime.verify import verify_files
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    info = sub.add_parser(
+        "info",
+        help="describe a bundle: model, artefacts, measured parity, what would run",
+        description="Read a bundle's manifest and check its files (sizes; sha256 with "
+        "--verify); say what `run` would load with the same options (engine, precision, "
+        "providers), or with --memory-budget the plan line by line.",
+    )
+    info.add_argument(
+        "bundle",
+        type=Path,
+        nargs="?",
+        metavar="BUNDLE_DIR",
+        help="(default: the built-in model's bundle, exported once into $MOBILEVLM_CACHE)",
+    )
+    info.add_argument("--verify", action="store_true", help="also check every file's sha256")
+    info.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    add_bundle_options(info, bundle_flag=False)
+    info.set_defaults(handler=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    options = load_options(args)
+    if args.bundle is None:
+        announce_default_export(options)
+    bundle = args.bundle if args.bundle is not None else default_bundle(options)
+    manifest = BundleManifest.read(bundle)
+    verify_files(bundle, manifest.artefacts, "full" if args.verify else "size")
+    plan = None
+    if options.memory_budget is not None:
+        plan = plan_memory(manifest, options.memory_budget, options)
+        options = options.replace(
+            backend=plan.backend, precision=plan.precision, context=plan.context
+        )
+    runtime = check_bundle(bundle, options.replace(verify="size"))
+    if args.json:
+        out = {**manifest.to_dict(), "runtime": runtime}
+        if plan is not None:
+            out["runtime"]["memory_plan"] = plan.to_dict()
+        print(json.dumps(out))
+        return 0
+    print(plan.describe() if plan is not None else describe_bundle(bundle, manifest))
+    print(f"runs as {runtime_line(runtime)}")
+    return 0

@@ -1,0 +1,251 @@
+"""Loading: open a bundle, verify what the options select, and start the engine that runs it.
+
+ONNX precisions (fp32, int8, int4) run on ONNX Runtime, GGUF ones (f16, q8_0,
+q4_k_m) on llama.cpp, so a precision alone names the engine. Without one, the
+backend asked for decides, else ONNX Runtime when the bundle has decoder
+graphs and llama.cpp when it has only GGUF files. With no bundle path, the
+built-in model's bundle is used, exported into the cache directory the first
+time an option needs what it does not hold yet.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mobilevlm.errors import BundleError, MissingDependencyError, at
+from mobilevlm.files import cache_root
+from mobilevlm.generation import decode_loop
+from mobilevlm.generation.backend import CachingBackend
+from mobilevlm.generation.tokenizer import Tokenizer
+from mobilevlm.manifest import (
+    DEFAULT_MODEL_SOURCE,
+    GGUF_PRECISIONS,
+    MANIFEST_FILE,
+    PRECISIONS,
+    BundleManifest,
+)
+from mobilevlm.runtime.options import LLAMA_CPP, ONNXRUNTIME, LoadOptions
+from mobilevlm.runtime.select import (
+    GGUF_PREFERENCE,
+    PRECISION_PREFERENCE,
+    GgufSelection,
+    Selection,
+    select,
+    select_gguf,
+)
+from mobilevlm.runtime.verify import verify_files
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONTEXT = 2048  # KV cache positions when none are asked for (within the model's limit)
+INSTALL_EXPORT_EXTRA = "pip install torch==2.13.0 && pip install 'mobilevlm-runtime[export]'"
+
+
+def backend_for(manifest: BundleManifest, options: LoadOptions) -> str:
+    """The engine that runs ``options`` (their precision, backend or mode) on ``manifest``."""
+    implied = options.implied_backend
+    if implied:
+        return implied
+    return ONNXRUNTIME if manifest.precisions or not manifest.gguf_precisions else LLAMA_CPP
+
+
+def _open(path: str | Path, verify: str, choose: Callable[[BundleManifest], Any]):
+    """The manifest and ``choose(manifest)``'s selection, its files and tokenizer checked."""
+    root = Path(path)
+    manifest = BundleManifest.read(root)
+    selection = choose(manifest)
+    verify_files(root, selection.artefacts, verify)
+    if not (root / manifest.tokenizer).is_file():
+        raise BundleError(at(root / manifest.tokenizer, "missing from the bundle"))
+    return manifest, selection
+
+
+def open_bundle(
+    path: str | Path, options: LoadOptions, accelerator: bool = False
+) -> tuple[BundleManifest, Selection]:
+    """Read and check a bundle for ONNX Runtime: its manifest and the verified artefacts."""
+    return _open(
+        path,
+        options.verify,
+        lambda m: select(m, options.precision, options.vision_precision, accelerator),
+    )
+
+
+def open_gguf_bundle(
+    path: str | Path, options: LoadOptions, accelerator: bool = False
+) -> tuple[BundleManifest, GgufSelection]:
+    """Read and check a bundle for llama.cpp: its manifest and the verified artefacts."""
+    return _open(
+        path,
+        options.verify,
+        lambda m: select_gguf(
+            m, options.precision, options.mode, options.vision_precision, accelerator
+        ),
+    )
+
+
+class LoadedBundle(CachingBackend, decode_loop.GeneratingBackend):
+    """What a loaded bundle is on every engine: its directory, manifest, selected
+    artefacts, the options it was loaded with, model config, tokenizer and the context its
+    KV cache holds."""
+
+    backend = ""  # the engine's name, as LoadOptions.backend spells it
+
+    def __init__(
+        self, root: Path, manifest: BundleManifest, selection, options: LoadOptions
+    ) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.selection = selection
+        self.options = options
+        self.config = manifest.model
+        self.tokenizer = Tokenizer.from_file(root / manifest.tokenizer)
+        limit = self.config.llm.max_position_embeddings
+        self.context = min(options.context or DEFAULT_CONTEXT, limit)
+
+    @property
+    def precision(self) -> str:
+        return self.selection.precision
+
+    @property
+    def context_length(self) -> int:
+        return self.context
+
+    @property
+    def mode(self) -> str | None:
+        """llama.cpp's image path (None on engines that have one)."""
+        return None
+
+    def runtime_info(self) -> dict[str, Any]:
+        """What runs: the engine, its precision and mode, and the execution providers that
+        run the vision graph and the decoder (what ``--json`` reports as ``runtime``)."""
+        return {
+            "backend": self.backend,
+            "precision": self.precision,
+            **({"mode": self.mode} if self.mode else {}),
+            "vision_precision": self.selection.vision.precision,
+            "vision_provider": self.vision_provider,
+            "decoder_provider": self.decoder_provider,
+            "context": self.context,
+        }
+
+    @property
+    def vision_provider(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def decoder_provider(self) -> str:
+        raise NotImplementedError
+
+
+def load_bundle(
+    path: str | Path | None = None, options: LoadOptions | None = None, **fields: Any
+) -> LoadedBundle:
+    """The bundle at ``path`` (None: the built-in model's) loaded on the engine
+    :func:`backend_for` picks: an :class:`~mobilevlm.runtime.ort.model.OnnxVLM` or a
+    :class:`~mobilevlm.runtime.llamacpp.model.LlamaCppVLM`. ``fields`` override
+    ``options``' fields."""
+    options = LoadOptions.of(options, **fields)
+    path = default_bundle(options) if path is None else Path(path)
+    if backend_for(BundleManifest.read(path), options) == LLAMA_CPP:
+        from mobilevlm.runtime.llamacpp.model import LlamaCppVLM
+
+        return LlamaCppVLM.load(path, options)
+    from mobilevlm.runtime.ort.model import OnnxVLM
+
+    return OnnxVLM.load(path, options)
+
+
+def check_bundle(
+    path: str | Path, options: LoadOptions | None = None, **fields: Any
+) -> dict[str, Any]:
+    """Verify what :func:`load_bundle` would run, without loading it; what would run, as
+    :meth:`LoadedBundle.runtime_info` says it (the providers first in line)."""
+    from mobilevlm.runtime.ort.providers import resolve_providers
+
+    options = LoadOptions.of(options, **fields)
+    chosen = backend_for(BundleManifest.read(path), options)
+    first = resolve_providers(options.providers)[0][0]
+    if chosen == LLAMA_CPP:
+        from mobilevlm.runtime.llamacpp.model import LlamaCppVLM
+
+        _, selection = LlamaCppVLM.check(path, options)
+        vision = "llama.cpp mtmd (CPU)" if selection.mode == "mtmd" else first
+        decoder, mode = "llama.cpp (CPU)", {"mode": selection.mode}
+    else:
+        from mobilevlm.runtime.ort.model import OnnxVLM
+
+        _, selection = OnnxVLM.check(path, options)
+        vision, decoder, mode = first, first, {}
+    return {
+        "backend": chosen,
+        "precision": selection.precision,
+        **mode,
+        "vision_precision": selection.vision.precision,
+        "vision_provider": vision,
+        "decoder_provider": decoder,
+    }
+
+
+# ---------------------------------------------------------------------- the built-in model
+
+
+def default_bundle_dir() -> Path:
+    """Where the built-in model's bundle is cached: named after its trained parts' hash,
+    so new weights in the repository give a new bundle instead of a stale one."""
+    from mobilevlm.default_model import default_model_dir
+
+    return cache_root() / "bundles" / default_model_dir().name.replace("default-model", "default")
+
+
+def needed_precisions(options: LoadOptions) -> list[str]:
+    """The precisions the built-in model's bundle must hold for ``options``: the one asked
+    for, else the runtime's first choice on the engine asked for (int4 on ONNX Runtime,
+    q4_k_m on llama.cpp)."""
+    if options.precision:
+        return [options.precision]
+    if options.implied_backend == LLAMA_CPP:
+        return [GGUF_PREFERENCE[0]]
+    return [PRECISION_PREFERENCE[0]]
+
+
+def default_bundle(
+    options: LoadOptions | None = None,
+    precisions: list[str] | None = None,
+    progress: bool | None = None,
+) -> Path:
+    """The built-in model as a bundle holding ``precisions`` (default: those ``options``
+    need), exported into the cache directory when it lacks one of them; an export keeps
+    what the bundle held and adds the rest. Building needs the [export] extra (torch);
+    loading the bundle afterwards does not."""
+    path = default_bundle_dir()
+    wanted = list(precisions or needed_precisions(options or LoadOptions()))
+    held: list[str] = []
+    if (path / MANIFEST_FILE).is_file():
+        try:
+            manifest = BundleManifest.read(path)
+            held = list(manifest.precisions + manifest.gguf_precisions)
+        except BundleError as exc:  # a damaged cache is rebuilt, not a dead end
+            log.warning("rebuilding the built-in model's bundle: %s", exc)
+    if all(p in held for p in wanted):
+        return path
+    try:
+        from mobilevlm.default_model.assemble import load_default_model
+        from mobilevlm.export.bundle_export import export_bundle
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"building the built-in model's bundle needs the [export] extra ({exc.name} is "
+            f"missing): {INSTALL_EXPORT_EXTRA}; or pass the path of an exported bundle"
+        ) from exc
+    every = [p for p in PRECISIONS + GGUF_PRECISIONS if p in held or p in wanted]
+    formats = [
+        f for f, ps in (("onnx", PRECISIONS), ("gguf", GGUF_PRECISIONS)) if set(every) & set(ps)
+    ]
+    log.info("exporting the built-in model's bundle (%s) into %s", ", ".join(every), path)
+    export_bundle(
+        load_default_model(), path, every, formats, source=DEFAULT_MODEL_SOURCE, progress=progress
+    )
+    return path

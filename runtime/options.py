@@ -1,0 +1,90 @@
+"""Load options: everything that decides what a bundle loads as, with defaults in one place.
+
+One frozen dataclass travels from the caller (the CLI, an app, the benchmark
+harness) through the planner and the loader to the engine, the way
+llama.cpp's ``mtmd_context_params`` or onnxruntime-genai's config overlay do;
+no layer retypes the list. Values are checked when the options are made, so a
+bad one fails before anything is read or loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from mobilevlm.errors import OptionsError
+from mobilevlm.manifest import GGUF_PRECISIONS, PRECISIONS
+
+ONNXRUNTIME = "onnxruntime"
+LLAMA_CPP = "llama.cpp"
+BACKENDS = (ONNXRUNTIME, LLAMA_CPP)
+MODES = ("hybrid", "mtmd")  # llama.cpp's image path: the ONNX vision graph, or its own mtmd
+VERIFY_MODES = ("auto", "full", "size")
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load a bundle. None means "the runtime's choice" (see each field)."""
+
+    backend: str | None = None  # onnxruntime | llama.cpp; None: what the precision implies
+    precision: str | None = None  # fp32/int8/int4 (ONNX), f16/q8_0/q4_k_m (GGUF); None: fastest
+    mode: str = "hybrid"  # llama.cpp's image path: hybrid | mtmd
+    providers: tuple[str, ...] = ("cpu",)  # ONNX Runtime providers in order; "name!": required
+    threads: int | None = None  # CPU threads; None: one per physical core
+    context: int | None = None  # KV cache positions; None: 2048 or the model's limit
+    memory_budget: int | None = None  # bytes (text such as "512MB" is parsed); None: no plan
+    vision_precision: str | None = None  # None: fp32 on the CPU, QDQ int8 behind an NPU
+    verify: str = "auto"  # sha256 on first use (auto), on every load (full), sizes only (size)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.providers, str):
+            object.__setattr__(self, "providers", (self.providers,))
+        object.__setattr__(self, "providers", tuple(self.providers) or ("cpu",))
+        if self.memory_budget is not None:
+            from mobilevlm.runtime.memory import parse_size
+
+            object.__setattr__(self, "memory_budget", parse_size(self.memory_budget))
+        _one_of("backend", self.backend, BACKENDS, optional=True)
+        _one_of("precision", self.precision, PRECISIONS + GGUF_PRECISIONS, optional=True)
+        _one_of("vision precision", self.vision_precision, PRECISIONS, optional=True)
+        _one_of("mode", self.mode, MODES)
+        _one_of("verify", self.verify, VERIFY_MODES)
+        implied = self.implied_backend
+        if implied and self.backend and implied != self.backend:
+            raise OptionsError(
+                f"{self.precision} is a precision of {implied}, not of {self.backend}"
+            )
+        if self.mode == "mtmd" and self.backend == ONNXRUNTIME:
+            raise OptionsError("mode mtmd is llama.cpp's: it does not run on onnxruntime")
+        for name, low in (("context", 2), ("threads", 1)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise OptionsError(f"{name} must be a whole number, got {value!r}")
+            if value is not None and value < low:
+                raise OptionsError(f"{name} must be at least {low}, got {value}")
+
+    @property
+    def implied_backend(self) -> str | None:
+        """The backend the precision (or the mode) names, if it names one."""
+        if self.precision in PRECISIONS:
+            return ONNXRUNTIME
+        if self.precision in GGUF_PRECISIONS or self.mode == "mtmd":
+            return LLAMA_CPP
+        return self.backend
+
+    def replace(self, **changes: Any) -> LoadOptions:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def of(cls, options: LoadOptions | None = None, **fields: Any) -> LoadOptions:
+        """``options`` (default: all defaults) with ``fields`` overriding it."""
+        options = options or cls()
+        return options.replace(**fields) if fields else options
+
+
+def _one_of(name: str, value: Any, allowed: tuple[str, ...], optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if value not in allowed:
+        raise OptionsError(f"unknown {name} {value!r} (expected one of {', '.join(allowed)})")

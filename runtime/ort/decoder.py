@@ -1,0 +1,107 @@
+"""The LLM decoder on ONNX Runtime, driven through IO binding.
+
+Bound once at load: every layer's KV buffers (past and present alike), the
+logits buffer, the two length scalars and a one-token input. A decode step
+then writes the token's embedding and the two lengths into those buffers in
+place and runs: no OrtValue is created, no past tensor is copied or
+concatenated in Python. A prefill binds its (seq, hidden) input once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mobilevlm.config import LLMConfig
+from mobilevlm.errors import BundleError, ContextOverflowError, at
+from mobilevlm.runtime.ort.kv_cache import KVCache
+from mobilevlm.runtime.ort.providers import create_session
+
+# names fixed by mobilevlm.export.onnx_decoder (the bundle contract)
+INPUT_EMBEDS = "inputs_embeds"
+SEQLENS_K = "seqlens_k"
+TOTAL_SEQUENCE_LENGTH = "total_sequence_length"
+LOGITS = "logits"
+
+
+class OnnxDecoder:
+    def __init__(
+        self,
+        path: str | Path,
+        config: LLMConfig,
+        capacity: int,
+        providers: list[tuple[str, dict[str, str]]],
+        threads: int | None = None,
+    ) -> None:
+        import onnxruntime
+
+        self.config = config
+        self.session = create_session(path, providers, threads)
+        expected = {INPUT_EMBEDS, SEQLENS_K, TOTAL_SEQUENCE_LENGTH, "past_key_0"}
+        names = {i.name for i in self.session.get_inputs()}
+        if not expected <= names:
+            raise BundleError(at(path, f"not a decoder graph (inputs {sorted(names)[:5]}...)"))
+        self.cache = KVCache(config, capacity)
+        self.binding = self.session.io_binding()
+
+        def value(array: np.ndarray):
+            return onnxruntime.OrtValue.ortvalue_from_numpy(array)
+
+        self._logits = value(np.zeros((1, 1, config.vocab_size), np.float32))
+        self._seqlens = value(np.zeros(1, np.int32))
+        self._total = value(np.zeros((), np.int32))
+        self._token = value(np.zeros((1, 1, config.hidden_size), np.float32))
+        # numpy views onto the bound buffers: writing them is writing the graph's inputs
+        self._logits_view = self._logits.numpy()[0, 0]
+        self._seqlens_view = self._seqlens.numpy()
+        self._total_view = self._total.numpy()
+        self._token_view = self._token.numpy()[0]
+        b = self.binding
+        b.bind_ortvalue_output(LOGITS, self._logits)
+        b.bind_ortvalue_input(SEQLENS_K, self._seqlens)
+        b.bind_ortvalue_input(TOTAL_SEQUENCE_LENGTH, self._total)
+        for layer, (k, v) in enumerate(zip(self.cache.keys, self.cache.values, strict=True)):
+            b.bind_ortvalue_input(f"past_key_{layer}", k)
+            b.bind_ortvalue_input(f"past_value_{layer}", v)
+            b.bind_ortvalue_output(f"present_key_{layer}", k)
+            b.bind_ortvalue_output(f"present_value_{layer}", v)
+        self._token_bound = False
+
+    def reset(self) -> None:
+        self.cache.reset()
+
+    def forward(self, embeds: np.ndarray) -> np.ndarray:
+        """Append ``embeds`` (seq, hidden) float32; logits (vocab,) of the last position.
+
+        The returned array is the bound output buffer: valid until the next call."""
+        seq = embeds.shape[0]
+        if seq > self.cache.free:
+            raise ContextOverflowError(
+                f"{seq} more positions do not fit: {self.cache.length} of the context's "
+                f"{self.cache.capacity} are used"
+            )
+        if seq == 1:
+            return self.decode(embeds[0])
+        self.binding.bind_cpu_input(INPUT_EMBEDS, np.ascontiguousarray(embeds[None], np.float32))
+        self._token_bound = False
+        return self._run(seq)
+
+    def decode(self, embedding: np.ndarray) -> np.ndarray:
+        """Append one position from its (hidden,) embedding (any float dtype, e.g. a row of an
+        fp16 table): it is written straight into the bound input buffer."""
+        if not self.cache.free:
+            raise ContextOverflowError(f"the context's {self.cache.capacity} positions are used")
+        np.copyto(self._token_view[0], embedding)
+        if not self._token_bound:
+            self.binding.bind_ortvalue_input(INPUT_EMBEDS, self._token)
+            self._token_bound = True
+        return self._run(1)
+
+    def _run(self, seq: int) -> np.ndarray:
+        total = self.cache.length + seq
+        self._seqlens_view[0] = total - 1
+        self._total_view[...] = total
+        self.session.run_with_iobinding(self.binding)
+        self.cache.length = total
+        return self._logits_view

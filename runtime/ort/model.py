@@ -1,0 +1,115 @@
+"""A bundle running on ONNX Runtime: preprocess -> vision graph -> splice -> decoder graph.
+
+:class:`OnnxVLM` is a :class:`~mobilevlm.generation.backend.LanguageBackend`, so
+generation (template, tokenizer, sampler, stop strings, streaming) is the
+same code the torch reference runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mobilevlm.errors import BundleError, at
+from mobilevlm.generation.preprocess import ImageInput, preprocess
+from mobilevlm.manifest import BundleManifest
+from mobilevlm.runtime.loader import LoadedBundle, open_bundle
+from mobilevlm.runtime.options import ONNXRUNTIME, LoadOptions
+from mobilevlm.runtime.ort.decoder import OnnxDecoder
+from mobilevlm.runtime.ort.providers import CPU, resolve_providers
+from mobilevlm.runtime.ort.vision import OnnxVisionEncoder
+from mobilevlm.runtime.select import Selection
+
+
+class OnnxVLM(LoadedBundle):
+    """A loaded bundle at one precision, with its KV cache allocated for ``context`` positions."""
+
+    backend = ONNXRUNTIME
+
+    def __init__(
+        self, root: Path, manifest: BundleManifest, selection: Selection, options: LoadOptions
+    ) -> None:
+        super().__init__(root, manifest, selection, options)
+        self.providers = resolve_providers(options.providers)
+        self.threads = options.threads
+        self.vision: OnnxVisionEncoder | None = self._open_vision()
+        self.decoder = OnnxDecoder(
+            root / selection.decoder.path,
+            self.config.llm,
+            self.context,
+            self.providers,
+            self.threads,
+        )
+        table_path = root / selection.embeddings.path
+        try:  # memory-mapped: only the rows of tokens actually used are paged in
+            self.table = np.load(table_path, mmap_mode="r")
+        except ValueError as exc:
+            raise BundleError(at(table_path, f"not a .npy embedding table ({exc})")) from exc
+        expected = (self.config.llm.vocab_size, self.config.llm.hidden_size)
+        if self.table.shape != expected:
+            raise BundleError(at(table_path, f"shape {self.table.shape}, expected {expected}"))
+
+    @classmethod
+    def load(cls, path: str | Path, options: LoadOptions | None = None, **fields) -> OnnxVLM:
+        """Open, verify and load the bundle at ``path``; ``fields`` override ``options``.
+        The vision graph is fp32 on the CPU and int8 QDQ when an NPU provider leads."""
+        options = LoadOptions.of(options, **fields)
+        manifest, selection = cls.check(path, options)
+        return cls(Path(path), manifest, selection, options)
+
+    @staticmethod
+    def check(path: str | Path, options: LoadOptions) -> tuple[BundleManifest, Selection]:
+        """What :meth:`load` would run, verified, without loading it."""
+        accelerator = resolve_providers(options.providers)[0][0] != CPU
+        return open_bundle(path, options, accelerator)
+
+    @property
+    def vision_provider(self) -> str:
+        """The provider the vision session runs on first (its others are fallbacks)."""
+        session = self.vision.session if self.vision is not None else None
+        return session.get_providers()[0] if session else self.providers[0][0]
+
+    @property
+    def decoder_provider(self) -> str:
+        return self.decoder.session.get_providers()[0]
+
+    @property
+    def variant(self) -> str:
+        """What runs, in one word: the precision names the backend (ONNX Runtime)."""
+        return self.precision
+
+    def _open_vision(self) -> OnnxVisionEncoder:
+        path = self.root / self.selection.vision.path
+        return OnnxVisionEncoder(path, self.providers, self.threads)
+
+    def release_vision(self) -> None:
+        """Free the vision session (memory); the next image loads it again."""
+        self.vision = None
+
+    def encode_image(self, image: ImageInput) -> np.ndarray:
+        pixels = preprocess(image, self.config.preprocess)
+        if self.vision is None:
+            self.vision = self._open_vision()
+        return self.vision.encode(pixels)
+
+    def embed_tokens(self, ids: Sequence[int]) -> np.ndarray:
+        return np.asarray(self.table[list(ids)], dtype=np.float32)
+
+    def prefill(self, embeds: np.ndarray) -> np.ndarray:
+        """Append raw input embeddings (seq, hidden) to the cache; last position's logits."""
+        self._history = None  # positions no longer identified by tokens: no reuse
+        return self.decoder.forward(embeds)
+
+    def _truncate(self, length: int) -> None:
+        self.decoder.cache.length = min(length, self.decoder.cache.length)
+
+    def _run_tokens(self, ids: list) -> np.ndarray:
+        return self.decoder.forward(self.embed_tokens(ids))
+
+    def _run_embeddings(self, rows: np.ndarray) -> np.ndarray:
+        return self.decoder.forward(rows)
+
+    def _step(self, token: int) -> np.ndarray:
+        return self.decoder.decode(self.table[token])

@@ -1,0 +1,133 @@
+"""Selection: which of a bundle's artefacts one pipeline runs, for a precision and a device.
+
+A precision names the LLM's artefact (an ONNX decoder graph, or a GGUF for
+llama.cpp); the embedding table and the vision graph follow from it and from
+whether an NPU provider comes first (the QDQ int8 vision graph is the NPU form).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mobilevlm.errors import BundleError
+from mobilevlm.manifest import Artefact, BundleManifest
+
+PRECISION_PREFERENCE = ("int4", "int8", "fp32")  # the default: the fastest exported
+# The static QDQ int8 vision graph is the NPU form: on an x86 CPU onnxruntime runs it
+# about 3x slower than fp32 (176 vs 62 ms for the default model), so the CPU keeps fp32.
+VISION_ON_ACCELERATOR = {
+    "fp32": "fp32",
+    "fp16": "fp16",
+    "int8": "int8",
+    "int4": "int8",
+    "f16": "fp32",
+}
+GGUF_PREFERENCE = ("q4_k_m", "q8_0", "f16")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The artefacts one pipeline runs: what ``precision`` means for each component."""
+
+    precision: str
+    vision: Artefact
+    embeddings: Artefact
+    decoder: Artefact
+
+    @property
+    def artefacts(self) -> tuple[Artefact, ...]:
+        return (self.vision, self.embeddings, self.decoder)
+
+
+def select(
+    manifest: BundleManifest,
+    precision: str | None = None,
+    vision_precision: str | None = None,
+    accelerator: bool = False,
+) -> Selection:
+    """Artefacts for ``precision`` (None: the fastest exported). The vision graph is
+    ``vision_precision`` when given; else, with an ``accelerator`` (an NPU provider first in
+    line), the int8 QDQ graph for int8/int4 decoders; else fp32."""
+    available = manifest.precisions
+    if precision is None:
+        precision = next((p for p in PRECISION_PREFERENCE if p in available), None)
+        if precision is None:
+            raise BundleError(
+                "the bundle has no ONNX decoder graph (it holds GGUF files: use the llama.cpp "
+                "backend, or export with --formats onnx)"
+            )
+    decoder = manifest.find("decoder", precision)
+    if decoder is None:
+        raise BundleError(
+            f"the bundle has no {precision} decoder (exported: {', '.join(available) or 'none'})"
+        )
+    vision = _vision_graph(manifest, precision, vision_precision, accelerator)
+    embeddings = manifest.find("embeddings", "fp32" if precision == "fp32" else "fp16")
+    embeddings = embeddings or next(iter(manifest.of("embeddings")), None)
+    if embeddings is None:
+        raise BundleError("the bundle lacks an embedding table")
+    return Selection(precision, vision, embeddings, decoder)
+
+
+@dataclass(frozen=True)
+class GgufSelection:
+    """What the llama.cpp backend runs: the LLM GGUF and, per ``mode``, the ONNX vision
+    graph (hybrid) or the mmproj GGUF (mtmd)."""
+
+    precision: str
+    mode: str  # hybrid | mtmd
+    llm: Artefact
+    vision: Artefact
+
+    @property
+    def artefacts(self) -> tuple[Artefact, ...]:
+        return (self.llm, self.vision)
+
+
+def select_gguf(
+    manifest: BundleManifest,
+    precision: str | None = None,
+    mode: str = "hybrid",
+    vision_precision: str | None = None,
+    accelerator: bool = False,
+) -> GgufSelection:
+    """The GGUF LLM at ``precision`` (None: the fastest exported) and the image path of
+    ``mode``: the ONNX vision graph chosen as :func:`select` does, or the mmproj."""
+    available = manifest.gguf_precisions
+    if precision is None:
+        precision = next((p for p in GGUF_PREFERENCE if p in available), None)
+        if precision is None:
+            raise BundleError(
+                "the bundle has no GGUF LLM for llama.cpp (export it with --formats gguf)"
+            )
+    llm = manifest.find("llm", precision)
+    if llm is None:
+        raise BundleError(
+            f"the bundle has no {precision} GGUF LLM (exported: {', '.join(available) or 'none'})"
+        )
+    if mode == "mtmd":
+        vision = next(iter(manifest.of("mmproj")), None)
+        if vision is None:
+            why = manifest.exporter.get("mmproj_skipped", "it was not exported")
+            raise BundleError(f"the bundle has no mmproj for llama.cpp's mtmd: {why}")
+    elif mode == "hybrid":
+        vision = _vision_graph(manifest, precision, vision_precision, accelerator)
+    else:
+        raise BundleError(f"unknown llama.cpp mode {mode!r} (expected hybrid or mtmd)")
+    return GgufSelection(precision, mode, llm, vision)
+
+
+def _vision_graph(
+    manifest: BundleManifest, precision: str, wanted: str | None, accelerator: bool
+) -> Artefact:
+    if wanted is not None:
+        vision = manifest.find("vision", wanted)
+        if vision is None:
+            exported = ", ".join(a.precision for a in manifest.of("vision"))
+            raise BundleError(f"the bundle has no {wanted} vision graph ({exported})")
+        return vision
+    wanted = VISION_ON_ACCELERATOR.get(precision, "int8") if accelerator else "fp32"
+    vision = manifest.find("vision", wanted) or manifest.find("vision", "fp32")
+    if vision is None:
+        raise BundleError("the bundle lacks a vision graph")
+    return vision
