@@ -19,10 +19,14 @@ the file:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
-from collections.abc import Sequence
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +37,8 @@ from mobilevlm.errors import BundleError, UnsupportedModelError, at
 from mobilevlm.generation.prompts import get_template
 from mobilevlm.generation.tokenizer import Tokenizer
 from mobilevlm.manifest import GGUF_PRECISIONS
+
+log = logging.getLogger(__name__)
 
 # llama.cpp's llama_ftype values for what its quantizer makes from the f16 file
 LLAMA_FTYPES = {"q8_0": 7, "q4_k_m": 15}
@@ -314,15 +320,73 @@ def quantize_llm(source: str | Path, target: str | Path, precision: str, threads
     params.ftype = LLAMA_FTYPES[precision]
     params.nthread = threads
     try:
-        code = llama_cpp.llama_model_quantize(
-            str(source).encode(), str(tmp).encode(), llama_cpp.byref(params)
-        )
+        with native_stderr() as captured:
+            code = llama_cpp.llama_model_quantize(
+                str(source).encode(), str(tmp).encode(), llama_cpp.byref(params)
+            )
+        notes = "".join(captured)
+        log.debug("llama.cpp's quantizer (%s):\n%s", precision, notes)
         if code != 0:
-            raise BundleError(at(source, f"llama.cpp could not quantize it to {precision}"))
+            last = (notes.strip().splitlines() or ["no message"])[-1]
+            raise BundleError(
+                at(source, f"llama.cpp could not quantize it to {precision} ({last})")
+            )
         tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)
-    return {"quantizer": "llama.cpp llama_model_quantize", "ftype": precision}
+    fallbacks = quantizer_fallbacks(notes)
+    for line in describe_fallbacks(precision, fallbacks):
+        log.warning(line)
+    details = {"quantizer": "llama.cpp llama_model_quantize", "ftype": precision}
+    return {**details, "fallbacks": fallbacks} if fallbacks else details
+
+
+# "warning: blk.0.attn_k.weight - ncols 64 not divisible by 256 (required for type q4_K)
+# -> falling back to q5_0": one line per tensor whose rows do not fit the wanted block size
+FALLBACK = re.compile(
+    r"ncols\s+\d+ not divisible by (\d+) \(required for type\s+(\w+)\)"
+    r"\s*->\s*falling back to\s+(\w+)"
+)
+
+
+def quantizer_fallbacks(notes: str) -> dict[str, int]:
+    """Tensors per fallback in llama.cpp's quantizer notes: ``{"q4_K->q5_0": 13, ...}``."""
+    counts: dict[str, int] = {}
+    for match in FALLBACK.finditer(notes):
+        key = f"{match.group(2)}->{match.group(3)}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def describe_fallbacks(precision: str, fallbacks: dict[str, int]) -> list[str]:
+    """One line per fallback kind, instead of llama.cpp's line per tensor."""
+    lines = []
+    for key, count in fallbacks.items():
+        wanted, used = key.split("->")
+        lines.append(
+            f"{precision}: {count} tensor{'s' * (count != 1)} fell back from {wanted} to "
+            f"{used} (rows not a multiple of its block; -v shows each)"
+        )
+    return lines
+
+
+@contextlib.contextmanager
+def native_stderr() -> Iterator[list[str]]:
+    """What native code writes to file descriptor 2 meanwhile, captured through a temporary
+    file (llama.cpp's quantizer prints there directly, past Python's logging); the list
+    yielded holds the text once the block has ended."""
+    captured: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured.append(sink.read())
 
 
 # llama.cpp's CPU backend copies weight matrices of these types into an interleaved layout

@@ -12,8 +12,8 @@ import pytest
 from conftest import REPO
 from PIL import Image
 
+from mobilevlm import cli
 from mobilevlm.export.bundle_export import export_bundle
-from mobilevlm.runtime import cli
 
 
 @pytest.fixture(scope="module")

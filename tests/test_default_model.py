@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from mobilevlm import shapes_vqa, smollm2
+from mobilevlm import shapes_vqa
+from mobilevlm.default_model import smollm2
 from mobilevlm.errors import CheckpointError, MissingDependencyError
 
 BLIND_MARGIN = 0.15  # accuracy points the image must add over a blank image

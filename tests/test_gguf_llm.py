@@ -134,6 +134,22 @@ def test_repacked_bytes_are_what_llama_cpp_repacks(tmp_path, capfd):
     assert f"{counted / 2**20:.2f} MiB" in reported[0], (counted, reported)
 
 
+def test_quantizer_notes_are_one_line_per_fallback_kind(llm_files, caplog, capfd, tmp_path):
+    """The tiny LLM's rows are too narrow for q4_K's 256-blocks, so llama.cpp's quantizer
+    writes a line per tensor; the export says it once per kind, and records the counts."""
+    import logging
+
+    capfd.readouterr()
+    with caplog.at_level(logging.DEBUG, logger="mobilevlm.export.gguf_llm"):
+        details = quantize_llm(llm_files["f16"], tmp_path / "q4.gguf", "q4_k_m")
+    assert "falling back" not in capfd.readouterr().err  # nothing per tensor on the terminal
+    summary = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert details["fallbacks"] and len(summary) == len(details["fallbacks"])
+    assert all(m.startswith("q4_k_m: ") and "fell back from" in m for m in summary)
+    verbose = [r.message for r in caplog.records if r.levelno == logging.DEBUG]
+    assert sum(m.count("falling back") for m in verbose) == sum(details["fallbacks"].values())
+
+
 def test_tied_embeddings_are_written_once(tiny_models, tmp_path):
     from gguf import GGUFReader
 

@@ -8,11 +8,12 @@ import json
 import pytest
 from conftest import REPO
 
+from mobilevlm import cli
+from mobilevlm.bench.memory import check_budget
 from mobilevlm.errors import BudgetError, BundleError, MobileVLMError
 from mobilevlm.export.bundle_export import export_bundle
 from mobilevlm.manifest import BundleManifest
-from mobilevlm import cli
-from mobilevlm.runtime.memory import MIB, check_budget, parse_size, plan_memory
+from mobilevlm.runtime.memory import MIB, parse_size, plan_memory
 
 
 @pytest.mark.parametrize(
