@@ -20,11 +20,6 @@ PROJECTOR_TYPES = ("ldpnet", "ldpnetv2", "mlp2x_gelu", "linear")
 SELECT_FEATURES = ("patch", "cls_patch")
 
 
-def _from_dict(cls, data: dict[str, Any]):
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    return cls(**{k: v for k, v in data.items() if k in names})
-
-
 def _to_dict(obj) -> dict[str, Any]:
     out = {}
     for f in dataclasses.fields(obj):
@@ -33,8 +28,23 @@ def _to_dict(obj) -> dict[str, Any]:
     return out
 
 
+class DictConfig:
+    """``from_dict`` / ``to_dict`` for a flat config dataclass, written once: unknown keys
+    are ignored (a checkpoint's config.json maps onto it as it is), tuples become lists, and
+    a class with a ``type`` tag writes it first."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        tag = getattr(self.__class__, "type", None)
+        return ({"type": tag} if tag else {}) | _to_dict(self)
+
+
 @dataclass(frozen=True)
-class ClipVisionConfig:
+class ClipVisionConfig(DictConfig):
     """A CLIP vision transformer (the tower of MobileVLM checkpoints).
 
     ``select_layer`` indexes the encoder's hidden states as the original does
@@ -87,10 +97,6 @@ class ClipVisionConfig:
         return self.select_layer % (self.num_hidden_layers + 1)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ClipVisionConfig:
-        return _from_dict(cls, data)
-
-    @classmethod
     def from_hf_dict(cls, data: dict[str, Any], select_layer: int, select_feature: str):
         """Build from a transformers CLIP ``config.json`` (a CLIPConfig or a CLIPVisionConfig)."""
         vision = data.get("vision_config", data) if data.get("model_type") == "clip" else data
@@ -110,9 +116,6 @@ class ClipVisionConfig:
             "select_feature": select_feature,
         }
         return cls.from_dict(merged)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, **_to_dict(self)}
 
     def to_hf_dict(self) -> dict[str, Any]:
         """Keyword arguments for ``transformers.CLIPVisionConfig``."""
@@ -137,7 +140,7 @@ EFFICIENTNET_FEATURES = ("head", "blocks")
 
 
 @dataclass(frozen=True)
-class EfficientNetLiteConfig:
+class EfficientNetLiteConfig(DictConfig):
     """EfficientNet-Lite0, a mobile CNN (the default model's tower).
 
     ``feature``: ``head`` is the 1280-channel map after the final 1x1 conv
@@ -183,13 +186,6 @@ class EfficientNetLiteConfig:
     def num_output_tokens(self) -> int:
         return self.grid_size**2
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EfficientNetLiteConfig:
-        return _from_dict(cls, data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, **_to_dict(self)}
-
 
 VISION_CONFIGS: dict[str, type] = {
     ClipVisionConfig.type: ClipVisionConfig,
@@ -210,7 +206,7 @@ def vision_config_from_dict(data: dict[str, Any]) -> VisionConfig:
 
 
 @dataclass(frozen=True)
-class ProjectorConfig:
+class ProjectorConfig(DictConfig):
     """The vision-to-language projector (``mm_projector_type`` in MobileVLM)."""
 
     type: str = "ldpnetv2"
@@ -266,13 +262,6 @@ class ProjectorConfig:
             )
         return (grid // 2) ** 2 + sum(self.cell_labels)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ProjectorConfig:
-        return _from_dict(cls, data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _to_dict(self)
-
 
 def _square_side(tokens: int, projector: str) -> int:
     side = int(round(tokens**0.5))
@@ -285,7 +274,7 @@ def _square_side(tokens: int, projector: str) -> int:
 
 
 @dataclass(frozen=True)
-class LLMConfig:
+class LLMConfig(DictConfig):
     """A LLaMA-architecture causal LM (the keys of transformers' LlamaConfig)."""
 
     vocab_size: int = 32000
@@ -323,16 +312,9 @@ class LLMConfig:
         per_layer = 2 * self.num_key_value_heads * self.head_dim * bytes_per_value
         return per_layer * self.num_hidden_layers
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LLMConfig:
-        return _from_dict(cls, data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _to_dict(self)
-
 
 @dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessConfig(DictConfig):
     """How an image becomes pixel values; see :mod:`mobilevlm.generation.preprocess`.
 
     ``aspect``: ``pad`` (expand to a square with the mean color, then resize:
@@ -349,13 +331,6 @@ class PreprocessConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(float(x) for x in self.mean))
         object.__setattr__(self, "std", tuple(float(x) for x in self.std))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
-        return _from_dict(cls, data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _to_dict(self)
 
 
 @dataclass(frozen=True)

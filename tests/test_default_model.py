@@ -135,29 +135,3 @@ def test_tokenizer_matches_llama_cpp_on_the_template_and_odd_text():
         "  héllo   wörld\n\n 3.14159 don't 日本語 😀",
     ]:
         assert ours.encode(text) == llm.tokenize(text.encode(), add_bos=False, special=True)
-
-
-def test_run_without_model_uses_the_default_model(tmp_path):
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mobilevlm.cli",
-            "run",
-            "--image",
-            str(REPO / "examples" / "shapes.png"),
-            "--prompt",
-            "What color is the circle?",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert shapes_vqa.is_correct(proc.stdout, "red", "color"), proc.stdout
