@@ -20,12 +20,11 @@ the file:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
 import re
-import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -320,7 +319,7 @@ def quantize_llm(source: str | Path, target: str | Path, precision: str, threads
     params.ftype = LLAMA_FTYPES[precision]
     params.nthread = threads
     try:
-        with native_stderr() as captured:
+        with llama_log(llama_cpp) as captured:
             code = llama_cpp.llama_model_quantize(
                 str(source).encode(), str(tmp).encode(), llama_cpp.byref(params)
             )
@@ -371,22 +370,22 @@ def describe_fallbacks(precision: str, fallbacks: dict[str, int]) -> list[str]:
 
 
 @contextlib.contextmanager
-def native_stderr() -> Iterator[list[str]]:
-    """What native code writes to file descriptor 2 meanwhile, captured through a temporary
-    file (llama.cpp's quantizer prints there directly, past Python's logging); the list
-    yielded holds the text once the block has ended."""
+def llama_log(llama_cpp) -> Iterator[list[str]]:
+    """llama.cpp's log lines meanwhile, collected instead of printed (its quantizer notes a
+    line per tensor); llama-cpp-python's own log callback is put back afterwards."""
     captured: list[str] = []
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield captured
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            captured.append(sink.read())
+
+    @llama_cpp.llama_log_callback
+    def collect(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        captured.append(text.decode("utf-8", errors="replace"))
+
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield captured
+    finally:
+        from llama_cpp import _logger
+
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
 # llama.cpp's CPU backend copies weight matrices of these types into an interleaved layout

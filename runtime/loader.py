@@ -15,13 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mobilevlm.errors import BundleError, MissingDependencyError, at
+from mobilevlm.errors import BundleError, at
 from mobilevlm.files import cache_root
 from mobilevlm.generation import decode_loop
 from mobilevlm.generation.backend import CachingBackend
 from mobilevlm.generation.tokenizer import Tokenizer
 from mobilevlm.manifest import (
-    DEFAULT_MODEL_SOURCE,
     GGUF_PRECISIONS,
     MANIFEST_FILE,
     PRECISIONS,
@@ -41,7 +40,6 @@ from mobilevlm.runtime.verify import verify_files
 log = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT = 2048  # KV cache positions when none are asked for (within the model's limit)
-INSTALL_EXPORT_EXTRA = "pip install torch==2.13.0 && pip install 'mobilevlm-runtime[export]'"
 
 
 def backend_for(manifest: BundleManifest, options: LoadOptions) -> str:
@@ -64,9 +62,13 @@ def _open(path: str | Path, verify: str, choose: Callable[[BundleManifest], Any]
 
 
 def open_bundle(
-    path: str | Path, options: LoadOptions, accelerator: bool = False
+    path: str | Path,
+    options: LoadOptions | None = None,
+    accelerator: bool = False,
+    **fields: Any,
 ) -> tuple[BundleManifest, Selection]:
     """Read and check a bundle for ONNX Runtime: its manifest and the verified artefacts."""
+    options = LoadOptions.of(options, **fields)
     return _open(
         path,
         options.verify,
@@ -75,9 +77,13 @@ def open_bundle(
 
 
 def open_gguf_bundle(
-    path: str | Path, options: LoadOptions, accelerator: bool = False
+    path: str | Path,
+    options: LoadOptions | None = None,
+    accelerator: bool = False,
+    **fields: Any,
 ) -> tuple[BundleManifest, GgufSelection]:
     """Read and check a bundle for llama.cpp: its manifest and the verified artefacts."""
+    options = LoadOptions.of(options, **fields)
     return _open(
         path,
         options.verify,
@@ -218,9 +224,10 @@ def default_bundle(
     progress: bool | None = None,
 ) -> Path:
     """The built-in model as a bundle holding ``precisions`` (default: those ``options``
-    need), exported into the cache directory when it lacks one of them; an export keeps
-    what the bundle held and adds the rest. Building needs the [export] extra (torch);
-    loading the bundle afterwards does not."""
+    need), exported into the cache directory when it lacks one of them (by
+    :mod:`mobilevlm.default_model.bundle`); an export keeps what the bundle held and adds
+    the rest. Building needs the [export] extra (torch); loading the bundle afterwards
+    does not."""
     path = default_bundle_dir()
     wanted = list(precisions or needed_precisions(options or LoadOptions()))
     held: list[str] = []
@@ -232,20 +239,8 @@ def default_bundle(
             log.warning("rebuilding the built-in model's bundle: %s", exc)
     if all(p in held for p in wanted):
         return path
-    try:
-        from mobilevlm.default_model.assemble import load_default_model
-        from mobilevlm.export.bundle_export import export_bundle
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"building the built-in model's bundle needs the [export] extra ({exc.name} is "
-            f"missing): {INSTALL_EXPORT_EXTRA}; or pass the path of an exported bundle"
-        ) from exc
+    from mobilevlm.default_model.bundle import export_default_bundle
+
     every = [p for p in PRECISIONS + GGUF_PRECISIONS if p in held or p in wanted]
-    formats = [
-        f for f, ps in (("onnx", PRECISIONS), ("gguf", GGUF_PRECISIONS)) if set(every) & set(ps)
-    ]
     log.info("exporting the built-in model's bundle (%s) into %s", ", ".join(every), path)
-    export_bundle(
-        load_default_model(), path, every, formats, source=DEFAULT_MODEL_SOURCE, progress=progress
-    )
-    return path
+    return export_default_bundle(path, every, progress)

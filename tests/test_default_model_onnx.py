@@ -39,7 +39,7 @@ def test_fp32_bundle_matches_torch(fp32_bundle):
 def test_fp32_bundle_answers_the_demo_question(fp32_bundle):
     from mobilevlm.runtime.ort.model import OnnxVLM
 
-    vlm = OnnxVLM.load(fp32_bundle[1], "fp32")
+    vlm = OnnxVLM.load(fp32_bundle[1], precision="fp32")
     result = vlm.generate(REPO / "examples" / "shapes.png", "What color is the circle?")
     assert shapes_vqa.is_correct(result.text, "red", "color"), result.text
     assert vlm.generate(None, "What is the capital of France?").text.strip().startswith("Paris")
@@ -68,7 +68,7 @@ def test_quantized_bundles_keep_held_out_accuracy(default_model, tmp_path):
     export_bundle(default_model, tmp_path / "b", check_parity=False)
     items = list(shapes_vqa_items(300))
     accuracy = {
-        p: evaluate(OnnxVLM.load(tmp_path / "b", p), items, "shapes-vqa").accuracy()
+        p: evaluate(OnnxVLM.load(tmp_path / "b", precision=p), items, "shapes-vqa").accuracy()
         for p in ("fp32", "int8", "int4")
     }
     assert accuracy["int8"] >= accuracy["fp32"] - INT8_MAX_DROP, accuracy
@@ -89,7 +89,7 @@ def test_llama_cpp_hybrid_keeps_held_out_accuracy(default_model, tmp_path):
     items = list(shapes_vqa_items(300))
     reference = evaluate(default_model, items, "shapes-vqa").accuracy()
     accuracy = {
-        p: evaluate(load_bundle(tmp_path / "b", p), items, "shapes-vqa").accuracy()
+        p: evaluate(load_bundle(tmp_path / "b", precision=p), items, "shapes-vqa").accuracy()
         for p in ("f16", "q4_k_m")
     }
     assert accuracy["f16"] >= reference - INT8_MAX_DROP, (reference, accuracy)

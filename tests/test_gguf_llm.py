@@ -290,7 +290,7 @@ def test_hybrid_mode_answers_exactly_like_the_reference(gguf_bundle, rgb_image):
     model, path, _ = gguf_bundle
     config = GenerationConfig(max_new_tokens=12)
     expected = model.generate(rgb_image, PROMPT, config)
-    vlm = load_bundle(path, "f16", threads=2)
+    vlm = load_bundle(path, precision="f16", threads=2)
     got = vlm.generate(rgb_image, PROMPT, config)
     assert vlm.variant == "f16/hybrid"
     assert got.token_ids == expected.token_ids and got.text == expected.text
@@ -300,7 +300,7 @@ def test_hybrid_mode_answers_exactly_like_the_reference(gguf_bundle, rgb_image):
 def test_sampled_generation_follows_the_shared_sampler(gguf_bundle, rgb_image):
     model, path, _ = gguf_bundle
     config = GenerationConfig(max_new_tokens=10, temperature=0.8, top_k=20, top_p=0.9, seed=3)
-    vlm = load_bundle(path, "f16", threads=2)
+    vlm = load_bundle(path, precision="f16", threads=2)
     assert (
         vlm.generate(rgb_image, PROMPT, config).token_ids
         == model.generate(rgb_image, PROMPT, config).token_ids
@@ -309,7 +309,7 @@ def test_sampled_generation_follows_the_shared_sampler(gguf_bundle, rgb_image):
 
 def test_streaming_yields_the_answer_piece_by_piece(gguf_bundle, rgb_image):
     _, path, _ = gguf_bundle
-    vlm = load_bundle(path, "q8_0", threads=2)
+    vlm = load_bundle(path, precision="q8_0", threads=2)
     pieces: list[str] = []
     result = vlm.generate(rgb_image, PROMPT, GenerationConfig(max_new_tokens=8), pieces.append)
     assert "".join(pieces) == result.text
@@ -319,7 +319,7 @@ def test_next_turn_prefills_only_what_is_new(gguf_bundle, rgb_image):
     """The KV cache of the last prompt and answer is kept: a prompt that extends them (the
     next turn of a conversation) runs only its new positions."""
     _, path, _ = gguf_bundle
-    vlm = load_bundle(path, "f16", threads=2)
+    vlm = load_bundle(path, precision="f16", threads=2)
     from mobilevlm.generation.decode_loop import prompt_ids
 
     image = vlm.encode_image(rgb_image)
@@ -341,7 +341,7 @@ def test_next_turn_prefills_only_what_is_new(gguf_bundle, rgb_image):
 def test_mtmd_mode_without_an_mmproj_says_why(gguf_bundle):
     _, path, _ = gguf_bundle
     with pytest.raises(BundleError, match="no mmproj for llama.cpp's mtmd: .*24x24"):
-        load_bundle(path, "f16", mode="mtmd")
+        load_bundle(path, precision="f16", mode="mtmd")
 
 
 def test_corrupted_gguf_is_refused_naming_the_file(gguf_bundle, tmp_path):
@@ -354,14 +354,14 @@ def test_corrupted_gguf_is_refused_naming_the_file(gguf_bundle, tmp_path):
     data[-100] ^= 0xFF
     (copy / "llm_q8_0.gguf").write_bytes(bytes(data))
     with pytest.raises(BundleError, match="llm_q8_0.gguf: sha256 differs"):
-        load_bundle(copy, "q8_0", verify="full")
+        load_bundle(copy, precision="q8_0", verify="full")
 
 
 def test_a_prompt_longer_than_the_context_is_a_typed_error(gguf_bundle, rgb_image):
     from mobilevlm.errors import ContextOverflowError
 
     _, path, _ = gguf_bundle
-    vlm = load_bundle(path, "f16", threads=2, context=16)
+    vlm = load_bundle(path, precision="f16", threads=2, context=16)
     with pytest.raises(ContextOverflowError, match="the context holds 16"):
         vlm.generate(rgb_image, PROMPT)
     with pytest.raises(ContextOverflowError, match="of the context's 16 are used"):

@@ -105,10 +105,10 @@ def test_torch_free_folders_import_without_torch():
     assert "HEAVY []" in proc.stdout
 
 
-def test_runtime_never_imports_the_harness_the_cli_or_training():
+def test_runtime_never_imports_the_harness_the_cli_training_or_torch_code():
     pattern = re.compile(
-        r"^\s*(import|from)\s+mobilevlm\.(bench|cli|training)\b|"
-        r"^\s*from\s+mobilevlm\s+import\s+(bench|cli|training)\b",
+        r"^\s*(import|from)\s+mobilevlm\.(bench|cli|training|export|reference)\b|"
+        r"^\s*from\s+mobilevlm\s+import\s+(bench|cli|training|export|reference)\b",
         re.MULTILINE,
     )
     offenders = [p.name for p in modules("runtime") if pattern.search(p.read_text())]

@@ -40,7 +40,9 @@ def bundles(tiny_models, tmp_path_factory):
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_fp32_bundle_matches_torch(bundles, geometry):
     model, _, path = bundles[geometry]
-    result = compare(TorchBackend(model), OnnxVLM.load(path, "fp32"), parity_prompts(2), greedy=32)
+    result = compare(
+        TorchBackend(model), OnnxVLM.load(path, precision="fp32"), parity_prompts(2), greedy=32
+    )
     assert result.image_embeds_rel_error < 1e-4
     assert result.logits_cosine_min >= 0.9999
     assert result.greedy_tokens_identical == 32
@@ -68,7 +70,9 @@ def test_efficientnet_tower_exports_with_parity(tmp_path, torch_threads):
     model = random_init_(MobileVLM(config, tiny_tokenizer(base.llm.vocab_size, False)), 1)
     model.vision_tower.eval()  # batch norm in inference mode, as exported
     export_bundle(model.eval(), tmp_path / "b", ["fp32"], check_parity=False)
-    result = compare(TorchBackend(model), OnnxVLM.load(tmp_path / "b", "fp32"), parity_prompts(1))
+    result = compare(
+        TorchBackend(model), OnnxVLM.load(tmp_path / "b", precision="fp32"), parity_prompts(1)
+    )
     assert result.image_embeds_rel_error < 1e-4 and result.logits_cosine_min >= 0.9999
 
 
@@ -126,7 +130,7 @@ def test_sampled_decoding_equals_the_reference_with_the_same_seed(bundles):
     config = GenerationConfig(max_new_tokens=20, temperature=0.9, top_k=50, top_p=0.9, seed=7)
     image = np.full((60, 80, 3), 120, np.uint8)
     expected = model.generate(image, "Describe the image.", config)
-    got = OnnxVLM.load(path, "fp32").generate(image, "Describe the image.", config)
+    got = OnnxVLM.load(path, precision="fp32").generate(image, "Describe the image.", config)
     assert got.token_ids == expected.token_ids and got.text == expected.text
 
 

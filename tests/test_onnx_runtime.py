@@ -12,7 +12,8 @@ from mobilevlm.errors import BundleError, ContextOverflowError, ProviderError
 from mobilevlm.export.bundle_export import export_bundle
 from mobilevlm.generation.sampling import GenerationConfig
 from mobilevlm.manifest import MANIFEST_FILE, BundleManifest
-from mobilevlm.runtime.loader import open_bundle, select
+from mobilevlm.runtime.loader import open_bundle
+from mobilevlm.runtime.select import select
 from mobilevlm.runtime.ort.model import OnnxVLM
 from mobilevlm.runtime.ort.providers import CPU, resolve_providers
 
@@ -46,25 +47,25 @@ def test_default_precision_is_the_fastest_exported(bundle):
 
 def test_missing_precision_names_what_was_exported(bundle):
     with pytest.raises(BundleError, match=r"no fp16 decoder \(exported: fp32, int8, int4\)"):
-        open_bundle(bundle, "fp16")
+        open_bundle(bundle, precision="fp16")
 
 
 def test_missing_file_is_named(copy):
     (copy / "decoder_int4.onnx.data").unlink()
     with pytest.raises(BundleError, match=r"decoder_int4.onnx.data: missing from the bundle"):
-        OnnxVLM.load(copy, "int4")
-    OnnxVLM.load(copy, "fp32")  # other precisions stay usable
+        OnnxVLM.load(copy, precision="int4")
+    OnnxVLM.load(copy, precision="fp32")  # other precisions stay usable
 
 
 def test_truncated_file_is_named(copy):
     data = copy / "decoder.onnx.data"
     data.write_bytes(data.read_bytes()[:-10])
     with pytest.raises(BundleError, match=r"decoder.onnx.data: has \d+ bytes, the manifest says"):
-        open_bundle(copy, "fp32", verify="size")
+        open_bundle(copy, precision="fp32", verify="size")
 
 
 def test_corruption_is_caught_on_first_load_and_the_check_is_remembered(copy, tmp_path):
-    open_bundle(copy, "fp32")  # first load hashes and records the files
+    open_bundle(copy, precision="fp32")  # first load hashes and records the files
     record = json.loads((tmp_path / "cache" / "verified-files.json").read_text())
     assert any(k.endswith("decoder.onnx.data") for k in record)
     data = copy / "decoder.onnx.data"
@@ -72,8 +73,8 @@ def test_corruption_is_caught_on_first_load_and_the_check_is_remembered(copy, tm
     raw[100] ^= 0xFF
     data.write_bytes(bytes(raw))  # same size, new mtime: hashed again
     with pytest.raises(BundleError, match=r"decoder.onnx.data: sha256 differs"):
-        open_bundle(copy, "fp32")
-    open_bundle(copy, "fp32", verify="size")  # sizes alone cannot tell
+        open_bundle(copy, precision="fp32")
+    open_bundle(copy, precision="fp32", verify="size")  # sizes alone cannot tell
 
 
 def test_other_format_versions_and_foreign_directories_are_refused(copy, tmp_path):
@@ -121,7 +122,7 @@ def test_this_onnxruntime_reports_the_cpu_provider():
 
 
 def test_decode_steps_reuse_the_bound_buffers(bundle):
-    model = OnnxVLM.load(bundle, "fp32", context=64)
+    model = OnnxVLM.load(bundle, precision="fp32", context=64)
     decoder = model.decoder
     keys_before = [k.data_ptr() for k in decoder.cache.keys]
     logits_first = model.prefill(model.embed_tokens([1, 5, 9, 11]))
@@ -135,7 +136,7 @@ def test_decode_steps_reuse_the_bound_buffers(bundle):
 
 
 def test_cache_reset_reproduces_the_same_logits(bundle):
-    model = OnnxVLM.load(bundle, "fp32", context=64)
+    model = OnnxVLM.load(bundle, precision="fp32", context=64)
     runs = []
     for _ in range(2):
         model.reset()
@@ -145,7 +146,7 @@ def test_cache_reset_reproduces_the_same_logits(bundle):
 
 
 def test_context_is_enforced(bundle):
-    model = OnnxVLM.load(bundle, "fp32", context=8)
+    model = OnnxVLM.load(bundle, precision="fp32", context=8)
     with pytest.raises(ContextOverflowError, match="9 more positions do not fit"):
         model.prefill(model.embed_tokens(list(range(9))))
     model.reset()
@@ -157,14 +158,14 @@ def test_context_is_enforced(bundle):
 
 
 def test_generation_stops_when_the_context_is_full(bundle):
-    model = OnnxVLM.load(bundle, "fp32", context=140)
+    model = OnnxVLM.load(bundle, precision="fp32", context=140)
     result = model.generate(None, "hi", GenerationConfig(max_new_tokens=200))
     assert result.stats.stop_reason == "context_full"
     assert result.stats.prefill_tokens + result.stats.generated_tokens == 141
 
 
 def test_a_bundle_loads_with_npu_preferences_on_a_cpu_only_onnxruntime(bundle):
-    model = OnnxVLM.load(bundle, "int4", providers=["qnn", "nnapi", "coreml", "xnnpack"])
+    model = OnnxVLM.load(bundle, precision="int4", providers=["qnn", "nnapi", "coreml", "xnnpack"])
     assert model.decoder.session.get_providers() == [CPU]
     assert model.vision.session.get_providers() == [CPU]
     assert model.generate(None, "hi", GenerationConfig(max_new_tokens=3)).stats.generated_tokens

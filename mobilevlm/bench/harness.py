@@ -134,6 +134,19 @@ class BenchReport:
             "results": [r.to_dict() for r in self.results],
         }
 
+    def summary(self, baseline: str | None = None) -> str:
+        """The machine, what was measured, and the table: what ``bench`` prints."""
+        s = self.settings
+        return "\n".join(
+            [
+                f"machine: {self.machine}",
+                f"bundle {self.bundle}; image + prompt {s.prompt!r}, {s.decode_tokens} tokens "
+                f"decoded; medians of {s.repeats} runs, each a fresh process; "
+                "x: times faster than the baseline",
+                self.table(baseline),
+            ]
+        )
+
     def table(self, baseline: str | None = None) -> str:
         base = self.baseline(baseline)
         head = [f"{'variant':<24}"] + [f"{title:>14}" for _, title, *_ in METRICS]

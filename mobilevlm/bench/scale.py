@@ -79,15 +79,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     bundle = prepare(args.work)
-    from mobilevlm.cli import main as cli
+    from mobilevlm.bench.harness import BenchSettings, run_bench
+    from mobilevlm.bench.variants import parse_variant
 
-    command = ["bench", str(bundle), "--variants", VARIANTS, "--repeats", str(args.repeats)]
-    command += ["--decode-tokens", str(args.decode_tokens), "--baseline", BASELINE]
-    if args.threads:
-        command += ["--threads", str(args.threads)]
+    settings = BenchSettings(
+        decode_tokens=args.decode_tokens, repeats=args.repeats, threads=args.threads
+    )
+    variants = [parse_variant(name) for name in VARIANTS.split(",")]
+    report = run_bench(bundle, variants, settings, on_step=lambda what: print(what, flush=True))
     if args.report:
-        command += ["--report", str(args.report)]
-    return cli(command)
+        from mobilevlm.bench.report import write_bench_report
+
+        print(f"report: {write_bench_report(report, args.report, BASELINE)}", flush=True)
+    print(report.summary(BASELINE))
+    return 0
 
 
 if __name__ == "__main__":

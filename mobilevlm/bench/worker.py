@@ -22,7 +22,7 @@ from mobilevlm.generation.preprocess import load_image
 from mobilevlm.generation.result import GenerationStats
 from mobilevlm.generation.sampling import GenerationConfig
 from mobilevlm.manifest import DEFAULT_MODEL_SOURCE
-from mobilevlm.runtime.memory import peak_rss
+from mobilevlm.bench.memory import peak_rss
 from mobilevlm.runtime.options import LLAMA_CPP
 
 WARMUP = GenerationConfig(max_new_tokens=4, ignore_eos=True)

@@ -144,13 +144,7 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(baseline)))
     else:
-        print(f"machine: {report.machine}")
-        print(
-            f"bundle {bundle}; image + prompt {settings.prompt!r}, {settings.decode_tokens} tokens "
-            f"decoded; medians of {settings.repeats} runs, each a fresh process; "
-            "x: times faster than the baseline"
-        )
-        print(report.table(baseline))
+        print(report.summary(baseline))
     return 0
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from mobilevlm.cli.describe import describe_bundle
 from mobilevlm.cli.options import comma_list, load_reference_model
+from mobilevlm.default_model.bundle import INSTALL_EXPORT_EXTRA
 from mobilevlm.errors import MissingDependencyError
 from mobilevlm.manifest import DEFAULT_MODEL_SOURCE
-from mobilevlm.runtime.loader import INSTALL_EXPORT_EXTRA
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -50,11 +50,9 @@ def main(args: argparse.Namespace) -> int:
             backend=plan.backend, precision=plan.precision, context=plan.context
         )
     runtime = check_bundle(bundle, options.replace(verify="size"))
-    if args.json:
-        out = {**manifest.to_dict(), "runtime": runtime}
-        if plan is not None:
-            out["runtime"]["memory_plan"] = plan.to_dict()
-        print(json.dumps(out))
+    if args.json:  # the plan itself under a budget, else the manifest; either with "runtime"
+        out = plan.to_dict() if plan is not None else manifest.to_dict()
+        print(json.dumps({**out, "runtime": runtime}))
         return 0
     print(plan.describe() if plan is not None else describe_bundle(bundle, manifest))
     print(f"runs as {runtime_line(runtime)}")

@@ -9,12 +9,12 @@ import os
 import sys
 from pathlib import Path
 
+from mobilevlm.default_model.bundle import INSTALL_EXPORT_EXTRA
 from mobilevlm.errors import MissingDependencyError, MobileVLMError, OptionsError
 from mobilevlm.generation.sampling import GenerationConfig
 from mobilevlm.manifest import GGUF_PRECISIONS, PRECISIONS, BundleManifest
 from mobilevlm.runtime.loader import (
     DEFAULT_CONTEXT,
-    INSTALL_EXPORT_EXTRA,
     default_bundle_dir,
     needed_precisions,
 )
