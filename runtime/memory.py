@@ -8,9 +8,9 @@ reports for a process of its own) is a sum, line by line:
 - the LLM's weights: the decoder's external data (ONNX Runtime reads it, or maps it
   and packs a copy) or the GGUF file (llama.cpp maps it; every page is read each
   token, so it is resident all the same);
-- on ONNX Runtime, the token embedding table: memory-mapped, so only the pages of
-  rows read count; but the kernel maps 64 to 160 KiB around each row read (read-around),
-  so a few hundred distinct tokens map most of it, and the whole table is counted;
+- on ONNX Runtime, the token embedding table: memory-mapped for random access (no
+  read-around), so only the pages of rows read count: one or two pages per distinct
+  token, and there are at most as many distinct tokens as positions;
 - the backend's working memory: arenas, compute buffers, graph copies; on ONNX
   Runtime a part proportional to the weights, on llama.cpp a part per position of the
   context (its attention buffers);
@@ -53,8 +53,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mobilevlm.errors import BudgetError, BundleError, MobileVLMError
-from mobilevlm.manifest import BundleManifest
+from mobilevlm.manifest import Artefact, BundleManifest
 from mobilevlm.runtime.options import LLAMA_CPP, ONNXRUNTIME, LoadOptions
+from mobilevlm.runtime.ort.embeddings import resident_bound
 from mobilevlm.runtime.select import GGUF_PREFERENCE, PRECISION_PREFERENCE, select, select_gguf
 
 MIB = 2**20
@@ -190,6 +191,7 @@ class _Option:
     weights: int
     vision: int  # the encoder's peak while encoding
     vision_kept: int  # what stays of it after its release
+    table: Artefact | None = None  # ONNX Runtime's embedding table (memory-mapped)
 
 
 def _option(
@@ -217,13 +219,20 @@ def _option(
         chosen = select(manifest, precision, vision_precision)
         weights, vision = chosen.decoder.bytes, chosen.vision
         lines.append((f"LLM weights ({precision} decoder)", weights))
-        table = chosen.embeddings
-        lines.append((f"token embedding table ({table.precision}, memory-mapped)", table.bytes))
     fixed, per_pixel = VISION_BYTES
     factor = VISION_FILE_FACTOR.get(vision.precision, 1.0)  # the mmproj: llama.cpp loads it once
     session = int(factor * vision.bytes) + per_pixel * manifest.model.preprocess.image_size**2
     kept = fixed + int(session * VISION_KEPT_SHARE.get(vision.precision, 0.6))
-    return _Option(backend, precision, tuple(lines), weights, fixed + session, kept)
+    table = chosen.embeddings if backend == ONNXRUNTIME else None
+    return _Option(backend, precision, tuple(lines), weights, fixed + session, kept, table)
+
+
+def _table_bytes(manifest: BundleManifest, option: _Option, context: int) -> int:
+    """The embedding table's resident pages: mapped for random access, each distinct token
+    (at most one per position) costs the pages its row lies on."""
+    width = 2 if option.table.precision == "fp16" else 4
+    row = manifest.model.llm.hidden_size * width
+    return resident_bound(row, min(context, manifest.model.llm.vocab_size), option.table.bytes)
 
 
 def _kv_bytes(manifest: BundleManifest, backend: str, context: int) -> int:
@@ -248,6 +257,9 @@ def _lines(
     """The estimate without the margin. Released (ONNX Runtime only), the encoder's peak
     comes before the KV cache fills, and only what stays of it adds to a full cache."""
     lines = list(option.fixed)
+    if option.table is not None:
+        label = f"token embedding table ({option.table.precision}, rows of {context} tokens)"
+        lines.append((label, _table_bytes(manifest, option, context)))
     lines.append((f"{option.backend} working memory", _working_memory(manifest, option, context)))
     kv = _kv_bytes(manifest, option.backend, context)
     kv_line = (

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilevlm.errors import BundleError, at
 from mobilevlm.generation.preprocess import ImageInput, preprocess
 from mobilevlm.manifest import BundleManifest
 from mobilevlm.runtime.loader import LoadedBundle, open_bundle
 from mobilevlm.runtime.options import ONNXRUNTIME, LoadOptions
 from mobilevlm.runtime.ort.decoder import OnnxDecoder
+from mobilevlm.runtime.ort.embeddings import open_table
 from mobilevlm.runtime.ort.providers import CPU, resolve_providers
 from mobilevlm.runtime.ort.vision import OnnxVisionEncoder
 from mobilevlm.runtime.select import Selection
@@ -42,14 +42,9 @@ class OnnxVLM(LoadedBundle):
             self.providers,
             self.threads,
         )
-        table_path = root / selection.embeddings.path
-        try:  # memory-mapped: only the rows of tokens actually used are paged in
-            self.table = np.load(table_path, mmap_mode="r")
-        except ValueError as exc:
-            raise BundleError(at(table_path, f"not a .npy embedding table ({exc})")) from exc
-        expected = (self.config.llm.vocab_size, self.config.llm.hidden_size)
-        if self.table.shape != expected:
-            raise BundleError(at(table_path, f"shape {self.table.shape}, expected {expected}"))
+        # memory-mapped for random access: only the rows of tokens actually used are resident
+        shape = (self.config.llm.vocab_size, self.config.llm.hidden_size)
+        self.table = open_table(root / selection.embeddings.path, shape)
 
     @classmethod
     def load(cls, path: str | Path, options: LoadOptions | None = None, **fields) -> OnnxVLM:
