@@ -56,6 +56,10 @@ def test_json_output_has_text_and_stats_equal_to_the_api(capsys, checkpoint, ima
     assert stats["image_tokens"] == 4 and stats["prompt_tokens"] == expected.stats.prompt_tokens
     for key in ("image_encode_ms", "prefill_ms", "decode_ms", "total_ms", "load_ms"):
         assert stats[key] >= 0
+    assert stats["image_encode_ms"] > 0  # the reference's real encode time
+    runtime = data["runtime"]
+    assert runtime["backend"] == "torch" and runtime["precision"] == "fp32"
+    assert runtime["vision_provider"] == runtime["decoder_provider"] == "torch (CPU)"
 
 
 def test_streamed_answer_matches_json_and_warns_about_random_weights(capsys, checkpoint, image):

@@ -43,6 +43,7 @@ def test_chat_reads_turns_from_stdin_and_reuses_the_cache(bundle, monkeypatch, c
     assert code == 0
     assert len(out.splitlines()) == 2  # one line of answer per turn
     assert "from the cache" in err and "2 turns; image cache 1 hits, 1 misses" in err
+    assert "[onnxruntime fp32; vision fp32 on CPUExecutionProvider; decoder on" in err
 
 
 def test_chat_commands_change_image_reset_and_survive_errors(bundle, monkeypatch, capsys):
