@@ -218,6 +218,19 @@ def needed_precisions(options: LoadOptions) -> list[str]:
     return [PRECISION_PREFERENCE[0]]
 
 
+def default_bundle_holds() -> list[str]:
+    """The precisions the built-in model's cached bundle holds ([] when there is none)."""
+    path = default_bundle_dir()
+    if not (path / MANIFEST_FILE).is_file():
+        return []
+    try:
+        manifest = BundleManifest.read(path)
+    except BundleError as exc:  # a damaged cache is rebuilt, not a dead end
+        log.warning("rebuilding the built-in model's bundle: %s", exc)
+        return []
+    return list(manifest.precisions + manifest.gguf_precisions)
+
+
 def default_bundle(
     options: LoadOptions | None = None,
     precisions: list[str] | None = None,
@@ -230,13 +243,7 @@ def default_bundle(
     does not."""
     path = default_bundle_dir()
     wanted = list(precisions or needed_precisions(options or LoadOptions()))
-    held: list[str] = []
-    if (path / MANIFEST_FILE).is_file():
-        try:
-            manifest = BundleManifest.read(path)
-            held = list(manifest.precisions + manifest.gguf_precisions)
-        except BundleError as exc:  # a damaged cache is rebuilt, not a dead end
-            log.warning("rebuilding the built-in model's bundle: %s", exc)
+    held = default_bundle_holds()
     if all(p in held for p in wanted):
         return path
     from mobilevlm.default_model.bundle import export_default_bundle

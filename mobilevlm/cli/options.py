@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 
 from mobilevlm.default_model.bundle import INSTALL_EXPORT_EXTRA
-from mobilevlm.errors import MissingDependencyError, MobileVLMError, OptionsError
+from mobilevlm.errors import MissingDependencyError, OptionsError
 from mobilevlm.generation.sampling import GenerationConfig
-from mobilevlm.manifest import GGUF_PRECISIONS, PRECISIONS, BundleManifest
+from mobilevlm.manifest import GGUF_PRECISIONS, PRECISIONS
 from mobilevlm.runtime.loader import (
     DEFAULT_CONTEXT,
     default_bundle_dir,
+    default_bundle_holds,
     needed_precisions,
 )
 from mobilevlm.runtime.options import BACKENDS, MODES, LoadOptions
@@ -193,19 +194,13 @@ def check_model_options(args: argparse.Namespace) -> None:
 
 
 def announce_default_export(options: LoadOptions) -> None:
-    """Say so before the built-in model's bundle is exported (minutes, once)."""
-    path = default_bundle_dir()
-    held: tuple[str, ...] = ()
-    if (path / "bundle.json").is_file():
-        try:
-            manifest = BundleManifest.read(path)
-            held = manifest.precisions + manifest.gguf_precisions
-        except MobileVLMError:
-            pass
+    """Say so before the built-in model's bundle is exported (a minute or more, once)."""
+    held = default_bundle_holds()
     missing = [p for p in needed_precisions(options) if p not in held]
     if missing:
         print(
-            f"exporting the built-in model ({', '.join(missing)}) into {path}, once",
+            f"exporting the built-in model ({', '.join(missing)}) into {default_bundle_dir()}, "
+            "once",
             file=sys.stderr,
         )
 
