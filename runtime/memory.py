@@ -8,9 +8,8 @@ reports for a process of its own) is a sum, line by line:
 - the LLM's weights: the decoder's external data (ONNX Runtime reads it, or maps it
   and packs a copy) or the GGUF file (llama.cpp maps it; every page is read each
   token, so it is resident all the same);
-- on ONNX Runtime, the token embedding table: memory-mapped for random access (no
-  read-around), so only the pages of rows read count: one or two pages per distinct
-  token, and there are at most as many distinct tokens as positions;
+- nothing for ONNX Runtime's token embedding table: it is read row by row from its
+  file (:mod:`mobilevlm.runtime.ort.embeddings`), so it stays in the page cache;
 - the backend's working memory: arenas, compute buffers, graph copies; on ONNX
   Runtime a part proportional to the weights, on llama.cpp a part per position of the
   context (its attention buffers);
@@ -38,8 +37,8 @@ The vision encoder stays resident when that leaves ``PREFERRED_CONTEXT`` positio
 (or the context asked for); otherwise, on ONNX Runtime, it is released after the
 image prefill when that buys a longer context (the KV cache's pages fill only after
 the encoder has gone). llama.cpp's KV cache is resident from the start, so there the
-encoder's release would gain nothing. Weights are memory-mapped where the backend
-allows: llama.cpp's GGUF and ONNX Runtime's embedding table.
+encoder's release would gain nothing. llama.cpp's GGUF weights are memory-mapped; ONNX
+Runtime's embedding table is read from its file a row at a time.
 
 Sizes: "MB" and "GB" are powers of 10 (512MB = 512,000,000 bytes), "MiB", "GiB",
 "M" and "G" powers of 2; a plain number is bytes.
@@ -53,9 +52,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mobilevlm.errors import BudgetError, BundleError, MobileVLMError
-from mobilevlm.manifest import Artefact, BundleManifest
+from mobilevlm.manifest import BundleManifest
 from mobilevlm.runtime.options import LLAMA_CPP, ONNXRUNTIME, LoadOptions
-from mobilevlm.runtime.ort.embeddings import resident_bound
 from mobilevlm.runtime.select import GGUF_PREFERENCE, PRECISION_PREFERENCE, select, select_gguf
 
 MIB = 2**20
@@ -158,7 +156,7 @@ class MemoryPlan:
         where = "resident" if self.vision_resident else "released after the image prefill"
         weights = "memory-mapped" if self.mmap_weights else "loaded"
         if self.backend == ONNXRUNTIME:
-            weights += " (the embedding table memory-mapped)"
+            weights += " (the embedding table read row by row, not resident)"
         head = [
             f"memory plan for a budget of {_mib(self.budget)} ({self.budget:,} bytes)",
             f"  backend    {self.backend}, precision {self.precision}"
@@ -191,7 +189,6 @@ class _Option:
     weights: int
     vision: int  # the encoder's peak while encoding
     vision_kept: int  # what stays of it after its release
-    table: Artefact | None = None  # ONNX Runtime's embedding table (memory-mapped)
 
 
 def _option(
@@ -223,16 +220,7 @@ def _option(
     factor = VISION_FILE_FACTOR.get(vision.precision, 1.0)  # the mmproj: llama.cpp loads it once
     session = int(factor * vision.bytes) + per_pixel * manifest.model.preprocess.image_size**2
     kept = fixed + int(session * VISION_KEPT_SHARE.get(vision.precision, 0.6))
-    table = chosen.embeddings if backend == ONNXRUNTIME else None
-    return _Option(backend, precision, tuple(lines), weights, fixed + session, kept, table)
-
-
-def _table_bytes(manifest: BundleManifest, option: _Option, context: int) -> int:
-    """The embedding table's resident pages: mapped for random access, each distinct token
-    (at most one per position) costs the pages its row lies on."""
-    width = 2 if option.table.precision == "fp16" else 4
-    row = manifest.model.llm.hidden_size * width
-    return resident_bound(row, min(context, manifest.model.llm.vocab_size), option.table.bytes)
+    return _Option(backend, precision, tuple(lines), weights, fixed + session, kept)
 
 
 def _kv_bytes(manifest: BundleManifest, backend: str, context: int) -> int:
@@ -257,9 +245,6 @@ def _lines(
     """The estimate without the margin. Released (ONNX Runtime only), the encoder's peak
     comes before the KV cache fills, and only what stays of it adds to a full cache."""
     lines = list(option.fixed)
-    if option.table is not None:
-        label = f"token embedding table ({option.table.precision}, rows of {context} tokens)"
-        lines.append((label, _table_bytes(manifest, option, context)))
     lines.append((f"{option.backend} working memory", _working_memory(manifest, option, context)))
     kv = _kv_bytes(manifest, option.backend, context)
     kv_line = (

@@ -169,3 +169,25 @@ def test_a_bundle_loads_with_npu_preferences_on_a_cpu_only_onnxruntime(bundle):
     assert model.decoder.session.get_providers() == [CPU]
     assert model.vision.session.get_providers() == [CPU]
     assert model.generate(None, "hi", GenerationConfig(max_new_tokens=3)).stats.generated_tokens
+
+
+def test_embedding_rows_are_read_from_the_file_not_mapped(tmp_path):
+    """The table stays out of the process's resident memory: rows come from positioned
+    reads, equal to the array's, in the order asked; a short file is refused."""
+    from mobilevlm.runtime.ort.embeddings import EmbeddingTable
+
+    rows = np.random.default_rng(0).standard_normal((300, 48)).astype(np.float16)
+    path = tmp_path / "embeddings_fp16.npy"
+    np.save(path, rows)
+    table = EmbeddingTable(path, rows.shape)
+    assert np.array_equal(table[[7, 3, 7]], rows[[7, 3, 7]].astype(np.float32))
+    assert table[299].dtype == np.float32 and np.array_equal(table[299], rows[299])
+    with open("/proc/self/maps", encoding="ascii") as maps:
+        assert str(path) not in maps.read()
+    with pytest.raises(IndexError):
+        table[300]
+    with pytest.raises(BundleError, match="shape"):
+        EmbeddingTable(path, (300, 64))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(BundleError, match="truncated"):
+        EmbeddingTable(path, rows.shape)

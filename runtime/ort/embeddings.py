@@ -1,51 +1,75 @@
-"""The token embedding table, memory-mapped for random access: only the rows of tokens
-actually used become resident.
+"""The token embedding table, read from its file row by row: none of it is resident.
 
-A plain memory map lets the kernel read around each fault (64 to 160 KiB of
-neighbouring rows), so a few hundred distinct tokens made most of a 54 MiB
-table resident. Advising random access (``MADV_RANDOM``) turns read-around and
-fault-around off: each distinct token then costs the one or two pages its row
-lies on, which is what the memory planner counts.
+A memory-mapped table becomes resident by more than the rows a prompt reads:
+the kernel maps read-around pages, and a file the page cache holds in large
+folios (one just exported, say) is mapped a whole folio at a time, so 300
+random rows made 40 of the built-in model's 54 MiB resident even with
+``MADV_RANDOM``. Reading each distinct row with one positioned read costs a
+system call per token (microseconds against a decode step's milliseconds) and
+leaves the file in the page cache, which the process's resident memory does
+not count.
 """
 
 from __future__ import annotations
 
-import mmap
+import os
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from mobilevlm.errors import BundleError, at
 
-PAGE = mmap.PAGESIZE
 READERS = {
     (1, 0): np.lib.format.read_array_header_1_0,
     (2, 0): np.lib.format.read_array_header_2_0,
 }
 
 
-def open_table(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
-    """The (vocab, hidden) ``.npy`` table at ``path``, read-only and memory-mapped."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
+class EmbeddingTable:
+    """A (vocab, hidden) ``.npy`` table; ``table[token]`` and ``table[ids]`` read rows."""
+
+    def __init__(self, path: str | Path, shape: tuple[int, int]) -> None:
+        self.path = Path(path)
+        try:
+            self._file = open(self.path, "rb", buffering=0)  # noqa: SIM115 (closed in close())
+            version = np.lib.format.read_magic(self._file)
             if version not in READERS:
                 raise ValueError(f".npy format version {version} is not supported")
-            found, fortran, dtype = READERS[version](f)
-            offset = f.tell()
-            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError) as exc:
-        raise BundleError(at(path, f"not a .npy embedding table ({exc})")) from exc
-    if tuple(found) != tuple(shape) or fortran:
-        raise BundleError(at(path, f"shape {tuple(found)}, expected {tuple(shape)}"))
-    if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_RANDOM"):  # Linux, macOS
-        mapped.madvise(mmap.MADV_RANDOM)
-    return np.ndarray(shape, dtype=dtype, buffer=mapped, offset=offset)
+            found, fortran, dtype = READERS[version](self._file)
+            self._offset = self._file.tell()
+            size = os.fstat(self._file.fileno()).st_size
+        except (OSError, ValueError) as exc:
+            raise BundleError(at(self.path, f"not a .npy embedding table ({exc})")) from exc
+        if tuple(found) != tuple(shape) or fortran or dtype.kind != "f":
+            raise BundleError(at(self.path, f"shape {tuple(found)} {dtype}, expected {shape}"))
+        self.shape, self.dtype = tuple(shape), dtype
+        self._row_bytes = shape[1] * dtype.itemsize
+        if size < self._offset + shape[0] * self._row_bytes:
+            raise BundleError(at(self.path, "truncated: fewer rows than its header declares"))
+        self._lock = threading.Lock()  # seek + read is one step on platforms without pread
 
+    def _read(self, token: int) -> bytes:
+        if not 0 <= token < self.shape[0]:
+            raise IndexError(f"token {token} outside the vocabulary of {self.shape[0]}")
+        where = self._offset + token * self._row_bytes
+        if hasattr(os, "pread"):
+            return os.pread(self._file.fileno(), self._row_bytes, where)
+        with self._lock:
+            self._file.seek(where)
+            return self._file.read(self._row_bytes)
 
-def resident_bound(row_bytes: int, rows: int, table_bytes: int) -> int:
-    """At most what ``rows`` distinct rows make resident under random access: the pages
-    each row touches, never more than the whole table."""
-    pages_per_row = -(-row_bytes // PAGE) + 1  # a row may straddle a page boundary
-    return min(table_bytes, rows * pages_per_row * PAGE)
+    def __getitem__(self, tokens: int | Sequence[int]) -> np.ndarray:
+        """Row ``tokens`` (hidden,) or rows (len(tokens), hidden), float32."""
+        if isinstance(tokens, int | np.integer):
+            return np.frombuffer(self._read(int(tokens)), self.dtype).astype(np.float32)
+        tokens = [int(t) for t in tokens]
+        unique = sorted(set(tokens))
+        rows = np.frombuffer(b"".join(self._read(t) for t in unique), self.dtype)
+        rows = rows.reshape(len(unique), self.shape[1]).astype(np.float32)
+        where = {t: i for i, t in enumerate(unique)}
+        return rows[[where[t] for t in tokens]] if tokens else rows
+
+    def close(self) -> None:
+        self._file.close()

@@ -17,7 +17,7 @@ from mobilevlm.manifest import BundleManifest
 from mobilevlm.runtime.loader import LoadedBundle, open_bundle
 from mobilevlm.runtime.options import ONNXRUNTIME, LoadOptions
 from mobilevlm.runtime.ort.decoder import OnnxDecoder
-from mobilevlm.runtime.ort.embeddings import open_table
+from mobilevlm.runtime.ort.embeddings import EmbeddingTable
 from mobilevlm.runtime.ort.providers import CPU, resolve_providers
 from mobilevlm.runtime.ort.vision import OnnxVisionEncoder
 from mobilevlm.runtime.select import Selection
@@ -42,9 +42,9 @@ class OnnxVLM(LoadedBundle):
             self.providers,
             self.threads,
         )
-        # memory-mapped for random access: only the rows of tokens actually used are resident
+        # read row by row from its file: none of the table is resident
         shape = (self.config.llm.vocab_size, self.config.llm.hidden_size)
-        self.table = open_table(root / selection.embeddings.path, shape)
+        self.table = EmbeddingTable(root / selection.embeddings.path, shape)
 
     @classmethod
     def load(cls, path: str | Path, options: LoadOptions | None = None, **fields) -> OnnxVLM:
@@ -90,7 +90,7 @@ class OnnxVLM(LoadedBundle):
         return self.vision.encode(pixels)
 
     def embed_tokens(self, ids: Sequence[int]) -> np.ndarray:
-        return np.asarray(self.table[list(ids)], dtype=np.float32)
+        return self.table[list(ids)]
 
     def prefill(self, embeds: np.ndarray) -> np.ndarray:
         """Append raw input embeddings (seq, hidden) to the cache; last position's logits."""
