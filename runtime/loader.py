@@ -242,12 +242,23 @@ def default_bundle(
     the rest. Building needs the [export] extra (torch); loading the bundle afterwards
     does not."""
     path = default_bundle_dir()
-    wanted = list(precisions or needed_precisions(options or LoadOptions()))
+    options = options or LoadOptions()
+    wanted = list(precisions or needed_precisions(options))
+    if options.mode == "mtmd":  # known from the geometry alone: refuse before any export
+        from mobilevlm.config import ClipVisionConfig
+        from mobilevlm.default_model import default_config
+
+        if default_config().vision.type != ClipVisionConfig.type:
+            raise BundleError(
+                "the built-in model cannot run on llama.cpp's mtmd: its vision tower is "
+                "EfficientNet-Lite0 and mtmd runs CLIP ViTs only (use --mode hybrid)"
+            )
     held = default_bundle_holds()
     if all(p in held for p in wanted):
         return path
     from mobilevlm.default_model.bundle import export_default_bundle
 
     every = [p for p in PRECISIONS + GGUF_PRECISIONS if p in held or p in wanted]
-    log.info("exporting the built-in model's bundle (%s) into %s", ", ".join(every), path)
+    missing = ", ".join(p for p in wanted if p not in held)
+    log.warning("exporting the built-in model (%s) into %s, once", missing, path)
     return export_default_bundle(path, every, progress)

@@ -11,7 +11,6 @@ from pathlib import Path
 from mobilevlm.bench.evaluate import SHAPES_VQA, evaluate, items_for
 from mobilevlm.cli.options import (
     add_model_options,
-    announce_default_export,
     comma_list,
     load_options,
     load_pipeline,
@@ -102,19 +101,17 @@ def _bundle_for_variants(args: argparse.Namespace) -> Path:
         return args.bundle
     from mobilevlm.bench.variants import parse_variant
 
+    options = load_options(args)
     if args.variants:  # the reference's variants need no artefact, llama-cpp-python a GGUF
         parsed = [parse_variant(n) for n in comma_list(args.variants)]
         wanted = [v.precision or "q4_k_m" for v in parsed if not v.uses_reference]
     elif args.precisions:
         wanted = comma_list(args.precisions)
+    elif args.modes and not args.precision:  # modes are llama.cpp's
+        wanted = needed_precisions(options.replace(backend="llama.cpp"))
     else:
-        options = load_options(args)
-        wanted = needed_precisions(options.replace(backend="llama.cpp") if args.modes else options)
-    wanted = [p for p in dict.fromkeys(wanted) if p]
-    options = load_options(args)
-    for precision in wanted:
-        announce_default_export(options.replace(precision=precision, backend=None))
-    return default_bundle(options, precisions=wanted or None)
+        wanted = needed_precisions(options)
+    return default_bundle(options, precisions=list(dict.fromkeys(wanted)) or None)
 
 
 def _compare(args: argparse.Namespace, count: int) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mobilevlm.cli.console import runtime_line
 from mobilevlm.cli.describe import describe_bundle
-from mobilevlm.cli.options import add_bundle_options, announce_default_export, load_options
+from mobilevlm.cli.options import add_bundle_options, load_options
 from mobilevlm.manifest import BundleManifest
 from mobilevlm.runtime.loader import check_bundle, default_bundle
 from mobilevlm.runtime.memory import plan_memory
@@ -38,8 +38,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     options = load_options(args)
-    if args.bundle is None:
-        announce_default_export(options)
     bundle = args.bundle if args.bundle is not None else default_bundle(options)
     manifest = BundleManifest.read(bundle)
     verify_files(bundle, manifest.artefacts, "full" if args.verify else "size")

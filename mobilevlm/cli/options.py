@@ -15,9 +15,6 @@ from mobilevlm.generation.sampling import GenerationConfig
 from mobilevlm.manifest import GGUF_PRECISIONS, PRECISIONS
 from mobilevlm.runtime.loader import (
     DEFAULT_CONTEXT,
-    default_bundle_dir,
-    default_bundle_holds,
-    needed_precisions,
 )
 from mobilevlm.runtime.options import BACKENDS, MODES, LoadOptions
 from mobilevlm.runtime.pipeline import Pipeline
@@ -172,7 +169,12 @@ def load_options(args: argparse.Namespace) -> LoadOptions:
     }
     if args.mode is not None:
         fields["mode"] = args.mode
-    return LoadOptions(**fields)
+    try:
+        return LoadOptions(**fields)
+    except OptionsError as exc:  # name the flag the user typed
+        message = str(exc)
+        flag = next((f for f in ("context", "threads") if message.startswith(f)), None)
+        raise OptionsError(f"--{message}" if flag else message) from exc
 
 
 def check_model_options(args: argparse.Namespace) -> None:
@@ -193,18 +195,6 @@ def check_model_options(args: argparse.Namespace) -> None:
             )
 
 
-def announce_default_export(options: LoadOptions) -> None:
-    """Say so before the built-in model's bundle is exported (a minute or more, once)."""
-    held = default_bundle_holds()
-    missing = [p for p in needed_precisions(options) if p not in held]
-    if missing:
-        print(
-            f"exporting the built-in model ({', '.join(missing)}) into {default_bundle_dir()}, "
-            "once",
-            file=sys.stderr,
-        )
-
-
 def load_pipeline(args: argparse.Namespace) -> Pipeline:
     """A Pipeline over --bundle, the built-in model's bundle (neither --model nor
     --bundle), or the PyTorch reference (--model)."""
@@ -214,10 +204,7 @@ def load_pipeline(args: argparse.Namespace) -> Pipeline:
         from mobilevlm.reference.backend import TorchBackend  # torch is there: it loaded
 
         return Pipeline(TorchBackend(model))
-    options = load_options(args)
-    if args.bundle is None:
-        announce_default_export(options)
-    pipeline = Pipeline.load(args.bundle, options)
+    pipeline = Pipeline.load(args.bundle, load_options(args))
     if pipeline.model.manifest.exporter.get("random_weights"):
         warn_random_weights(args.bundle)
     return pipeline
