@@ -99,6 +99,24 @@ class LoadedBundle(CachingBackend, decode_loop.GeneratingBackend):
     KV cache holds."""
 
     backend = ""  # the engine's name, as LoadOptions.backend spells it
+    open_selection: Callable = staticmethod(open_bundle)  # manifest and selection, verified
+
+    @classmethod
+    def load(cls, path: str | Path, options: LoadOptions | None = None, **fields: Any):
+        """Open, verify and load the bundle at ``path`` on this engine; ``fields`` override
+        ``options``. ``precision`` None picks the fastest the bundle has for it."""
+        options = LoadOptions.of(options, **fields)
+        manifest, selection = cls.check(path, options)
+        return cls(Path(path), manifest, selection, options)
+
+    @classmethod
+    def check(cls, path: str | Path, options: LoadOptions) -> tuple[BundleManifest, Any]:
+        """What :meth:`load` would run, verified, without loading it (an NPU provider first
+        in line selects the vision graph NPUs run)."""
+        from mobilevlm.runtime.ort.providers import CPU, resolve_providers
+
+        accelerator = resolve_providers(options.providers)[0][0] != CPU
+        return cls.open_selection(path, options, accelerator)
 
     def __init__(
         self, root: Path, manifest: BundleManifest, selection, options: LoadOptions

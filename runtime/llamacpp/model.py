@@ -30,7 +30,7 @@ from mobilevlm.generation.preprocess import ImageInput, preprocess
 from mobilevlm.manifest import BundleManifest
 from mobilevlm.runtime.loader import LoadedBundle, open_gguf_bundle
 from mobilevlm.runtime.options import LLAMA_CPP, LoadOptions
-from mobilevlm.runtime.ort.providers import CPU, resolve_providers
+from mobilevlm.runtime.ort.providers import resolve_providers
 from mobilevlm.runtime.select import GgufSelection
 
 INSTALL_HINT = (
@@ -162,6 +162,7 @@ class LlamaCppVLM(LoadedBundle):
     """A bundle's GGUF LLM on llama.cpp, its image from ONNX (``hybrid``) or mtmd."""
 
     backend = LLAMA_CPP
+    open_selection = staticmethod(open_gguf_bundle)
 
     def __init__(
         self,
@@ -194,20 +195,6 @@ class LlamaCppVLM(LoadedBundle):
         if self.vision is not None and hasattr(self.vision, "close"):
             self.vision.close()
         self.vision = None
-
-    @classmethod
-    def load(cls, path: str | Path, options: LoadOptions | None = None, **fields) -> LlamaCppVLM:
-        """Open, verify and load the bundle's GGUF LLM at ``options.precision`` (None: the
-        fastest exported) with the image path of ``options.mode``."""
-        options = LoadOptions.of(options, **fields)
-        manifest, selection = cls.check(path, options)
-        return cls(Path(path), manifest, selection, options)
-
-    @staticmethod
-    def check(path: str | Path, options: LoadOptions) -> tuple[BundleManifest, GgufSelection]:
-        """What :meth:`load` would run, verified, without loading it."""
-        accelerator = resolve_providers(options.providers)[0][0] != CPU
-        return open_gguf_bundle(path, options, accelerator)
 
     @property
     def vision_provider(self) -> str:

@@ -18,7 +18,7 @@ from mobilevlm.runtime.loader import LoadedBundle, open_bundle
 from mobilevlm.runtime.options import ONNXRUNTIME, LoadOptions
 from mobilevlm.runtime.ort.decoder import OnnxDecoder
 from mobilevlm.runtime.ort.embeddings import EmbeddingTable
-from mobilevlm.runtime.ort.providers import CPU, resolve_providers
+from mobilevlm.runtime.ort.providers import resolve_providers
 from mobilevlm.runtime.ort.vision import OnnxVisionEncoder
 from mobilevlm.runtime.select import Selection
 
@@ -27,6 +27,7 @@ class OnnxVLM(LoadedBundle):
     """A loaded bundle at one precision, with its KV cache allocated for ``context`` positions."""
 
     backend = ONNXRUNTIME
+    open_selection = staticmethod(open_bundle)  # the vision graph: int8 QDQ behind an NPU
 
     def __init__(
         self, root: Path, manifest: BundleManifest, selection: Selection, options: LoadOptions
@@ -45,20 +46,6 @@ class OnnxVLM(LoadedBundle):
         # read row by row from its file: none of the table is resident
         shape = (self.config.llm.vocab_size, self.config.llm.hidden_size)
         self.table = EmbeddingTable(root / selection.embeddings.path, shape)
-
-    @classmethod
-    def load(cls, path: str | Path, options: LoadOptions | None = None, **fields) -> OnnxVLM:
-        """Open, verify and load the bundle at ``path``; ``fields`` override ``options``.
-        The vision graph is fp32 on the CPU and int8 QDQ when an NPU provider leads."""
-        options = LoadOptions.of(options, **fields)
-        manifest, selection = cls.check(path, options)
-        return cls(Path(path), manifest, selection, options)
-
-    @staticmethod
-    def check(path: str | Path, options: LoadOptions) -> tuple[BundleManifest, Selection]:
-        """What :meth:`load` would run, verified, without loading it."""
-        accelerator = resolve_providers(options.providers)[0][0] != CPU
-        return open_bundle(path, options, accelerator)
 
     @property
     def vision_provider(self) -> str:
