@@ -138,23 +138,13 @@ class LoadedBundle(CachingBackend, decode_loop.GeneratingBackend):
     def context_length(self) -> int:
         return self.context
 
-    @property
-    def mode(self) -> str | None:
-        """llama.cpp's image path (None on engines that have one)."""
-        return None
-
     def runtime_info(self) -> dict[str, Any]:
         """What runs: the engine, its precision and mode, and the execution providers that
         run the vision graph and the decoder (what ``--json`` reports as ``runtime``)."""
-        return {
-            "backend": self.backend,
-            "precision": self.precision,
-            **({"mode": self.mode} if self.mode else {}),
-            "vision_precision": self.selection.vision.precision,
-            "vision_provider": self.vision_provider,
-            "decoder_provider": self.decoder_provider,
-            "context": self.context,
-        }
+        info = describe_run(
+            self.backend, self.selection, self.vision_provider, self.decoder_provider
+        )
+        return {**info, "context": self.context}
 
     @property
     def vision_provider(self) -> str:
@@ -194,23 +184,30 @@ def check_bundle(
     chosen = backend_for(BundleManifest.read(path), options)
     first = resolve_providers(options.providers)[0][0]
     if chosen == LLAMA_CPP:
-        from mobilevlm.runtime.llamacpp.model import LlamaCppVLM
+        from mobilevlm.runtime.llamacpp.model import LlamaCppVLM as Engine
 
-        _, selection = LlamaCppVLM.check(path, options)
-        vision = "llama.cpp mtmd (CPU)" if selection.mode == "mtmd" else first
-        decoder, mode = "llama.cpp (CPU)", {"mode": selection.mode}
-    else:
-        from mobilevlm.runtime.ort.model import OnnxVLM
+        _, selection = Engine.check(path, options)
+        vision = Engine.MTMD_PROVIDER if selection.mode == "mtmd" else first
+        return describe_run(chosen, selection, vision, Engine.DECODER_PROVIDER)
+    from mobilevlm.runtime.ort.model import OnnxVLM
 
-        _, selection = OnnxVLM.check(path, options)
-        vision, decoder, mode = first, first, {}
+    _, selection = OnnxVLM.check(path, options)
+    return describe_run(chosen, selection, first, first)
+
+
+def describe_run(
+    backend: str, selection: Any, vision_provider: str, decoder_provider: str
+) -> dict[str, Any]:
+    """What runs, as ``--json`` reports it: the engine, its precision (and llama.cpp's
+    mode), the vision graph's precision, and the providers of the vision graph and decoder."""
+    mode = getattr(selection, "mode", None)
     return {
-        "backend": chosen,
+        "backend": backend,
         "precision": selection.precision,
-        **mode,
+        **({"mode": mode} if mode else {}),
         "vision_precision": selection.vision.precision,
-        "vision_provider": vision,
-        "decoder_provider": decoder,
+        "vision_provider": vision_provider,
+        "decoder_provider": decoder_provider,
     }
 
 

@@ -50,13 +50,13 @@ class LoadOptions:
         _one_of("vision precision", self.vision_precision, PRECISIONS, optional=True)
         _one_of("mode", self.mode, MODES)
         _one_of("verify", self.verify, VERIFY_MODES)
+        if self.mode == "mtmd" and (self.backend == ONNXRUNTIME or self.precision in PRECISIONS):
+            raise OptionsError("mode mtmd is llama.cpp's: it does not run on onnxruntime")
         implied = self.implied_backend
         if implied and self.backend and implied != self.backend:
             raise OptionsError(
                 f"{self.precision} is a precision of {implied}, not of {self.backend}"
             )
-        if self.mode == "mtmd" and self.backend == ONNXRUNTIME:
-            raise OptionsError("mode mtmd is llama.cpp's: it does not run on onnxruntime")
         for name, low in (("context", 2), ("threads", 1)):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):

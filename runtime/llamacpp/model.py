@@ -163,6 +163,8 @@ class LlamaCppVLM(LoadedBundle):
 
     backend = LLAMA_CPP
     open_selection = staticmethod(open_gguf_bundle)
+    MTMD_PROVIDER = "llama.cpp mtmd (CPU)"  # what encodes the image in mtmd mode
+    DECODER_PROVIDER = "llama.cpp (CPU)"  # the CPU build's only device
 
     def __init__(
         self,
@@ -199,13 +201,13 @@ class LlamaCppVLM(LoadedBundle):
     @property
     def vision_provider(self) -> str:
         if self.selection.mode == "mtmd":
-            return "llama.cpp mtmd (CPU)"
+            return self.MTMD_PROVIDER
         session = getattr(self.vision, "session", None)
         return session.get_providers()[0] if session else resolve_providers(self.providers)[0][0]
 
     @property
     def decoder_provider(self) -> str:
-        return "llama.cpp (CPU)"
+        return self.DECODER_PROVIDER
 
     @property
     def mode(self) -> str:
