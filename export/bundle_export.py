@@ -9,8 +9,9 @@ agreement is recorded in ``bundle.json``.
 
 Every bundle has the fp32 ONNX vision graph: the ONNX backend needs it, and
 so does llama.cpp's ``hybrid`` mode, the only way to run a vision tower that
-llama.cpp has no graph for. The int8 QDQ vision graph (the NPU form) comes
-with any quantized precision.
+llama.cpp has no graph for. The int8 QDQ vision graph comes with any
+quantized precision; ``npu="qnn"`` adds the graph in the form Qualcomm's HTP
+takes and its precompiled EPContext model (:mod:`mobilevlm.export.qnn_vision`).
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ import torch
 from mobilevlm import __version__
 from mobilevlm.errors import BundleError, at
 from mobilevlm.export import quantize
-from mobilevlm.export.calibration import calibration_images
+from mobilevlm.export.calibration import calibration_images, calibration_split
 from mobilevlm.export.onnx_bundle import ONNX_PRECISIONS, onnx_artefact, write_onnx_llm
 from mobilevlm.export.onnx_vision import export_vision
 from mobilevlm.manifest import (
+    DEFAULT_MODEL_SOURCE,
     GGUF_PRECISIONS,
     MANIFEST_FILE,
+    NPUS,
     PRECISIONS,
     TOKENIZER_FILE,
     Artefact,
@@ -38,6 +41,7 @@ from mobilevlm.manifest import (
 )
 from mobilevlm.reference.checkpoint import atomic_directory
 from mobilevlm.reference.model import MobileVLM
+from mobilevlm.runtime.ort import qnn
 
 FORMATS = ("onnx", "gguf")
 UNQUANTIZED = ("fp32", "f16")
@@ -68,11 +72,24 @@ def plan_precisions(formats: Sequence[str], precisions: Sequence[str] | None) ->
 
 
 def check_request(
-    target: str | Path, precisions: Sequence[str] | None, formats: Sequence[str] = ("onnx",)
+    target: str | Path,
+    precisions: Sequence[str] | None,
+    formats: Sequence[str] = ("onnx",),
+    npu: str | None = None,
+    soc: str | None = None,
 ) -> list[str]:
-    """Refuse unknown formats or precisions, and a target that exists but is not a bundle;
-    returns the precisions to export."""
+    """Refuse unknown formats, precisions, NPUs or SoCs, and a target that exists but is not
+    a bundle; returns the precisions to export."""
     chosen = plan_precisions(formats, precisions)
+    if npu is not None and npu not in NPUS:
+        raise BundleError(f"unknown NPU {npu!r} (expected one of {', '.join(NPUS)})")
+    if soc is not None:
+        if npu is None:
+            raise BundleError("--soc names the NPU's chip: it needs --npu")
+        try:
+            qnn.soc(soc)
+        except KeyError as exc:
+            raise BundleError(exc.args[0]) from None
     target = Path(target)
     if target.exists() and not (target / MANIFEST_FILE).is_file():
         if not target.is_dir() or any(target.iterdir()):
@@ -90,19 +107,31 @@ def export_bundle(
     random_weights: bool = False,
     check_parity: bool = True,
     progress: bool | None = None,
+    npu: str | None = None,
+    soc: str | None = None,
 ) -> BundleManifest:
     """Export ``model`` (made float32 in place) into the bundle directory ``target``,
-    replacing an older bundle there. ``precisions`` None: every precision of each format."""
+    replacing an older bundle there. ``precisions`` None: every precision of each format.
+    ``npu``: add the vision graph for that NPU (``qnn``), compiled for ``soc`` (default
+    :data:`~mobilevlm.runtime.ort.qnn.DEFAULT_SOC`) and calibrated on ``calibration_dir``
+    (required unless the model is the built-in one)."""
     from tqdm.auto import tqdm
 
     target = Path(target)
-    precisions = check_request(target, precisions, formats)
+    precisions = check_request(target, precisions, formats, npu, soc)
     onnx_precisions = [p for p in PRECISIONS if p in precisions]
     gguf_precisions = [p for p in GGUF_PRECISIONS if p in precisions]
     model = model.float().eval()
-    calibration = None
+    calibration = npu_images = None
     if any(p not in UNQUANTIZED for p in precisions):  # read images before any slow work
         calibration = calibration_images(model.config.preprocess, calibration_dir)
+    if npu is not None:
+        if calibration_dir is None and source != DEFAULT_MODEL_SOURCE:
+            raise BundleError(
+                "--npu calibrates the NPU graph on the model's own images: name them with "
+                "--calibration-images DIR (the built-in model uses Shapes-VQA scenes)"
+            )
+        npu_images = calibration_split(model.config.preprocess, calibration_dir)
 
     steps = ["vision"]
     if onnx_precisions:
@@ -115,6 +144,8 @@ def export_bundle(
         steps += gguf_steps(model, gguf_precisions)
     if calibration is not None:
         steps.append("vision int8")
+    if npu is not None:
+        steps += ["vision qnn", "vision qnn context"]
     if check_parity:
         steps.append("parity")
     disable = not sys.stderr.isatty() if progress is None else not progress
@@ -153,6 +184,12 @@ def export_bundle(
                 out / "vision.onnx", out / "vision_int8.onnx", calibration
             )
             artefacts.append(onnx_artefact(out, "vision", "int8", "vision_int8.onnx", made))
+        if npu_images is not None:
+            from mobilevlm.export.qnn_vision import write_qnn_vision
+
+            artefacts += write_qnn_vision(
+                model, out, Path(scratch), *npu_images, soc or qnn.DEFAULT_SOC, step
+            )
 
         (out / TOKENIZER_FILE).write_text(model.tokenizer.to_str(), encoding="utf-8")
         exporter = {

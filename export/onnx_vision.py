@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 PIXEL_VALUES = "pixel_values"
 IMAGE_EMBEDS = "image_embeds"
 OPSET = 17
+BATCH_AXES = {PIXEL_VALUES: {0: "batch"}, IMAGE_EMBEDS: {0: "batch"}}
 
 
 class VisionEncoder(nn.Module):
@@ -55,8 +56,10 @@ def _eager_attention(model: MobileVLM) -> Iterator[None]:
         config._attn_implementation = saved
 
 
-def export_vision(model: MobileVLM, path: Path) -> Path:
-    """Write the fp32 vision graph to ``path`` (weights inline: a vision tower is small)."""
+def export_vision(model: MobileVLM, path: Path, for_npu: bool = False) -> Path:
+    """Write the fp32 vision graph to ``path`` (weights inline: a vision tower is small).
+    ``for_npu``: one image per call (static shapes, as NPU compilers need) and no fusion
+    into onnxruntime's contrib ops, which are CPU/GPU kernels that no NPU provider takes."""
     size = model.config.preprocess.image_size
     encoder = VisionEncoder(model).float().eval()
     example = torch.zeros(1, 3, size, size)
@@ -68,12 +71,12 @@ def export_vision(model: MobileVLM, path: Path) -> Path:
             str(path),
             input_names=[PIXEL_VALUES],
             output_names=[IMAGE_EMBEDS],
-            dynamic_axes={PIXEL_VALUES: {0: "batch"}, IMAGE_EMBEDS: {0: "batch"}},
+            dynamic_axes=None if for_npu else BATCH_AXES,
             opset_version=OPSET,
             dynamo=False,
         )
     vision = model.config.vision
-    if isinstance(vision, ClipVisionConfig):
+    if isinstance(vision, ClipVisionConfig) and not for_npu:
         _fuse_transformer(path, vision)
     return path
 

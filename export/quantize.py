@@ -42,7 +42,7 @@ LM_HEAD = "lm_head"  # node name in mobilevlm.export.onnx_decoder
 
 
 @contextmanager
-def _quiet_root_logger():
+def quiet_root_logger():
     """onnxruntime.quantization warns through the root logger about every node it skips,
     and its MatMulNBits quantizer logs each node at INFO through a logger of its own."""
     loggers = [logging.getLogger(), logging.getLogger(NBITS_LOGGER)]
@@ -81,7 +81,7 @@ def _save(model: onnx.ModelProto, target: Path) -> None:
     )
 
 
-@_quiet_root_logger()
+@quiet_root_logger()
 def quantize_decoder_int8(source: Path, target: Path) -> dict:
     _save(_weight_only(onnx.load(str(source)), bits=8), target)
     return {
@@ -100,7 +100,7 @@ def _eight_bit_in_int4(model: onnx.ModelProto) -> list[str]:
     ]
 
 
-@_quiet_root_logger()
+@quiet_root_logger()
 def quantize_decoder_int4(source: Path, target: Path) -> dict:
     model = onnx.load(str(source))
     eight = _eight_bit_in_int4(model)
@@ -113,7 +113,7 @@ def quantize_decoder_int4(source: Path, target: Path) -> dict:
     }
 
 
-class _Calibration:
+class Calibration:
     """onnxruntime's CalibrationDataReader over preprocessed images."""
 
     def __init__(self, input_name: str, images: Iterable[np.ndarray]) -> None:
@@ -123,7 +123,7 @@ class _Calibration:
         return next(self._feeds, None)
 
 
-@_quiet_root_logger()
+@quiet_root_logger()
 def quantize_vision_qdq(source: Path, target: Path, images: list[np.ndarray]) -> dict:
     """``images``: preprocessed (3, S, S) float32 arrays, as the runtime feeds them."""
     from onnxruntime.quantization import (
@@ -142,7 +142,7 @@ def quantize_vision_qdq(source: Path, target: Path, images: list[np.ndarray]) ->
         quantize_static(
             prepared,
             target,
-            _Calibration(input_name, images),
+            Calibration(input_name, images),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,

@@ -26,6 +26,11 @@ TOKENIZER_FILE = "tokenizer.json"
 
 COMPONENTS = ("vision", "embeddings", "decoder", "llm", "mmproj")
 PRECISIONS = ("fp32", "fp16", "int8", "int4")  # ONNX artefacts
+# the vision graph in an NPU's form: static shapes, QDQ with 8-bit weights and 8- or 16-bit
+# activations (QNN's HTP)
+NPU_VISION_PRECISIONS = ("w8a8", "w8a16")
+NPUS = ("qnn",)  # the NPUs `export --npu` writes a vision graph for
+VISION_PRECISIONS = PRECISIONS + NPU_VISION_PRECISIONS
 GGUF_PRECISIONS = ("f16", "q8_0", "q4_k_m")  # llama.cpp's names, for GGUF artefacts
 DEFAULT_MODEL_SOURCE = "default model"  # exporter.source of the built-in model's bundles
 
@@ -48,7 +53,7 @@ class Artefact:
 
     component: str  # vision | embeddings | decoder (ONNX Runtime) | llm | mmproj (llama.cpp)
     precision: str
-    format: str  # onnx | npy | gguf
+    format: str  # onnx | npy | gguf | epcontext (an ONNX model wrapping an NPU context binary)
     files: tuple[BundleFile, ...]
     details: dict[str, Any] = field(default_factory=dict)  # how it was made (quantization, ...)
 
@@ -102,10 +107,13 @@ class BundleManifest:
         """Precisions of the LLM as GGUF, for the llama.cpp backend."""
         return tuple(a.precision for a in self.artefacts if a.component == "llm")
 
-    def find(self, component: str, precision: str) -> Artefact | None:
+    def find(self, component: str, precision: str, format: str | None = None) -> Artefact | None:
+        """The artefact of ``component`` at ``precision`` (in ``format``, when given; else the
+        first listed, which for a vision graph is its plain ONNX form)."""
         for a in self.artefacts:
             if a.component == component and a.precision == precision:
-                return a
+                if format is None or a.format == format:
+                    return a
         return None
 
     def of(self, component: str) -> list[Artefact]:

@@ -64,7 +64,7 @@ def _open(path: str | Path, verify: str, choose: Callable[[BundleManifest], Any]
 def open_bundle(
     path: str | Path,
     options: LoadOptions | None = None,
-    accelerator: bool = False,
+    accelerator: str | None = None,
     **fields: Any,
 ) -> tuple[BundleManifest, Selection]:
     """Read and check a bundle for ONNX Runtime: its manifest and the verified artefacts."""
@@ -79,7 +79,7 @@ def open_bundle(
 def open_gguf_bundle(
     path: str | Path,
     options: LoadOptions | None = None,
-    accelerator: bool = False,
+    accelerator: str | None = None,
     **fields: Any,
 ) -> tuple[BundleManifest, GgufSelection]:
     """Read and check a bundle for llama.cpp: its manifest and the verified artefacts."""
@@ -115,8 +115,8 @@ class LoadedBundle(CachingBackend, decode_loop.GeneratingBackend):
         in line selects the vision graph NPUs run)."""
         from mobilevlm.runtime.ort.providers import CPU, resolve_providers
 
-        accelerator = resolve_providers(options.providers)[0][0] != CPU
-        return cls.open_selection(path, options, accelerator)
+        first = resolve_providers(options.providers)[0][0]
+        return cls.open_selection(path, options, first if first != CPU else None)
 
     def __init__(
         self, root: Path, manifest: BundleManifest, selection, options: LoadOptions
@@ -144,6 +144,10 @@ class LoadedBundle(CachingBackend, decode_loop.GeneratingBackend):
         info = describe_run(
             self.backend, self.selection, self.vision_provider, self.decoder_provider
         )
+        nodes = getattr(getattr(self, "vision", None), "placement", None)
+        if nodes:  # recorded by NPU sessions: what ran where, and from which file
+            info["vision_nodes"] = nodes
+            info["vision_source"] = self.vision.source
         return {**info, "context": self.context}
 
     @property
@@ -178,11 +182,12 @@ def check_bundle(
 ) -> dict[str, Any]:
     """Verify what :func:`load_bundle` would run, without loading it; what would run, as
     :meth:`LoadedBundle.runtime_info` says it (the providers first in line)."""
-    from mobilevlm.runtime.ort.providers import resolve_providers
+    from mobilevlm.runtime.ort.providers import resolve_providers, without_npus
 
     options = LoadOptions.of(options, **fields)
     chosen = backend_for(BundleManifest.read(path), options)
-    first = resolve_providers(options.providers)[0][0]
+    providers = resolve_providers(options.providers)
+    first, cpu_side = providers[0][0], without_npus(providers)[0][0]
     if chosen == LLAMA_CPP:
         from mobilevlm.runtime.llamacpp.model import LlamaCppVLM as Engine
 
@@ -192,7 +197,7 @@ def check_bundle(
     from mobilevlm.runtime.ort.model import OnnxVLM
 
     _, selection = OnnxVLM.check(path, options)
-    return describe_run(chosen, selection, first, first)
+    return describe_run(chosen, selection, first, cpu_side)
 
 
 def describe_run(

@@ -10,11 +10,12 @@ bad one fails before anything is read or loaded.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from mobilevlm.errors import OptionsError
-from mobilevlm.manifest import GGUF_PRECISIONS, PRECISIONS
+from mobilevlm.manifest import GGUF_PRECISIONS, PRECISIONS, VISION_PRECISIONS
 
 ONNXRUNTIME = "onnxruntime"
 LLAMA_CPP = "llama.cpp"
@@ -31,6 +32,9 @@ class LoadOptions:
     precision: str | None = None  # fp32/int8/int4 (ONNX), f16/q8_0/q4_k_m (GGUF); None: fastest
     mode: str = "hybrid"  # llama.cpp's image path: hybrid | mtmd
     providers: tuple[str, ...] = ("cpu",)  # ONNX Runtime providers in order; "name!": required
+    # KEY=VALUE options of the first provider that is not the CPU (QNN: soc_model, htp_arch,
+    # htp_performance_mode, ...); keys starting ep. or session. are session entries
+    provider_options: tuple[tuple[str, str], ...] = ()
     threads: int | None = None  # CPU threads; None: one per physical core
     context: int | None = None  # KV cache positions; None: 2048 or the model's limit
     memory_budget: int | None = None  # bytes (text such as "512MB" is parsed); None: no plan
@@ -41,13 +45,14 @@ class LoadOptions:
         if isinstance(self.providers, str):
             object.__setattr__(self, "providers", (self.providers,))
         object.__setattr__(self, "providers", tuple(self.providers) or ("cpu",))
+        object.__setattr__(self, "provider_options", _pairs(self.provider_options))
         if self.memory_budget is not None:
             from mobilevlm.runtime.memory import parse_size
 
             object.__setattr__(self, "memory_budget", parse_size(self.memory_budget))
         _one_of("backend", self.backend, BACKENDS, optional=True)
         _one_of("precision", self.precision, PRECISIONS + GGUF_PRECISIONS, optional=True)
-        _one_of("vision precision", self.vision_precision, PRECISIONS, optional=True)
+        _one_of("vision precision", self.vision_precision, VISION_PRECISIONS, optional=True)
         _one_of("mode", self.mode, MODES)
         _one_of("verify", self.verify, VERIFY_MODES)
         if self.mode == "mtmd" and (self.backend == ONNXRUNTIME or self.precision in PRECISIONS):
@@ -81,6 +86,22 @@ class LoadOptions:
         """``options`` (default: all defaults) with ``fields`` overriding it."""
         options = options or cls()
         return options.replace(**fields) if fields else options
+
+
+def _pairs(options: Any) -> tuple[tuple[str, str], ...]:
+    """A mapping, ``KEY=VALUE`` strings or pairs, as sorted ``(key, value)`` string pairs."""
+    if isinstance(options, Mapping):
+        options = options.items()
+    pairs = []
+    for item in options or ():
+        if isinstance(item, str):
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise OptionsError(f"provider option {item!r} is not KEY=VALUE")
+            item = (key.strip(), value.strip())
+        key, value = item
+        pairs.append((str(key), str(value)))
+    return tuple(sorted(dict(pairs).items()))
 
 
 def _one_of(name: str, value: Any, allowed: tuple[str, ...], optional: bool = False) -> None:

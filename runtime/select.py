@@ -2,7 +2,9 @@
 
 A precision names the LLM's artefact (an ONNX decoder graph, or a GGUF for
 llama.cpp); the embedding table and the vision graph follow from it and from
-whether an NPU provider comes first (the QDQ int8 vision graph is the NPU form).
+which provider comes first: behind QNN, the bundle's QNN form of the vision
+graph (static QDQ, with its precompiled EPContext model when exported); behind
+another accelerator, the QDQ int8 graph; on the CPU, fp32.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mobilevlm.errors import BundleError
-from mobilevlm.manifest import Artefact, BundleManifest
+from mobilevlm.manifest import NPU_VISION_PRECISIONS, Artefact, BundleManifest
 
 PRECISION_PREFERENCE = ("int4", "int8", "fp32")  # the default: the fastest exported
 # The static QDQ int8 vision graph is the NPU form: on an x86 CPU onnxruntime runs it
@@ -23,6 +25,8 @@ VISION_ON_ACCELERATOR = {
     "f16": "fp32",
 }
 GGUF_PREFERENCE = ("q4_k_m", "q8_0", "f16")
+QNN = "QNNExecutionProvider"  # as onnxruntime names it
+EPCONTEXT = "epcontext"  # the format of a precompiled NPU model
 
 
 @dataclass(frozen=True)
@@ -33,21 +37,23 @@ class Selection:
     vision: Artefact
     embeddings: Artefact
     decoder: Artefact
+    vision_context: Artefact | None = None  # the vision graph precompiled for the NPU
 
     @property
     def artefacts(self) -> tuple[Artefact, ...]:
-        return (self.vision, self.embeddings, self.decoder)
+        context = (self.vision_context,) if self.vision_context else ()
+        return (self.vision, self.embeddings, self.decoder, *context)
 
 
 def select(
     manifest: BundleManifest,
     precision: str | None = None,
     vision_precision: str | None = None,
-    accelerator: bool = False,
+    accelerator: str | None = None,
 ) -> Selection:
     """Artefacts for ``precision`` (None: the fastest exported). The vision graph is
-    ``vision_precision`` when given; else, with an ``accelerator`` (an NPU provider first in
-    line), the int8 QDQ graph for int8/int4 decoders; else fp32."""
+    ``vision_precision`` when given; else, behind an ``accelerator`` (the provider first in
+    line, when it is not the CPU), its form for it (module docstring); else fp32."""
     available = manifest.precisions
     if precision is None:
         precision = next((p for p in PRECISION_PREFERENCE if p in available), None)
@@ -66,7 +72,8 @@ def select(
     embeddings = embeddings or next(iter(manifest.of("embeddings")), None)
     if embeddings is None:
         raise BundleError("the bundle lacks an embedding table")
-    return Selection(precision, vision, embeddings, decoder)
+    context = _vision_context(manifest, vision, accelerator)
+    return Selection(precision, vision, embeddings, decoder, context)
 
 
 @dataclass(frozen=True)
@@ -78,10 +85,12 @@ class GgufSelection:
     mode: str  # hybrid | mtmd
     llm: Artefact
     vision: Artefact
+    vision_context: Artefact | None = None  # hybrid: the vision graph precompiled for the NPU
 
     @property
     def artefacts(self) -> tuple[Artefact, ...]:
-        return (self.llm, self.vision)
+        context = (self.vision_context,) if self.vision_context else ()
+        return (self.llm, self.vision, *context)
 
 
 def select_gguf(
@@ -89,7 +98,7 @@ def select_gguf(
     precision: str | None = None,
     mode: str = "hybrid",
     vision_precision: str | None = None,
-    accelerator: bool = False,
+    accelerator: str | None = None,
 ) -> GgufSelection:
     """The GGUF LLM at ``precision`` (None: the fastest exported) and the image path of
     ``mode``: the ONNX vision graph chosen as :func:`select` does, or the mmproj."""
@@ -114,20 +123,41 @@ def select_gguf(
         vision = _vision_graph(manifest, precision, vision_precision, accelerator)
     else:
         raise BundleError(f"unknown llama.cpp mode {mode!r} (expected hybrid or mtmd)")
-    return GgufSelection(precision, mode, llm, vision)
+    context = _vision_context(manifest, vision, accelerator) if mode == "hybrid" else None
+    return GgufSelection(precision, mode, llm, vision, context)
+
+
+def npu_vision(manifest: BundleManifest) -> Artefact | None:
+    """The vision graph exported for QNN's HTP (``export --npu qnn``), if any."""
+    for precision in NPU_VISION_PRECISIONS:
+        vision = manifest.find("vision", precision, "onnx")
+        if vision is not None:
+            return vision
+    return None
 
 
 def _vision_graph(
-    manifest: BundleManifest, precision: str, wanted: str | None, accelerator: bool
+    manifest: BundleManifest, precision: str, wanted: str | None, accelerator: str | None
 ) -> Artefact:
     if wanted is not None:
-        vision = manifest.find("vision", wanted)
+        vision = manifest.find("vision", wanted, "onnx")
         if vision is None:
-            exported = ", ".join(a.precision for a in manifest.of("vision"))
+            exported = ", ".join(a.precision for a in manifest.of("vision") if a.format == "onnx")
             raise BundleError(f"the bundle has no {wanted} vision graph ({exported})")
         return vision
+    if accelerator == QNN and npu_vision(manifest) is not None:
+        return npu_vision(manifest)
     wanted = VISION_ON_ACCELERATOR.get(precision, "int8") if accelerator else "fp32"
-    vision = manifest.find("vision", wanted) or manifest.find("vision", "fp32")
+    vision = manifest.find("vision", wanted, "onnx") or manifest.find("vision", "fp32", "onnx")
     if vision is None:
         raise BundleError("the bundle lacks a vision graph")
     return vision
+
+
+def _vision_context(
+    manifest: BundleManifest, vision: Artefact, accelerator: str | None
+) -> Artefact | None:
+    """The precompiled form of ``vision`` for ``accelerator``: QNN's EPContext model."""
+    if accelerator != QNN:
+        return None
+    return manifest.find("vision", vision.precision, EPCONTEXT)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,7 +107,16 @@ def test_required_provider_that_is_missing_is_an_error():
 
 def test_provider_options_and_names():
     qnn = dict(resolve_providers(["QNNExecutionProvider!"], ["QNNExecutionProvider", CPU]))
-    assert qnn["QNNExecutionProvider"]["backend_path"] == "libQnnHtp.so"
+    # the plugin's own HTP library where onnxruntime-qnn is installed, else the device's
+    assert Path(qnn["QNNExecutionProvider"]["backend_path"]).name == "libQnnHtp.so"
+    assert qnn["QNNExecutionProvider"]["htp_performance_mode"] == "burst"
+    tuned = resolve_providers(
+        ["qnn", "cpu"],
+        ["QNNExecutionProvider", CPU],
+        options={"htp_performance_mode": "balanced", "ep.context_enable": "1"},
+    )
+    assert tuned[0][1]["htp_performance_mode"] == "balanced"
+    assert "ep.context_enable" not in tuned[0][1] and tuned[1] == (CPU, {})
     with pytest.raises(ProviderError, match="unknown execution provider 'tpu'"):
         resolve_providers(["tpu"], [CPU])
 

@@ -10,7 +10,8 @@ from mobilevlm.cli.describe import describe_bundle
 from mobilevlm.cli.options import comma_list, load_reference_model
 from mobilevlm.default_model.bundle import INSTALL_EXPORT_EXTRA
 from mobilevlm.errors import MissingDependencyError
-from mobilevlm.manifest import DEFAULT_MODEL_SOURCE
+from mobilevlm.manifest import DEFAULT_MODEL_SOURCE, NPUS
+from mobilevlm.runtime.ort import qnn
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -51,8 +52,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--calibration-images",
         type=Path,
         metavar="DIR",
-        help="images to calibrate the static int8 vision graph (default: 32 generated "
-        "Shapes-VQA scenes)",
+        help="images to calibrate the static int8 vision graph and the NPU graph (default, "
+        "for the built-in model only with --npu: 32 generated Shapes-VQA scenes)",
+    )
+    ex.add_argument(
+        "--npu",
+        choices=NPUS,
+        help="add the vision graph for this NPU: 'qnn' (Qualcomm Hexagon through ONNX "
+        "Runtime's QNN provider): static shapes, QDQ w8a16 or w8a8 by measured accuracy, "
+        "plus its EPContext model precompiled for --soc (needs the [npu] extra; "
+        "docs/npu.md)",
+    )
+    ex.add_argument(
+        "--soc",
+        metavar="NAME",
+        help=f"with --npu qnn: the Snapdragon to precompile for, by part number "
+        f"(default {qnn.DEFAULT_SOC}, {qnn.SOCS[qnn.DEFAULT_SOC].marketing}; known: "
+        f"{', '.join(qnn.SOCS)})",
     )
     ex.add_argument(
         "--vision-tower", type=Path, metavar="DIR", help="local CLIP vision tower (as for `run`)"
@@ -75,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
         raise MissingDependencyError(
             f"export needs the [export] extra ({exc.name} is missing): " + INSTALL_EXPORT_EXTRA
         ) from exc
-    check_request(args.output, precisions, formats)  # before the model loads
+    check_request(args.output, precisions, formats, args.npu, args.soc)  # before the model loads
     model = load_reference_model(args.checkpoint, args.vision_tower, args.threads)
     manifest = export_bundle(
         model,
@@ -86,6 +102,8 @@ def main(args: argparse.Namespace) -> int:
         source=str(args.checkpoint) if args.checkpoint else DEFAULT_MODEL_SOURCE,
         check_parity=not args.no_parity,
         random_weights=args.checkpoint is not None and has_random_weights(args.checkpoint),
+        npu=args.npu,
+        soc=args.soc,
     )
     if args.json:
         print(json.dumps(manifest.to_dict()))

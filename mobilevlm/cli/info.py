@@ -21,7 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="describe a bundle: model, artefacts, measured parity, what would run",
         description="Read a bundle's manifest and check its files (sizes; sha256 with "
         "--verify); say what `run` would load with the same options (engine, precision, "
-        "providers), or with --memory-budget the plan line by line.",
+        "providers), or with --memory-budget the plan line by line. With an accelerator "
+        "first (--provider qnn), each ONNX graph is loaded on it once to count the nodes it "
+        "takes and name the op types it refuses.",
     )
     info.add_argument(
         "bundle",
@@ -48,10 +50,28 @@ def main(args: argparse.Namespace) -> int:
             backend=plan.backend, precision=plan.precision, context=plan.context
         )
     runtime = check_bundle(bundle, options.replace(verify="size"))
+    graphs = accelerator_placement(bundle, manifest, options, runtime)
     if args.json:  # the plan itself under a budget, else the manifest; either with "runtime"
         out = plan.to_dict() if plan is not None else manifest.to_dict()
-        print(json.dumps({**out, "runtime": runtime}))
+        placed = {"placement": [g.to_dict() for g in graphs]} if graphs else {}
+        print(json.dumps({**out, "runtime": runtime, **placed}))
         return 0
     print(plan.describe() if plan is not None else describe_bundle(bundle, manifest))
     print(f"runs as {runtime_line(runtime)}")
+    if graphs:
+        print(f"on {graphs[0].provider} (nodes after onnxruntime's fusions, taken/all):")
+        for graph in graphs:
+            print("  " + graph.describe())
     return 0
+
+
+def accelerator_placement(bundle: Path, manifest: BundleManifest, options, runtime: dict):
+    """Placement of the bundle's ONNX graphs when the first provider is an accelerator."""
+    from mobilevlm.runtime.ort.placement import bundle_placement
+    from mobilevlm.runtime.ort.providers import CPU, resolve_providers
+
+    providers = resolve_providers(options.providers, options=dict(options.provider_options))
+    if providers[0][0] == CPU:
+        return []
+    decoder = runtime["precision"] if runtime["backend"] == "onnxruntime" else None
+    return bundle_placement(bundle, manifest, providers, decoder)

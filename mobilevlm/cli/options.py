@@ -12,7 +12,7 @@ from pathlib import Path
 from mobilevlm.default_model.bundle import INSTALL_EXPORT_EXTRA
 from mobilevlm.errors import MissingDependencyError, OptionsError
 from mobilevlm.generation.sampling import GenerationConfig
-from mobilevlm.manifest import GGUF_PRECISIONS, PRECISIONS
+from mobilevlm.manifest import GGUF_PRECISIONS, PRECISIONS, VISION_PRECISIONS
 from mobilevlm.runtime.loader import (
     DEFAULT_CONTEXT,
 )
@@ -101,9 +101,10 @@ def add_bundle_options(parser: argparse.ArgumentParser, bundle_flag: bool = True
     )
     b.add_argument(
         "--vision-precision",
-        choices=PRECISIONS,
-        help="vision graph precision (default: fp32 on the CPU; the int8 QDQ graph for "
-        "int8/int4 decoders when an NPU provider comes first)",
+        choices=VISION_PRECISIONS,
+        help="vision graph precision (default: fp32 on the CPU; behind qnn the bundle's NPU "
+        "graph, w8a16 or w8a8, from `export --npu qnn`; behind another accelerator the int8 "
+        "QDQ graph for int8/int4 decoders)",
     )
     b.add_argument(
         "--provider",
@@ -111,8 +112,18 @@ def add_bundle_options(parser: argparse.ArgumentParser, bundle_flag: bool = True
         default=[],
         metavar="NAME",
         help="execution provider in order of preference (repeatable): cpu, qnn, nnapi, "
-        "coreml, xnnpack, openvino; a trailing '!' makes it required; CPU is always the "
-        "fallback",
+        "coreml, xnnpack, openvino; a trailing '!' makes it required (an NPU must then take "
+        "the whole vision graph); CPU is always the fallback",
+    )
+    b.add_argument(
+        "--provider-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="option of the first provider that is not the CPU (repeatable), passed to "
+        "onnxruntime as is, e.g. qnn's htp_performance_mode=balanced, soc_model=57, "
+        "htp_arch=75, enable_htp_fp16_precision=0; ep.* and session.* keys are session "
+        "entries (ep.context_enable=1 ep.context_file_path=F caches a compiled graph)",
     )
     b.add_argument(
         "--memory-budget",
@@ -162,6 +173,7 @@ def load_options(args: argparse.Namespace) -> LoadOptions:
         "backend": args.backend,
         "precision": args.precision,
         "providers": tuple(args.provider) or ("cpu",),
+        "provider_options": tuple(args.provider_option),
         "threads": getattr(args, "threads", None),
         "context": args.context,
         "memory_budget": args.memory_budget,

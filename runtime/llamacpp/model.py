@@ -188,9 +188,9 @@ class LlamaCppVLM(LoadedBundle):
             from mobilevlm.runtime.llamacpp.mtmd_vision import MtmdVisionEncoder
 
             return MtmdVisionEncoder(path, self.llama, self.threads)
-        from mobilevlm.runtime.ort.vision import OnnxVisionEncoder
+        from mobilevlm.runtime.ort.vision import open_vision_encoder
 
-        return OnnxVisionEncoder(path, resolve_providers(self.providers), self.threads)
+        return open_vision_encoder(self.root, self.selection, self.options)
 
     def release_vision(self) -> None:
         """Free the image encoder (memory); the next image loads it again."""
@@ -202,8 +202,9 @@ class LlamaCppVLM(LoadedBundle):
     def vision_provider(self) -> str:
         if self.selection.mode == "mtmd":
             return self.MTMD_PROVIDER
-        session = getattr(self.vision, "session", None)
-        return session.get_providers()[0] if session else resolve_providers(self.providers)[0][0]
+        if self.vision is None:  # released: the provider it will load on
+            return resolve_providers(self.providers)[0][0]
+        return self.vision.provider
 
     @property
     def decoder_provider(self) -> str:

@@ -18,8 +18,8 @@ from mobilevlm.runtime.loader import LoadedBundle, open_bundle
 from mobilevlm.runtime.options import ONNXRUNTIME, LoadOptions
 from mobilevlm.runtime.ort.decoder import OnnxDecoder
 from mobilevlm.runtime.ort.embeddings import EmbeddingTable
-from mobilevlm.runtime.ort.providers import resolve_providers
-from mobilevlm.runtime.ort.vision import OnnxVisionEncoder
+from mobilevlm.runtime.ort.providers import resolve_providers, without_npus
+from mobilevlm.runtime.ort.vision import OnnxVisionEncoder, open_vision_encoder
 from mobilevlm.runtime.select import Selection
 
 
@@ -40,7 +40,7 @@ class OnnxVLM(LoadedBundle):
             root / selection.decoder.path,
             self.config.llm,
             self.context,
-            self.providers,
+            without_npus(self.providers),
             self.threads,
         )
         # read row by row from its file: none of the table is resident
@@ -49,9 +49,9 @@ class OnnxVLM(LoadedBundle):
 
     @property
     def vision_provider(self) -> str:
-        """The provider the vision session runs on first (its others are fallbacks)."""
-        session = self.vision.session if self.vision is not None else None
-        return session.get_providers()[0] if session else self.providers[0][0]
+        """The provider that runs most of the vision graph (where the session is released:
+        the one it will load on)."""
+        return self.vision.provider if self.vision is not None else self.providers[0][0]
 
     @property
     def decoder_provider(self) -> str:
@@ -63,8 +63,7 @@ class OnnxVLM(LoadedBundle):
         return self.precision
 
     def _open_vision(self) -> OnnxVisionEncoder:
-        path = self.root / self.selection.vision.path
-        return OnnxVisionEncoder(path, self.providers, self.threads)
+        return open_vision_encoder(self.root, self.selection, self.options)
 
     def release_vision(self) -> None:
         """Free the vision session (memory); the next image loads it again."""

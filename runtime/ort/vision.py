@@ -2,25 +2,84 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from mobilevlm.runtime.ort.providers import create_session
+from mobilevlm.errors import MobileVLMError
+from mobilevlm.runtime.options import LoadOptions
+from mobilevlm.runtime.ort.providers import (
+    Providers,
+    create_session,
+    main_provider,
+    placement,
+    requires_npu,
+    resolve_providers,
+    session_config,
+)
+
+log = logging.getLogger(__name__)
 
 PIXEL_VALUES = "pixel_values"  # fixed by mobilevlm.export.onnx_vision
 
 
 class OnnxVisionEncoder:
+    """One vision session. ``context``: the graph precompiled for the NPU (an EPContext
+    model), loaded first; where it does not load (another HTP architecture, an NPU that is
+    absent), ``path`` is compiled instead."""
+
     def __init__(
         self,
         path: str | Path,
-        providers: list[tuple[str, dict[str, str]]],
+        providers: Providers,
         threads: int | None = None,
+        context: str | Path | None = None,
+        config: Mapping[str, str] | None = None,
+        whole_graph: bool = False,
     ) -> None:
-        self.session = create_session(path, providers, threads)
+        self.session = None
+        self.source = "graph"  # what the session was made from: graph | epcontext
+        if context is not None:
+            try:
+                self.session = create_session(context, providers, threads, config, whole_graph)
+                self.source = "epcontext"
+            except MobileVLMError as exc:
+                log.warning(
+                    "the precompiled NPU model does not load here; compiling %s (%s)",
+                    Path(path).name,
+                    exc,
+                )
+        if self.session is None:
+            self.session = create_session(path, providers, threads, config, whole_graph)
+
+    @property
+    def provider(self) -> str:
+        """The provider that runs most of the graph."""
+        return main_provider(self.session)
+
+    @property
+    def placement(self) -> dict[str, int]:
+        """Nodes per provider, where the session recorded them (QNN sessions do)."""
+        return placement(self.session)
 
     def encode(self, pixel_values: np.ndarray) -> np.ndarray:
         """(3, S, S) float32 -> (num_image_tokens, hidden) float32."""
         feed = {PIXEL_VALUES: np.ascontiguousarray(pixel_values[None], dtype=np.float32)}
         return self.session.run(None, feed)[0][0]
+
+
+def open_vision_encoder(root: Path, selection, options: LoadOptions) -> OnnxVisionEncoder:
+    """The selected vision graph (its precompiled form first) on the providers ``options``
+    name; a required NPU (``qnn!``) must take all of it."""
+    extra = dict(options.provider_options)
+    context = selection.vision_context
+    return OnnxVisionEncoder(
+        root / selection.vision.path,
+        resolve_providers(options.providers, options=extra),
+        options.threads,
+        context=root / context.path if context is not None else None,
+        config=session_config(extra),
+        whole_graph=requires_npu(options.providers),
+    )

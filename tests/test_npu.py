@@ -1,0 +1,185 @@
+"""The vision graph on Qualcomm's HTP (the x86-64 simulator in onnxruntime-qnn), whole.
+
+Tiny EfficientNet-Lite and CLIP bundles are exported with ``npu="qnn"`` and run
+with CPU fallback disabled (``qnn!``): every node on the NPU, from the
+precompiled EPContext model, with outputs close to the same QDQ graph on the
+CPU and to fp32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from mobilevlm.errors import BundleError, ProviderError
+from mobilevlm.export.bundle_export import check_request, export_bundle
+from mobilevlm.export.parity import cosine
+from mobilevlm.manifest import BundleManifest
+from mobilevlm.runtime.ort import qnn
+from mobilevlm.runtime.ort.model import OnnxVLM
+from mobilevlm.runtime.ort.placement import bundle_placement
+from mobilevlm.runtime.ort.providers import (
+    CPU,
+    QNN,
+    create_session,
+    placement,
+    resolve_providers,
+)
+from mobilevlm.runtime.select import EPCONTEXT, npu_vision
+
+needs_htp = pytest.mark.skipif(
+    not qnn.plugin_devices(),
+    reason=f"no {qnn.PLUGIN_PACKAGE} wheel for this platform ({qnn.INSTALL_NPU_EXTRA})",
+)
+
+
+def _efficientnet_model():
+    from tiny_models import random_init_, tiny_config, tiny_tokenizer
+
+    from mobilevlm.config import (
+        EfficientNetLiteConfig,
+        ModelConfig,
+        PreprocessConfig,
+        ProjectorConfig,
+    )
+    from mobilevlm.reference.model import MobileVLM
+
+    base = tiny_config(template="chatml")
+    config = ModelConfig(
+        vision=EfficientNetLiteConfig(image_size=128, feature="blocks"),
+        projector=ProjectorConfig("ldpnetv2", 320, base.llm.hidden_size, cell_labels=(2, 1, 0, 1)),
+        llm=base.llm,
+        preprocess=PreprocessConfig(image_size=128, aspect="pad"),
+        template="chatml",
+    )
+    model = random_init_(MobileVLM(config, tiny_tokenizer(base.llm.vocab_size, False)), 1)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Ten structured pictures: the last two held out by the export, the rest calibrate."""
+    directory = tmp_path_factory.mktemp("calibration")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:80, 0:96]
+    for i in range(10):
+        base = np.stack([xx * (i + 1), yy * (10 - i), (xx + yy) * 2], axis=-1) % 256
+        noise = rng.integers(-30, 30, size=base.shape)
+        Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(directory / f"{i}.png")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def npu_bundles(tiny_models, images, tmp_path_factory):
+    if not qnn.plugin_devices():
+        pytest.skip(f"no {qnn.PLUGIN_PACKAGE} wheel for this platform")
+    root = tmp_path_factory.mktemp("npu")
+    models = {"clip": tiny_models(projector="ldpnetv2"), "efficientnet": _efficientnet_model()}
+    for name, model in models.items():
+        export_bundle(
+            model, root / name, ["fp32"], calibration_dir=images, check_parity=False, npu="qnn"
+        )
+    return {name: (models[name], root / name) for name in models}
+
+
+@needs_htp
+@pytest.mark.parametrize("tower", ["clip", "efficientnet"])
+def test_vision_graph_runs_whole_on_the_npu_from_its_precompiled_context(
+    npu_bundles, tower, rgb_image
+):
+    _, bundle = npu_bundles[tower]
+    on_npu = OnnxVLM.load(bundle, precision="fp32", providers=("qnn!",))
+    info = on_npu.runtime_info()
+    assert info["vision_provider"] == QNN and info["decoder_provider"] == CPU
+    assert info["vision_source"] == "epcontext" and set(info["vision_nodes"]) == {QNN}
+    precision = info["vision_precision"]
+    assert precision in ("w8a8", "w8a16")
+
+    qdq_on_cpu = OnnxVLM.load(bundle, precision="fp32", vision_precision=precision)
+    fp32 = OnnxVLM.load(bundle, precision="fp32")
+    assert qdq_on_cpu.vision_provider == CPU and fp32.runtime_info()["vision_precision"] == "fp32"
+    got = on_npu.encode_image(rgb_image)
+    assert cosine(got, qdq_on_cpu.encode_image(rgb_image)).min() > 0.99
+    assert cosine(got, fp32.encode_image(rgb_image)).min() > 0.97
+
+
+@needs_htp
+def test_manifest_records_the_npu_graph_its_context_and_their_parity(npu_bundles):
+    _, bundle = npu_bundles["clip"]
+    manifest = BundleManifest.read(bundle)
+    graph = npu_vision(manifest)
+    context = manifest.find("vision", graph.precision, EPCONTEXT)
+    assert graph.details["npu"] == "qnn" and graph.details["shapes"] == "static, batch 1"
+    assert graph.details["calibration_images"] == 8  # ten images, two held out
+    parity = graph.details["parity"]
+    assert parity["heldout_images"] == 2
+    cosines = parity["token_cosine_min"]
+    assert cosines[f"{graph.precision} qnn context"] > 0.97 and "w8a16 cpu" in cosines
+    assert context.details["soc"] == qnn.DEFAULT_SOC and context.details["htp_arch"] == 75
+    assert [f.path for f in context.files] == ["vision_qnn_ctx.onnx", "vision_qnn_ctx_qnn.bin"]
+    # one image per call, QDQ nodes, none of the CPU path's fused contrib ops (QNN's
+    # preprocessing fuses Gelu into the com.microsoft op the HTP has)
+    nodes = onnx.load(str(bundle / graph.path)).graph
+    assert nodes.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    assert {n.op_type for n in nodes.node if n.domain} <= {"Gelu"}
+    assert "QuantizeLinear" in {n.op_type for n in nodes.node}
+
+
+@needs_htp
+def test_placement_counts_npu_nodes_and_names_the_decoders_refused_ops(npu_bundles):
+    _, bundle = npu_bundles["clip"]
+    manifest = BundleManifest.read(bundle)
+    graphs = bundle_placement(bundle, manifest, resolve_providers(["qnn"]), "fp32")
+    by_path = {g.path: g for g in graphs}
+    npu_graph = by_path["vision_qnn.onnx"]
+    # all but the graph input's quantization and output's dequantization, which QNN leaves
+    # to the CPU when it may (offload_graph_io_quantization; `qnn!` keeps them on the NPU)
+    assert npu_graph.taken == npu_graph.total - 2 > 0
+    assert npu_graph.cpu_ops == {"QuantizeLinear": 1, "DequantizeLinear": 1}
+    decoder = by_path["decoder.onnx"]
+    assert decoder.taken < decoder.total and "GroupQueryAttention" in decoder.cpu_ops
+
+
+def _graph_with_an_op_the_htp_lacks(path):
+    weight = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "W")
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], name="conv0", pads=[1, 1, 1, 1]),
+        helper.make_node("NonZero", ["c"], ["nz"], name="nz0"),
+        helper.make_node("Shape", ["nz"], ["y"], name="shape0"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, [2])],
+        [weight],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@needs_htp
+def test_required_npu_refusing_nodes_is_an_error_naming_them(tmp_path):
+    path = _graph_with_an_op_the_htp_lacks(tmp_path / "g.onnx")
+    with pytest.raises(ProviderError, match=r"g.onnx: .*refuses 2 nodes: nz0 \(NonZero\)"):
+        create_session(path, resolve_providers(["qnn!"]), whole_graph=True)
+    preferred = create_session(path, resolve_providers(["qnn"]))  # the CPU takes the rest
+    assert placement(preferred) == {QNN: 3, CPU: 2}  # conv with its layout transposes
+
+
+def test_npu_export_of_a_checkpoint_needs_its_own_calibration_images(tiny_models, tmp_path):
+    with pytest.raises(BundleError, match="--calibration-images DIR"):
+        export_bundle(tiny_models(), tmp_path / "b", ["fp32"], npu="qnn")
+    assert not (tmp_path / "b").exists()
+
+
+def test_unknown_npu_or_soc_is_refused_before_any_work(tmp_path):
+    with pytest.raises(BundleError, match="unknown SoC 'SM9999'.*SM8650 \\(Snapdragon 8 Gen 3\\)"):
+        check_request(tmp_path / "b", ["fp32"], npu="qnn", soc="SM9999")
+    with pytest.raises(BundleError, match="unknown NPU 'ane'"):
+        check_request(tmp_path / "b", ["fp32"], npu="ane")
+    with pytest.raises(BundleError, match="needs --npu"):
+        check_request(tmp_path / "b", ["fp32"], soc="SM8650")
