@@ -146,8 +146,12 @@ class LoadedBundle(CachingBackend, decode_loop.GeneratingBackend):
         )
         nodes = getattr(getattr(self, "vision", None), "placement", None)
         if nodes:  # recorded by NPU sessions: what ran where, and from which file
+            from mobilevlm.runtime.ort import qnn
+
             info["vision_nodes"] = nodes
             info["vision_source"] = self.vision.source
+            if self.vision_provider == qnn.QNN and qnn.simulated():
+                info["vision_simulated"] = True  # its encode times are not a phone's
         return {**info, "context": self.context}
 
     @property

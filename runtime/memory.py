@@ -54,7 +54,14 @@ from typing import Any
 from mobilevlm.errors import BudgetError, BundleError, MobileVLMError
 from mobilevlm.manifest import BundleManifest
 from mobilevlm.runtime.options import LLAMA_CPP, ONNXRUNTIME, LoadOptions
-from mobilevlm.runtime.select import GGUF_PREFERENCE, PRECISION_PREFERENCE, select, select_gguf
+from mobilevlm.runtime.ort.providers import CPU, resolve_providers
+from mobilevlm.runtime.select import (
+    GGUF_PREFERENCE,
+    PRECISION_PREFERENCE,
+    QNN,
+    select,
+    select_gguf,
+)
 
 MIB = 2**20
 UNITS = {
@@ -95,6 +102,14 @@ VISION_FILE_FACTOR = {"fp32": 1.6, "int8": 2.1}
 # (glibc keeps the freed heap), all 11 of the tiny one: the fixed part and 60% of the rest;
 # of the QDQ ViT-L's 1,090 MiB, 873 stayed
 VISION_KEPT_SHARE = {"fp32": 0.6, "int8": 0.8}
+# the vision session on QNN's HTP, in host memory: the HTP libraries and the graph's
+# context. Measured like the CPU session, on the default model's 4.5 MiB w8a8 context
+# (x86-64 simulator, onnxruntime-qnn 2.7.0): 100 MiB at the peak, 84 kept, loading the
+# EPContext model; 150 and 138 compiling the 3.8 MiB QDQ graph instead. Beyond its files,
+# a fixed part (the libraries) and the files twice (read, then handed to the HTP).
+NPU_VISION_BYTES = {"epcontext": 91 * MIB, "onnx": 142 * MIB}  # fixed, by what is loaded
+NPU_VISION_FILE_FACTOR = 2.0
+NPU_VISION_KEPT_SHARE = 0.85
 # working memory: the measured peak less every other line, one answer at 512, 2048 and
 # 4096 positions (the "residual" column of --measure). ONNX Runtime: 18-26 MiB at int4 and
 # int8, 39-52 at fp32 (it grows with the weights it packs); llama.cpp: 7-31 MiB, plus its
@@ -189,6 +204,7 @@ class _Option:
     weights: int
     vision: int  # the encoder's peak while encoding
     vision_kept: int  # what stays of it after its release
+    vision_where: str = ""  # "", or the NPU it runs on
 
 
 def _option(
@@ -197,15 +213,16 @@ def _option(
     precision: str,
     mode: str,
     vision_precision: str | None,
+    accelerator: str | None = None,
 ) -> _Option:
     """Sizes of ``precision`` on ``backend``, from the artefacts its loader would open
-    (raises :class:`BundleError` when the bundle lacks one)."""
+    behind ``accelerator`` (raises :class:`BundleError` when the bundle lacks one)."""
     llm = manifest.model.llm
     lines = [(f"process and {backend} library", BASE_BYTES[backend])]
     fixed, per_entry = TOKENIZER_BYTES
     lines.append((f"tokenizer ({llm.vocab_size:,} entries)", fixed + llm.vocab_size * per_entry))
     if backend == LLAMA_CPP:
-        chosen = select_gguf(manifest, precision, mode, vision_precision)
+        chosen = select_gguf(manifest, precision, mode, vision_precision, accelerator)
         weights, vision = chosen.llm.bytes, chosen.vision
         lines.append((f"LLM weights ({precision} GGUF, memory-mapped)", weights))
         repacked = chosen.llm.details.get("repacked_bytes", 0)  # recorded at export
@@ -213,9 +230,14 @@ def _option(
             lines.append(("LLM weights repacked by llama.cpp's CPU backend", repacked))
             weights += repacked
     else:
-        chosen = select(manifest, precision, vision_precision)
+        chosen = select(manifest, precision, vision_precision, accelerator)
         weights, vision = chosen.decoder.bytes, chosen.vision
         lines.append((f"LLM weights ({precision} decoder)", weights))
+    if accelerator == QNN and vision.details.get("npu") == "qnn":
+        loaded = chosen.vision_context or vision  # the precompiled model, where exported
+        session = NPU_VISION_BYTES[loaded.format] + int(NPU_VISION_FILE_FACTOR * loaded.bytes)
+        kept = int(session * NPU_VISION_KEPT_SHARE)
+        return _Option(backend, precision, tuple(lines), weights, session, kept, "QNN HTP")
     fixed, per_pixel = VISION_BYTES
     factor = VISION_FILE_FACTOR.get(vision.precision, 1.0)  # the mmproj: llama.cpp loads it once
     session = int(factor * vision.bytes) + per_pixel * manifest.model.preprocess.image_size**2
@@ -252,7 +274,11 @@ def _lines(
         kv,
     )
     if not release:
-        return lines + [("vision encoder (session and activations)", option.vision), kv_line]
+        where = f" on the {option.vision_where} (host memory)" if option.vision_where else ""
+        return lines + [
+            (f"vision encoder{where} (session and activations)", option.vision),
+            kv_line,
+        ]
     kept = option.vision_kept
     lines += [
         (f"vision encoder once released ({_mib(option.vision)} while encoding)", kept),
@@ -323,6 +349,8 @@ def plan_memory(
     options = LoadOptions.of(options, **fields)
     backend, precision, mode = options.backend, options.precision, options.mode
     context, vision_precision = options.context, options.vision_precision
+    first = resolve_providers(options.providers)[0][0]
+    accelerator = first if first != CPU else None
     limit = manifest.model.llm.max_position_embeddings
     if context is not None:
         floor = min(context, limit)
@@ -332,7 +360,9 @@ def plan_memory(
     failure: BundleError | None = None
     for option_backend, option_precision in _candidates(manifest, backend, precision, mode):
         try:
-            option = _option(manifest, option_backend, option_precision, mode, vision_precision)
+            option = _option(
+                manifest, option_backend, option_precision, mode, vision_precision, accelerator
+            )
         except BundleError as exc:  # e.g. no mmproj for mtmd: the next candidate may do
             failure = exc
             continue

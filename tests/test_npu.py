@@ -183,3 +183,35 @@ def test_unknown_npu_or_soc_is_refused_before_any_work(tmp_path):
         check_request(tmp_path / "b", ["fp32"], npu="ane")
     with pytest.raises(BundleError, match="needs --npu"):
         check_request(tmp_path / "b", ["fp32"], soc="SM8650")
+
+
+@needs_htp
+def test_cli_run_on_the_required_npu_says_so(npu_bundles, tmp_path, rgb_image, capsys):
+    import json
+
+    from mobilevlm.cli import main
+
+    _, bundle = npu_bundles["efficientnet"]
+    image = tmp_path / "image.png"
+    Image.fromarray(rgb_image).save(image)
+    argv = ["run", "--bundle", bundle, "--provider", "qnn!", "--image", image]
+    argv += ["--prompt", "What color is the circle?", "--max-new-tokens", "4", "--json"]
+    assert main([str(a) for a in argv]) == 0
+    runtime = json.loads(capsys.readouterr().out)["runtime"]  # nothing else on stdout
+    assert runtime["vision_provider"] == QNN and runtime["vision_simulated"] is True
+    assert runtime["decoder_provider"] == CPU
+
+
+@needs_htp
+def test_planner_counts_the_npu_session_and_the_bench_names_its_variant(npu_bundles):
+    from mobilevlm.bench.variants import every_variant, parse_variant, unavailable
+    from mobilevlm.runtime.memory import NPU_VISION_BYTES, plan_memory
+
+    _, bundle = npu_bundles["clip"]
+    manifest = BundleManifest.read(bundle)
+    plan = plan_memory(manifest, 1 << 40, providers=("qnn!",))
+    vision = next(n for what, n in plan.lines if what.startswith("vision encoder"))
+    assert vision >= NPU_VISION_BYTES["epcontext"]
+    variant = parse_variant("fp32/qnn-vision")
+    assert variant.providers == ("qnn!",) and unavailable(variant, manifest, None) is None
+    assert "fp32/qnn-vision" not in [v.name for v in every_variant(manifest)]  # quantized only

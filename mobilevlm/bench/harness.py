@@ -278,6 +278,7 @@ def memory_estimate(manifest: BundleManifest, variant: Variant, context: int | N
         mode=variant.mode or "hybrid",
         context=context,
         vision_precision=variant.vision_precision,
+        providers=variant.providers or ("cpu",),
     )
     return plan.total
 

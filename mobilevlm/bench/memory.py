@@ -106,7 +106,12 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 
         pixels = preprocess(_test_image(), manifest.model.preprocess)
         base, resident = peak_rss(), _rss()
-        encoder = OnnxVisionEncoder(f"{bundle}/{spec['path']}", resolve_providers(["cpu"]))
+        context = spec.get("context_path")  # an NPU's precompiled model, loaded first
+        encoder = OnnxVisionEncoder(
+            f"{bundle}/{spec['path']}",
+            resolve_providers(spec.get("providers", ["cpu"])),
+            context=f"{bundle}/{context}" if context else None,
+        )
         encoder.encode(pixels)
         peak = peak_rss() - base
         del encoder

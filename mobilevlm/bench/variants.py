@@ -2,7 +2,8 @@
 
 A variant is an engine and a precision: the PyTorch reference (``torch``), an
 ONNX precision (``fp32``, ``int8``, ``int4``; ``int8/qdq-vision`` swaps in the
-static QDQ int8 vision graph that NPUs run), a GGUF precision through this
+static QDQ int8 vision graph on the CPU; ``int4/qnn-vision`` runs the bundle's
+QNN vision graph on the NPU, here the HTP simulator), a GGUF precision through this
 runtime's llama.cpp backend (``q4_k_m`` = ``q4_k_m/hybrid``, ``q4_k_m/mtmd``),
 or a peer: ``transformers`` (eager generation on the reference's weights) and
 ``llama-cpp-python`` (its own multimodal chat path on the bundle's GGUF and
@@ -18,13 +19,22 @@ from pathlib import Path
 from mobilevlm.errors import MobileVLMError
 from mobilevlm.manifest import GGUF_PRECISIONS, PRECISIONS, BundleManifest
 from mobilevlm.runtime.options import LLAMA_CPP, MODES, ONNXRUNTIME
-from mobilevlm.runtime.select import GGUF_PREFERENCE, PRECISION_PREFERENCE, select, select_gguf
+from mobilevlm.runtime.ort import qnn
+from mobilevlm.runtime.select import (
+    GGUF_PREFERENCE,
+    PRECISION_PREFERENCE,
+    QNN,
+    npu_vision,
+    select,
+    select_gguf,
+)
 
 TORCH = "torch"
 TRANSFORMERS = "transformers"
 LLAMA_CPP_PYTHON = "llama-cpp-python"
 PEERS = (TRANSFORMERS, LLAMA_CPP_PYTHON)
 QDQ_VISION = "qdq-vision"
+QNN_VISION = "qnn-vision"  # the vision graph on QNN's HTP, all of it (qnn!)
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,7 @@ class Variant:
     precision: str  # of the LLM weights
     mode: str | None = None  # llama.cpp: where image embeddings come from
     vision_precision: str | None = None  # None: the bundle's fp32 vision graph
+    providers: tuple[str, ...] = ()  # () : the bench's own (the CPU unless told otherwise)
 
     @property
     def peer(self) -> bool:
@@ -51,6 +62,7 @@ class Variant:
             "precision": self.precision,
             "mode": self.mode,
             "vision_precision": self.vision_precision,
+            "providers": list(self.providers),
             "peer": self.peer,
         }
 
@@ -66,10 +78,13 @@ def parse_variant(name: str) -> Variant:
     precision, _, option = name.partition("/")
     if precision in PRECISIONS and option in ("", QDQ_VISION):
         return Variant(name, ONNXRUNTIME, precision, None, "int8" if option else None)
+    if precision in PRECISIONS and option == QNN_VISION:
+        return Variant(name, ONNXRUNTIME, precision, providers=("qnn!",))
     if precision in GGUF_PRECISIONS and option in ("", *MODES):
         mode = option or "hybrid"
         return Variant(f"{precision}/{mode}", LLAMA_CPP, precision, mode)
-    known = [TORCH, *PRECISIONS, "int8/qdq-vision", *GGUF_PRECISIONS, "q4_k_m/mtmd", *PEERS]
+    known = [TORCH, *PRECISIONS, "int8/qdq-vision", "int4/qnn-vision", *GGUF_PRECISIONS]
+    known += ["q4_k_m/mtmd", *PEERS]
     raise MobileVLMError(f"unknown variant {name!r} (known forms: {', '.join(known)})")
 
 
@@ -83,6 +98,10 @@ def unavailable(variant: Variant, manifest: BundleManifest, checkpoint: str | No
             return f"no {variant.precision} decoder in the bundle"
         if variant.vision_precision and manifest.find("vision", "int8") is None:
             return "no int8 QDQ vision graph in the bundle"
+        if variant.providers and npu_vision(manifest) is None:
+            return "no QNN vision graph in the bundle (export it with --npu qnn)"
+        if variant.providers and not qnn.plugin_devices():
+            return f"no QNN provider here ({qnn.INSTALL_NPU_EXTRA})"
         return None
     gguf = variant.precision or fastest_gguf(manifest)
     if gguf is None or manifest.find("llm", gguf) is None:
@@ -104,6 +123,8 @@ def every_variant(manifest: BundleManifest) -> list[Variant]:
     names = [TORCH, *manifest.precisions]
     if manifest.find("vision", "int8"):
         names += [f"{p}/{QDQ_VISION}" for p in manifest.precisions if p != "fp32"]
+    if npu_vision(manifest):
+        names += [f"{p}/{QNN_VISION}" for p in manifest.precisions if p != "fp32"]
     for precision in manifest.gguf_precisions:
         names += [f"{precision}/{mode}" for mode in MODES]
     return [parse_variant(n) for n in names + list(PEERS)]
@@ -119,7 +140,8 @@ def disk_bytes(
             return None
         return sum(f.stat().st_size for f in Path(checkpoint).rglob("*") if f.is_file())
     if variant.engine == ONNXRUNTIME:
-        selection = select(manifest, variant.precision, variant.vision_precision)
+        accelerator = QNN if variant.providers else None
+        selection = select(manifest, variant.precision, variant.vision_precision, accelerator)
     else:
         mode = "mtmd" if variant.engine == LLAMA_CPP_PYTHON else variant.mode
         selection = select_gguf(manifest, variant.precision or fastest_gguf(manifest), mode)

@@ -69,7 +69,7 @@ def load(job: dict[str, Any]):
         job["bundle"],
         precision=variant.precision,
         mode=variant.mode or "hybrid",
-        providers=job.get("providers") or ("cpu",),
+        providers=variant.providers or job.get("providers") or ("cpu",),
         threads=threads,
         context=context,
         vision_precision=variant.vision_precision or job.get("vision_precision"),

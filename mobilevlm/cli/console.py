@@ -34,7 +34,8 @@ def runtime_line(info: dict[str, Any]) -> str:
     mode = f"/{info['mode']}" if info.get("mode") else ""
     parts = [f"{info['backend']} {info['precision']}{mode}"]
     vision = info.get("vision_precision")
-    parts.append(f"vision {vision + ' ' if vision else ''}on {info['vision_provider']}")
+    simulated = " (HTP simulator: not a phone's latency)" if info.get("vision_simulated") else ""
+    parts.append(f"vision {vision + ' ' if vision else ''}on {info['vision_provider']}{simulated}")
     parts.append(f"decoder on {info['decoder_provider']}")
     if info.get("context"):
         parts.append(f"context {info['context']}")

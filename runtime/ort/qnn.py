@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import platform
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -110,6 +111,12 @@ def plugin_version() -> str | None:
     info = getattr(module, "build_and_package_info", None)
     sdk = getattr(info, "qnn_version", None)
     return f"{module.__version__} (QNN {sdk})" if sdk else module.__version__
+
+
+def simulated() -> bool:
+    """Whether the HTP here is Qualcomm's x86-64 simulator (right numerics and placement,
+    but nothing about a phone's latency or power)."""
+    return plugin() is not None and platform.machine().lower() in ("x86_64", "amd64")
 
 
 def default_options() -> dict[str, str]:
