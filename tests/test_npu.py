@@ -164,9 +164,10 @@ def _graph_with_an_op_the_htp_lacks(path):
 @needs_htp
 def test_required_npu_refusing_nodes_is_an_error_naming_them(tmp_path):
     path = _graph_with_an_op_the_htp_lacks(tmp_path / "g.onnx")
+    soc = qnn.soc(qnn.DEFAULT_SOC).provider_options()  # as the exports in this process
     with pytest.raises(ProviderError, match=r"g.onnx: .*refuses 2 nodes: nz0 \(NonZero\)"):
-        create_session(path, resolve_providers(["qnn!"]), whole_graph=True)
-    preferred = create_session(path, resolve_providers(["qnn"]))  # the CPU takes the rest
+        create_session(path, resolve_providers(["qnn!"], options=soc), whole_graph=True)
+    preferred = create_session(path, resolve_providers(["qnn"], options=soc))  # CPU: the rest
     assert placement(preferred) == {QNN: 3, CPU: 2}  # conv with its layout transposes
 
 

@@ -16,11 +16,15 @@ from typing import Any
 
 from mobilevlm.manifest import BundleManifest
 from mobilevlm.runtime.ort.providers import (
+    QNN,
     Providers,
     create_session,
     placement,
     refused_nodes,
+    resolve_providers,
 )
+from mobilevlm.runtime.ort.vision import compiled_for
+from mobilevlm.runtime.select import EPCONTEXT
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,10 @@ def bundle_placement(
 ) -> list[GraphPlacement]:
     """Every ONNX vision graph of the bundle, and the ``decoder`` precision's graph."""
     root = Path(root)
+    context = next((a for a in manifest.of("vision") if a.format == EPCONTEXT), None)
+    if providers[0][0] == QNN and context is not None:  # the SoC the bundle was compiled for
+        providers = [(providers[0][0], {**compiled_for(context), **providers[0][1]})]
+        providers += resolve_providers(["cpu"])
     graphs = [a for a in manifest.of("vision") if a.format == "onnx"]
     if decoder is not None and manifest.find("decoder", decoder) is not None:
         graphs.append(manifest.find("decoder", decoder))

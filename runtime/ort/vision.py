@@ -23,6 +23,7 @@ from mobilevlm.runtime.ort.providers import (
 log = logging.getLogger(__name__)
 
 PIXEL_VALUES = "pixel_values"  # fixed by mobilevlm.export.onnx_vision
+SOC_KEYS = ("soc_model", "htp_arch")  # recorded on an EPContext artefact by the export
 
 
 class OnnxVisionEncoder:
@@ -70,11 +71,21 @@ class OnnxVisionEncoder:
         return self.session.run(None, feed)[0][0]
 
 
+def compiled_for(context) -> dict[str, str]:
+    """Provider options naming the SoC an EPContext artefact was compiled for (or none)."""
+    details = context.details if context is not None else {}
+    return {k: str(details[k]) for k in SOC_KEYS if k in details}
+
+
 def open_vision_encoder(root: Path, selection, options: LoadOptions) -> OnnxVisionEncoder:
     """The selected vision graph (its precompiled form first) on the providers ``options``
-    name; a required NPU (``qnn!``) must take all of it."""
-    extra = dict(options.provider_options)
+    name; a required NPU (``qnn!``) must take all of it. The SoC the context was compiled
+    for is the provider's default (``options`` may name another)."""
     context = selection.vision_context
+    compiled_for = {
+        k: str(context.details[k]) for k in SOC_KEYS if context and k in context.details
+    }
+    extra = {**compiled_for, **dict(options.provider_options)}
     return OnnxVisionEncoder(
         root / selection.vision.path,
         resolve_providers(options.providers, options=extra),
