@@ -174,10 +174,19 @@ def test_generation_stops_when_the_context_is_full(bundle):
     assert result.stats.prefill_tokens + result.stats.generated_tokens == 141
 
 
-def test_a_bundle_loads_with_npu_preferences_on_a_cpu_only_onnxruntime(bundle):
-    model = OnnxVLM.load(bundle, precision="int4", providers=["qnn", "nnapi", "coreml", "xnnpack"])
+def test_a_bundle_loads_with_accelerator_preferences_this_onnxruntime_lacks(bundle):
+    model = OnnxVLM.load(bundle, precision="int4", providers=["nnapi", "coreml", "xnnpack"])
     assert model.decoder.session.get_providers() == [CPU]
     assert model.vision.session.get_providers() == [CPU]
+    assert model.generate(None, "hi", GenerationConfig(max_new_tokens=3)).stats.generated_tokens
+
+
+def test_the_decoder_stays_on_the_cpu_behind_an_npu(bundle):
+    """QNN (where onnxruntime-qnn is installed) takes what it can of the vision graph; a
+    bundle without an NPU graph still loads and answers, its decoder on the CPU."""
+    model = OnnxVLM.load(bundle, precision="int4", providers=["qnn", "cpu"])
+    assert model.decoder.session.get_providers() == [CPU]
+    assert model.runtime_info()["decoder_provider"] == CPU
     assert model.generate(None, "hi", GenerationConfig(max_new_tokens=3)).stats.generated_tokens
 
 

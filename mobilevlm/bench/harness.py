@@ -19,13 +19,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from mobilevlm.bench.variants import Variant, disk_bytes, unavailable
+from mobilevlm.bench.variants import Variant, disk_bytes, parse_variant, unavailable
 from mobilevlm.errors import MobileVLMError
 from mobilevlm.manifest import DEFAULT_MODEL_SOURCE, BundleManifest
 from mobilevlm.runtime.loader import DEFAULT_CONTEXT
@@ -43,7 +43,24 @@ METRICS = (
     ("peak_rss_mib", "peak MiB", "{:.0f}", False),
 )
 CPU_EXTENSIONS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd")
-PACKAGES = ("onnxruntime", "llama-cpp-python", "torch", "transformers", "numpy")
+PACKAGES = ("onnxruntime", "onnxruntime-qnn", "llama-cpp-python", "torch", "transformers", "numpy")
+SIMULATED = "*"  # marks a variant whose image encode ran on the HTP simulator
+SIMULATED_NOTE = (
+    f"{SIMULATED} image encode on Qualcomm's HTP simulator (x86-64, onnxruntime-qnn): its "
+    "placement and numerics are the NPU's, its times say nothing about a phone's latency"
+)
+
+
+def display_name(name: str) -> str:
+    """The variant's name, marked when its image encode runs on the HTP simulator here."""
+    from mobilevlm.runtime.ort import qnn
+
+    return name + (SIMULATED if parse_variant(name).providers and qnn.simulated() else "")
+
+
+def simulator_notes(names: Iterable[str]) -> list[str]:
+    """The note that explains the mark, when one of ``names`` carries it."""
+    return [SIMULATED_NOTE] if any(display_name(n) != n for n in names) else []
 
 
 class WorkerError(MobileVLMError):
@@ -137,6 +154,7 @@ class BenchReport:
     def summary(self, baseline: str | None = None) -> str:
         """The machine, what was measured, and the table: what ``bench`` prints."""
         s = self.settings
+        notes = simulator_notes(r.variant.name for r in self.results if not r.skipped)
         return "\n".join(
             [
                 f"machine: {self.machine}",
@@ -144,6 +162,7 @@ class BenchReport:
                 f"decoded; medians of {s.repeats} runs, each a fresh process; "
                 "x: times faster than the baseline",
                 self.table(baseline),
+                *notes,
             ]
         )
 
@@ -158,7 +177,7 @@ class BenchReport:
             if r.skipped:
                 lines.append(f"{r.variant.name:<24}  skipped: {r.skipped}")
                 continue
-            cells = [f"{r.variant.name:<24}"]
+            cells = [f"{display_name(r.variant.name):<24}"]
             for key, _, fmt, _ in METRICS:
                 value = r.median(key)
                 cells.append(f"{fmt.format(value) if value is not None else '-':>14}")

@@ -12,7 +12,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mobilevlm.bench.evaluate import VariantEval, reference_of
-from mobilevlm.bench.harness import METRICS, MIB, BenchReport, VariantResult, machine, speedup
+from mobilevlm.bench.harness import (
+    METRICS,
+    MIB,
+    BenchReport,
+    VariantResult,
+    display_name,
+    machine,
+    simulator_notes,
+    speedup,
+)
 from mobilevlm.errors import MissingDependencyError
 
 # one color per engine, the same in every chart
@@ -167,7 +176,7 @@ def bench_markdown(report: BenchReport, baseline: str | None = None) -> str:
     for r in report.results:
         if r.skipped:
             continue
-        cells = [f"`{r.variant.name}`", r.variant.engine]
+        cells = [f"`{display_name(r.variant.name)}`", r.variant.engine]
         cells += [_spread(r, key, fmt) for key, _, fmt, _ in METRICS]
         cells += [_fmt(r.estimate_bytes and r.estimate_bytes / MIB, "{:.0f}")]
         cells += [_fmt(r.disk_bytes and r.disk_bytes / MIB, "{:.0f}")]
@@ -187,6 +196,7 @@ def bench_markdown(report: BenchReport, baseline: str | None = None) -> str:
         "Encode: preprocessing, vision tower and projector. TTFT: encode plus the prefill of "
         "image and prompt. Peak: the worker process's VmHWM. llama-cpp-python's chat path "
         "encodes the image inside its first-token time and exposes no split.",
+        *simulator_notes(r.variant.name for r in report.results if not r.skipped),
         "",
     ]
     return "\n".join(lines)
@@ -260,12 +270,13 @@ def eval_markdown(results: Sequence[VariantEval], bundle: str) -> str:
     head = ["variant", "accuracy", *kinds, "agreement", "ms / question", "peak MiB", "disk MiB"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
-        cells = [f"`{r.name}`", f"{r.report.accuracy():.1%}"]
+        cells = [f"`{display_name(r.name)}`", f"{r.report.accuracy():.1%}"]
         cells += [f"{r.report.accuracy(k):.1%}" for k in kinds]
         cells += ["–" if r.agreement is None else f"{r.agreement:.1%}"]
         cells += [f"{r.ms_per_question:.0f}", f"{r.peak_rss / MIB:.0f}"]
         cells += [_fmt(r.disk_bytes and r.disk_bytes / MIB, "{:.0f}")]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *simulator_notes(r.name for r in results)]
     return "\n".join(lines) + "\n"
 
 
