@@ -274,11 +274,8 @@ def _lines(
         kv,
     )
     if not release:
-        where = f" on the {option.vision_where} (host memory)" if option.vision_where else ""
-        return lines + [
-            (f"vision encoder{where} (session and activations)", option.vision),
-            kv_line,
-        ]
+        what = f"on the {option.vision_where}, host memory" if option.vision_where else "session"
+        return lines + [(f"vision encoder ({what} and activations)", option.vision), kv_line]
     kept = option.vision_kept
     lines += [
         (f"vision encoder once released ({_mib(option.vision)} while encoding)", kept),
