@@ -41,9 +41,12 @@ test-slow: $(STAMP)
 
 # the default model exported to ONNX (fp32, int8, int4) and GGUF (f16, q8_0, q4_k_m), then
 # every variant and the peers side by side (each run a fresh process): docs/bench/report.md
+# (plus the vision graph for Qualcomm's NPU where onnxruntime-qnn is installed: its bench
+# and eval variants run on the HTP simulator)
 BUNDLE := .cache/bundles/default
+NPU_EXPORT = $(shell $(PY) -c "import onnxruntime_qnn" 2>/dev/null && echo --npu qnn)
 $(BUNDLE)/bundle.json: $(STAMP) mobilevlm/default_model/trained.safetensors
-	$(VENV)/bin/mobilevlm export -o $(BUNDLE) --formats onnx,gguf
+	$(VENV)/bin/mobilevlm export -o $(BUNDLE) --formats onnx,gguf $(NPU_EXPORT)
 
 bench: $(BUNDLE)/bundle.json
 	$(VENV)/bin/mobilevlm bench $(BUNDLE) --repeats 5 --report docs/bench
