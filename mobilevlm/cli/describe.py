@@ -25,7 +25,8 @@ def describe_bundle(root: str | Path, manifest: BundleManifest) -> str:
         "  artefacts",
     ]
     for a in manifest.artefacts:
-        lines.append(f"    {a.component:<11}{a.precision:<6}{_mib(a.bytes):>12}  {a.path}")
+        line = f"    {a.component:<11}{a.precision:<6}{_mib(a.bytes):>12}  {a.path}"
+        lines.append(line + _npu_note(a.details))
     parity = dict(manifest.exporter.get("parity") or {})
     gguf = parity.pop("gguf", {})
     if parity:
@@ -44,7 +45,27 @@ def describe_bundle(root: str | Path, manifest: BundleManifest) -> str:
         lines.append("  GGUF in llama.cpp against the PyTorch reference (text, teacher-forced)")
         for precision, p in gguf.items():
             lines.append(f"    {precision:<10}{p['top1_agreement']:>14.1%} top-1 agreement")
+    npu = [a for a in manifest.artefacts if "parity" in a.details and "npu" in a.details]
+    for a in npu:
+        cosines = ", ".join(
+            f"{k} {v:.4f}" for k, v in a.details["parity"]["token_cosine_min"].items()
+        )
+        held = a.details["parity"]["heldout_images"]
+        lines.append(
+            f"  {a.path}: image-token cosine min against fp32 ({held} held out): {cosines}"
+        )
     if "mmproj_skipped" in manifest.exporter:
         lines.append(f"  no mmproj    {manifest.exporter['mmproj_skipped']}")
         lines.append("               llama.cpp runs this bundle in hybrid mode (ONNX vision)")
     return "\n".join(lines)
+
+
+def _npu_note(details: dict) -> str:
+    """What an NPU artefact is: its activations, or the SoC its context was compiled for."""
+    if "soc" in details:
+        return (
+            f"  (EPContext for {details['soc']}, {details['soc_name']}, HTP v{details['htp_arch']})"
+        )
+    if "npu" in details:
+        return f"  ({details['npu']}: static QDQ, {details['activations']} activations)"
+    return ""

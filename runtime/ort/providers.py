@@ -189,6 +189,8 @@ def _session(path, providers: Providers, threads: int | None, entries: dict[str,
         with qnn.stdout_to_stderr():
             session = onnxruntime.InferenceSession(str(path), sess_options=options)
     else:
+        if entries.get(DISABLE_CPU_FALLBACK) == "1":  # ORT refuses a CPU it may not use
+            providers = [(name, opts) for name, opts in providers if name != CPU]
         with qnn.stdout_to_stderr() if providers[0][0] == QNN else nullcontext():
             session = onnxruntime.InferenceSession(
                 str(path),
