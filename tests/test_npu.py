@@ -36,29 +36,6 @@ needs_htp = pytest.mark.skipif(
 )
 
 
-def _efficientnet_model():
-    from tiny_models import random_init_, tiny_config, tiny_tokenizer
-
-    from mobilevlm.config import (
-        EfficientNetLiteConfig,
-        ModelConfig,
-        PreprocessConfig,
-        ProjectorConfig,
-    )
-    from mobilevlm.reference.model import MobileVLM
-
-    base = tiny_config(template="chatml")
-    config = ModelConfig(
-        vision=EfficientNetLiteConfig(image_size=128, feature="blocks"),
-        projector=ProjectorConfig("ldpnetv2", 320, base.llm.hidden_size, cell_labels=(2, 1, 0, 1)),
-        llm=base.llm,
-        preprocess=PreprocessConfig(image_size=128, aspect="pad"),
-        template="chatml",
-    )
-    model = random_init_(MobileVLM(config, tiny_tokenizer(base.llm.vocab_size, False)), 1)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """Ten structured pictures: the last two held out by the export, the rest calibrate."""
@@ -77,7 +54,12 @@ def npu_bundles(tiny_models, images, tmp_path_factory):
     if not qnn.plugin_devices():
         pytest.skip(f"no {qnn.PLUGIN_PACKAGE} wheel for this platform")
     root = tmp_path_factory.mktemp("npu")
-    models = {"clip": tiny_models(projector="ldpnetv2"), "efficientnet": _efficientnet_model()}
+    from tiny_models import build_tiny_efficientnet_model
+
+    models = {
+        "clip": tiny_models(projector="ldpnetv2"),
+        "efficientnet": build_tiny_efficientnet_model(),
+    }
     for name, model in models.items():
         export_bundle(
             model, root / name, ["fp32"], calibration_dir=images, check_parity=False, npu="qnn"

@@ -49,26 +49,9 @@ def test_fp32_bundle_matches_torch(bundles, geometry):
 
 
 def test_efficientnet_tower_exports_with_parity(tmp_path, torch_threads):
-    from tiny_models import random_init_, tiny_config, tiny_tokenizer
+    from tiny_models import build_tiny_efficientnet_model
 
-    from mobilevlm.config import (
-        EfficientNetLiteConfig,
-        ModelConfig,
-        PreprocessConfig,
-        ProjectorConfig,
-    )
-    from mobilevlm.reference.model import MobileVLM
-
-    base = tiny_config(template="chatml")
-    config = ModelConfig(
-        vision=EfficientNetLiteConfig(image_size=128, feature="blocks"),
-        projector=ProjectorConfig("ldpnetv2", 320, base.llm.hidden_size, cell_labels=(2, 1, 0, 1)),
-        llm=base.llm,
-        preprocess=PreprocessConfig(image_size=128, aspect="pad"),
-        template="chatml",
-    )
-    model = random_init_(MobileVLM(config, tiny_tokenizer(base.llm.vocab_size, False)), 1)
-    model.vision_tower.eval()  # batch norm in inference mode, as exported
+    model = build_tiny_efficientnet_model()
     export_bundle(model.eval(), tmp_path / "b", ["fp32"], check_parity=False)
     result = compare(
         TorchBackend(model), OnnxVLM.load(tmp_path / "b", precision="fp32"), parity_prompts(1)

@@ -82,6 +82,23 @@ def build_tiny_model(seed: int = 0, **config_kwargs) -> MobileVLM:
     return random_init_(model, seed).eval()
 
 
+def build_tiny_efficientnet_model(seed: int = 1) -> MobileVLM:
+    """The default model's architecture at toy size: EfficientNet-Lite0 blocks at 128 px
+    (a 4x4 feature grid), LDPv2 with 2x2 labelled cells, the tiny chatml LLaMA."""
+    from mobilevlm.config import EfficientNetLiteConfig
+
+    base = tiny_config(template="chatml")
+    config = ModelConfig(
+        vision=EfficientNetLiteConfig(image_size=128, feature="blocks"),
+        projector=ProjectorConfig("ldpnetv2", 320, base.llm.hidden_size, cell_labels=(2, 1, 0, 1)),
+        llm=base.llm,
+        preprocess=PreprocessConfig(image_size=128, aspect="pad"),
+        template="chatml",
+    )
+    model = random_init_(MobileVLM(config, tiny_tokenizer(base.llm.vocab_size, False)), seed)
+    return model.eval()  # batch norm in inference mode, as exported
+
+
 def write_original(
     model: MobileVLM, path: str | Path, weights: str = "safetensors"
 ) -> tuple[Path, Path]:
