@@ -54,11 +54,10 @@ from typing import Any
 from mobilevlm.errors import BudgetError, BundleError, MobileVLMError
 from mobilevlm.manifest import BundleManifest
 from mobilevlm.runtime.options import LLAMA_CPP, ONNXRUNTIME, LoadOptions
-from mobilevlm.runtime.ort.providers import CPU, resolve_providers
+from mobilevlm.runtime.ort.providers import CPU, QNN, resolve_providers
 from mobilevlm.runtime.select import (
     GGUF_PREFERENCE,
     PRECISION_PREFERENCE,
-    QNN,
     select,
     select_gguf,
 )

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from mobilevlm.errors import BundleError
 from mobilevlm.manifest import NPU_VISION_PRECISIONS, Artefact, BundleManifest
+from mobilevlm.runtime.ort.qnn import QNN
 
 PRECISION_PREFERENCE = ("int4", "int8", "fp32")  # the default: the fastest exported
 # The static QDQ int8 vision graph is the NPU form: on an x86 CPU onnxruntime runs it
@@ -25,7 +26,6 @@ VISION_ON_ACCELERATOR = {
     "f16": "fp32",
 }
 GGUF_PREFERENCE = ("q4_k_m", "q8_0", "f16")
-QNN = "QNNExecutionProvider"  # as onnxruntime names it
 EPCONTEXT = "epcontext"  # the format of a precompiled NPU model
 
 
@@ -145,8 +145,9 @@ def _vision_graph(
             exported = ", ".join(a.precision for a in manifest.of("vision") if a.format == "onnx")
             raise BundleError(f"the bundle has no {wanted} vision graph ({exported})")
         return vision
-    if accelerator == QNN and npu_vision(manifest) is not None:
-        return npu_vision(manifest)
+    on_npu = npu_vision(manifest) if accelerator == QNN else None
+    if on_npu is not None:
+        return on_npu
     wanted = VISION_ON_ACCELERATOR.get(precision, "int8") if accelerator else "fp32"
     vision = manifest.find("vision", wanted, "onnx") or manifest.find("vision", "fp32", "onnx")
     if vision is None:

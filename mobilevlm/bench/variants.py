@@ -23,7 +23,6 @@ from mobilevlm.runtime.ort import qnn
 from mobilevlm.runtime.select import (
     GGUF_PREFERENCE,
     PRECISION_PREFERENCE,
-    QNN,
     npu_vision,
     select,
     select_gguf,
@@ -44,7 +43,7 @@ class Variant:
     precision: str  # of the LLM weights
     mode: str | None = None  # llama.cpp: where image embeddings come from
     vision_precision: str | None = None  # None: the bundle's fp32 vision graph
-    providers: tuple[str, ...] = ()  # () : the bench's own (the CPU unless told otherwise)
+    providers: tuple[str, ...] = ()  # empty: the bench's own (the CPU unless told otherwise)
 
     @property
     def peer(self) -> bool:
@@ -140,7 +139,7 @@ def disk_bytes(
             return None
         return sum(f.stat().st_size for f in Path(checkpoint).rglob("*") if f.is_file())
     if variant.engine == ONNXRUNTIME:
-        accelerator = QNN if variant.providers else None
+        accelerator = qnn.QNN if variant.providers else None
         selection = select(manifest, variant.precision, variant.vision_precision, accelerator)
     else:
         mode = "mtmd" if variant.engine == LLAMA_CPP_PYTHON else variant.mode
