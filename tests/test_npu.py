@@ -198,3 +198,32 @@ def test_planner_counts_the_npu_session_and_the_bench_names_its_variant(npu_bund
     variant = parse_variant("fp32/qnn-vision")
     assert variant.providers == ("qnn!",) and unavailable(variant, manifest, None) is None
     assert "fp32/qnn-vision" not in [v.name for v in every_variant(manifest)]  # quantized only
+
+
+@needs_htp
+def test_a_context_that_does_not_load_is_compiled_from_the_graph_and_cached(
+    npu_bundles, tmp_path, rgb_image, caplog
+):
+    import shutil
+
+    _, bundle = npu_bundles["efficientnet"]
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    binary = copy / "vision_qnn_ctx_qnn.bin"
+    binary.write_bytes(bytes(binary.stat().st_size))  # same size, no context in it
+    cache = tmp_path / "cache" / "vision_ctx.onnx"
+    cache.parent.mkdir()
+    options = {"ep.context_enable": "1", "ep.context_file_path": str(cache)}
+    load = dict(precision="fp32", providers=("qnn!",), provider_options=options, verify="size")
+
+    compiled = OnnxVLM.load(copy, **load)
+    assert "does not load here" in caplog.text
+    info = compiled.runtime_info()
+    assert info["vision_source"] == "graph" and set(info["vision_nodes"]) == {QNN}
+    assert cache.is_file()  # the compiled context, written where the options say
+    cached = OnnxVLM.load(copy, **load)
+    assert cached.runtime_info()["vision_source"] == "cache"
+    reference = OnnxVLM.load(bundle, precision="fp32", providers=("qnn!",))
+    expected = reference.encode_image(rgb_image)
+    for model in (compiled, cached):
+        assert cosine(model.encode_image(rgb_image), expected).min() > 0.999

@@ -123,7 +123,8 @@ def add_bundle_options(parser: argparse.ArgumentParser, bundle_flag: bool = True
         help="option of the first provider that is not the CPU (repeatable), passed to "
         "onnxruntime as is, e.g. qnn's htp_performance_mode=balanced, soc_model=57, "
         "htp_arch=75, enable_htp_fp16_precision=0; ep.* and session.* keys are session "
-        "entries (ep.context_enable=1 ep.context_file_path=F caches a compiled graph)",
+        "entries (ep.context_enable=1 with ep.context_file_path=F: F caches the NPU's compiled "
+        "vision graph)",
     )
     b.add_argument(
         "--memory-budget",

@@ -24,12 +24,16 @@ log = logging.getLogger(__name__)
 
 PIXEL_VALUES = "pixel_values"  # fixed by mobilevlm.export.onnx_vision
 SOC_KEYS = ("soc_model", "htp_arch")  # recorded on an EPContext artefact by the export
+CONTEXT_ENABLE, CONTEXT_FILE = "ep.context_enable", "ep.context_file_path"
+CONTEXT_KEYS = "ep.context_"  # session entries that make a session write an EPContext model
 
 
 class OnnxVisionEncoder:
     """One vision session. ``context``: the graph precompiled for the NPU (an EPContext
     model), loaded first; where it does not load (another HTP architecture, an NPU that is
-    absent), ``path`` is compiled instead."""
+    absent), ``path`` is compiled instead. With ``ep.context_enable=1`` and
+    ``ep.context_file_path=F`` in ``config``, F is a cache: loaded when it exists, else
+    written by the compilation."""
 
     def __init__(
         self,
@@ -40,20 +44,23 @@ class OnnxVisionEncoder:
         config: Mapping[str, str] | None = None,
         whole_graph: bool = False,
     ) -> None:
+        config = dict(config or {})
+        cache = config.get(CONTEXT_FILE) if config.get(CONTEXT_ENABLE) == "1" else None
+        plain = {k: v for k, v in config.items() if not k.startswith(CONTEXT_KEYS)}
         self.session = None
-        self.source = "graph"  # what the session was made from: graph | epcontext
-        if context is not None:
+        self.source = "graph"  # what the session was made from: graph | epcontext | cache
+        for source, model in (("epcontext", context), ("cache", cache)):
+            if model is None or not Path(model).is_file():
+                continue
             try:
-                self.session = create_session(context, providers, threads, config, whole_graph)
-                self.source = "epcontext"
+                self.session = create_session(model, providers, threads, plain, whole_graph)
+                self.source = source
+                return
             except MobileVLMError as exc:
-                log.warning(
-                    "the precompiled NPU model does not load here; compiling %s (%s)",
-                    Path(path).name,
-                    exc,
-                )
-        if self.session is None:
-            self.session = create_session(path, providers, threads, config, whole_graph)
+                log.warning("%s does not load here; compiling %s (%s)", model, Path(path).name, exc)
+        if cache is not None and Path(cache).exists():  # ORT will not overwrite it
+            config = plain
+        self.session = create_session(path, providers, threads, config, whole_graph)
 
     @property
     def provider(self) -> str:
