@@ -242,17 +242,16 @@ def needed_precisions(options: LoadOptions) -> list[str]:
     return [PRECISION_PREFERENCE[0]]
 
 
-def default_bundle_holds() -> list[str]:
-    """The precisions the built-in model's cached bundle holds ([] when there is none)."""
+def _cached_default_manifest() -> BundleManifest | None:
+    """The built-in model's cached bundle manifest (None when there is none)."""
     path = default_bundle_dir()
     if not (path / MANIFEST_FILE).is_file():
-        return []
+        return None
     try:
-        manifest = BundleManifest.read(path)
+        return BundleManifest.read(path)
     except BundleError as exc:  # a damaged cache is rebuilt, not a dead end
         log.warning("rebuilding the built-in model's bundle: %s", exc)
-        return []
-    return list(manifest.precisions + manifest.gguf_precisions)
+        return None
 
 
 def default_bundle(
@@ -261,10 +260,14 @@ def default_bundle(
     progress: bool | None = None,
 ) -> Path:
     """The built-in model as a bundle holding ``precisions`` (default: those ``options``
-    need), exported into the cache directory when it lacks one of them (by
+    need) and, when ``options`` put QNN first, the vision graph for its NPU; exported into
+    the cache directory when it lacks one of them (by
     :mod:`mobilevlm.default_model.bundle`); an export keeps what the bundle held and adds
     the rest. Building needs the [export] extra (torch); loading the bundle afterwards
     does not."""
+    from mobilevlm.runtime.ort.providers import QNN, resolve_providers
+    from mobilevlm.runtime.select import npu_vision
+
     path = default_bundle_dir()
     options = options or LoadOptions()
     wanted = list(precisions or needed_precisions(options))
@@ -277,12 +280,17 @@ def default_bundle(
                 "the built-in model cannot run on llama.cpp's mtmd: its vision tower is "
                 "EfficientNet-Lite0 and mtmd runs CLIP ViTs only (use --mode hybrid)"
             )
-    held = default_bundle_holds()
-    if all(p in held for p in wanted):
+    manifest = _cached_default_manifest()
+    held = list(manifest.precisions + manifest.gguf_precisions) if manifest else []
+    npu_held = manifest is not None and npu_vision(manifest) is not None
+    npu_wanted = resolve_providers(options.providers)[0][0] == QNN
+    if all(p in held for p in wanted) and (npu_held or not npu_wanted):
         return path
     from mobilevlm.default_model.bundle import export_default_bundle
 
     every = [p for p in PRECISIONS + GGUF_PRECISIONS if p in held or p in wanted]
-    missing = ", ".join(p for p in wanted if p not in held)
-    log.warning("exporting the built-in model (%s) into %s, once", missing, path)
-    return export_default_bundle(path, every, progress)
+    missing = [p for p in wanted if p not in held]
+    missing += ["the NPU vision graph"] if npu_wanted and not npu_held else []
+    log.warning("exporting the built-in model (%s) into %s, once", ", ".join(missing), path)
+    npu = "qnn" if npu_held or npu_wanted else None
+    return export_default_bundle(path, every, progress, npu=npu)

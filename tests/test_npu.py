@@ -227,3 +227,26 @@ def test_a_context_that_does_not_load_is_compiled_from_the_graph_and_cached(
     expected = reference.encode_image(rgb_image)
     for model in (compiled, cached):
         assert cosine(model.encode_image(rgb_image), expected).min() > 0.999
+
+
+@needs_htp
+def test_run_without_a_bundle_on_the_required_npu_adds_its_graph_to_the_built_in_one(
+    capsys, torch_threads
+):
+    """The main job on the NPU: the built-in bundle gains the NPU vision graph once."""
+    import json
+
+    from conftest import REPO
+
+    from mobilevlm import shapes_vqa
+    from mobilevlm.cli import main
+    from mobilevlm.runtime.loader import default_bundle_dir
+
+    argv = ["run", "--image", REPO / "examples" / "shapes.png", "--provider", "qnn!"]
+    argv += ["--prompt", "What color is the circle?", "--json"]
+    assert main([str(a) for a in argv]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert shapes_vqa.is_correct(data["text"], "red", "color"), data["text"]
+    assert data["runtime"]["vision_provider"] == QNN
+    assert data["runtime"]["vision_source"] == "epcontext"
+    assert npu_vision(BundleManifest.read(default_bundle_dir())) is not None

@@ -17,10 +17,10 @@ INSTALL_EXPORT_EXTRA = "pip install torch==2.13.0 && pip install 'mobilevlm-runt
 
 
 def export_default_bundle(
-    target: Path, precisions: Sequence[str], progress: bool | None = None
+    target: Path, precisions: Sequence[str], progress: bool | None = None, npu: str | None = None
 ) -> Path:
     """Export the built-in model into ``target`` with ``precisions`` (ONNX and GGUF ones
-    mixed), replacing what is there atomically."""
+    mixed) and the vision graph for ``npu``, replacing what is there atomically."""
     try:
         from mobilevlm.default_model.assemble import load_default_model
         from mobilevlm.export.bundle_export import export_bundle
@@ -41,5 +41,6 @@ def export_default_bundle(
         formats,
         source=DEFAULT_MODEL_SOURCE,
         progress=progress,
+        npu=npu,
     )
     return target
