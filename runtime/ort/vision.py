@@ -89,10 +89,7 @@ def open_vision_encoder(root: Path, selection, options: LoadOptions) -> OnnxVisi
     name; a required NPU (``qnn!``) must take all of it. The SoC the context was compiled
     for is the provider's default (``options`` may name another)."""
     context = selection.vision_context
-    compiled_for = {
-        k: str(context.details[k]) for k in SOC_KEYS if context and k in context.details
-    }
-    extra = {**compiled_for, **dict(options.provider_options)}
+    extra = {**compiled_for(context), **dict(options.provider_options)}
     return OnnxVisionEncoder(
         root / selection.vision.path,
         resolve_providers(options.providers, options=extra),
