@@ -97,6 +97,15 @@ def check_request(
     return chosen
 
 
+def check_npu_calibration(calibration_dir: str | Path | None, source: str) -> None:
+    """An NPU graph is calibrated on the model's own images: refuse a checkpoint without."""
+    if calibration_dir is None and source != DEFAULT_MODEL_SOURCE:
+        raise BundleError(
+            "--npu calibrates the NPU graph on the model's own images: name them with "
+            "--calibration-images DIR (the built-in model uses Shapes-VQA scenes)"
+        )
+
+
 def export_bundle(
     model: MobileVLM,
     target: str | Path,
@@ -126,11 +135,7 @@ def export_bundle(
     if any(p not in UNQUANTIZED for p in precisions):  # read images before any slow work
         calibration = calibration_images(model.config.preprocess, calibration_dir)
     if npu is not None:
-        if calibration_dir is None and source != DEFAULT_MODEL_SOURCE:
-            raise BundleError(
-                "--npu calibrates the NPU graph on the model's own images: name them with "
-                "--calibration-images DIR (the built-in model uses Shapes-VQA scenes)"
-            )
+        check_npu_calibration(calibration_dir, source)
         npu_images = calibration_split(model.config.preprocess, calibration_dir)
 
     steps = ["vision"]

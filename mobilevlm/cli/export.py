@@ -85,13 +85,20 @@ def main(args: argparse.Namespace) -> int:
     formats = comma_list(args.formats)
     precisions = comma_list(args.precisions) if args.precisions else None
     try:
-        from mobilevlm.export.bundle_export import check_request, export_bundle
+        from mobilevlm.export.bundle_export import (
+            check_npu_calibration,
+            check_request,
+            export_bundle,
+        )
         from mobilevlm.reference import has_random_weights
     except ImportError as exc:
         raise MissingDependencyError(
             f"export needs the [export] extra ({exc.name} is missing): " + INSTALL_EXPORT_EXTRA
         ) from exc
+    source = str(args.checkpoint) if args.checkpoint else DEFAULT_MODEL_SOURCE
     check_request(args.output, precisions, formats, args.npu, args.soc)  # before the model loads
+    if args.npu:
+        check_npu_calibration(args.calibration_images, source)
     model = load_reference_model(args.checkpoint, args.vision_tower, args.threads)
     manifest = export_bundle(
         model,
@@ -99,7 +106,7 @@ def main(args: argparse.Namespace) -> int:
         precisions,
         formats,
         calibration_dir=args.calibration_images,
-        source=str(args.checkpoint) if args.checkpoint else DEFAULT_MODEL_SOURCE,
+        source=source,
         check_parity=not args.no_parity,
         random_weights=args.checkpoint is not None and has_random_weights(args.checkpoint),
         npu=args.npu,
