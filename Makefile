@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-EXTRAS ?= export,llama,report,dev
+EXTRAS ?= export,llama,report,serve,dev
 DEMO_IMAGE := examples/shapes.png
 DEMO_PROMPT ?= What color is the circle?
 

@@ -14,15 +14,19 @@ cache. Calls on one pipeline are serialized by a lock: a second thread waits
 until the running generation ends (an unfinished :meth:`stream` holds the
 pipeline until it is exhausted or closed). :meth:`cancel` stops the running
 generation after its current token, from any thread; the pipeline stays
-usable. Image embeddings are cached by image content (decoded pixels), a
-bounded number of images, so asking again about the same image skips the
-vision encoder; a :class:`Conversation` also keeps the KV cache of its
-earlier turns, so a new turn prefills only its own tokens.
+usable. Image embeddings are cached by image content (decoded pixels), up to
+``image_cache_bytes``, so asking again about the same image skips the
+vision encoder; with ``embeddings_dir`` they are also kept on disk, keyed by
+the bundle's vision graph and the pixels, so that another process (the CLI,
+a restarted server) does not encode the same image again. A
+:class:`Conversation` also keeps the KV cache of its earlier turns, so a new
+turn prefills only its own tokens.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -44,7 +48,7 @@ from mobilevlm.runtime.memory import MemoryPlan, plan_memory
 from mobilevlm.runtime.messages import parse_messages
 from mobilevlm.runtime.options import LoadOptions
 
-IMAGE_CACHE_SIZE = 8  # images whose embeddings are kept
+IMAGE_CACHE_BYTES = 64 << 20  # image embeddings kept in memory (the default model: 110 KiB each)
 
 
 def image_key(image: ImageInput) -> str:
@@ -54,6 +58,23 @@ def image_key(image: ImageInput) -> str:
     digest = hashlib.sha1(pixels.tobytes())
     digest.update(str(pixels.shape).encode())
     return digest.hexdigest()
+
+
+def _embeddings_dir(model: Any, root: str | Path | None) -> Path | None:
+    """Where ``model``'s image embeddings are kept on disk under ``root``: one directory per
+    vision graph (its sha256), so another bundle or precision never reads them."""
+    selection = getattr(model, "selection", None)
+    if root is None or selection is None:
+        return None
+    vision = selection.vision
+    return Path(root) / f"{vision.files[0].sha256[:16]}-{vision.precision}"
+
+
+def _save_atomically(path: Path, embeds: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+    np.save(temporary, embeds)
+    os.replace(temporary, path)
 
 
 class Streaming:
@@ -92,14 +113,16 @@ class Pipeline:
         self,
         model: Any,
         vision_resident: bool = True,
-        image_cache_size: int = IMAGE_CACHE_SIZE,
+        image_cache_bytes: int = IMAGE_CACHE_BYTES,
         plan: MemoryPlan | None = None,
+        embeddings_dir: str | Path | None = None,
     ) -> None:
         self.model = model  # an OnnxVLM, a LlamaCppVLM, or any decode_loop backend
         self.vision_resident = vision_resident
         self.plan = plan  # the memory plan it was loaded under, if any
         self._images: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._image_cache_size = image_cache_size
+        self._image_cache_bytes = image_cache_bytes
+        self._disk = _embeddings_dir(model, embeddings_dir)
         self.cache_hits = self.cache_misses = 0
         self.last_encode_ms = 0.0
         self._lock = threading.Lock()
@@ -111,7 +134,8 @@ class Pipeline:
         bundle: str | Path | None = None,
         options: LoadOptions | None = None,
         *,
-        image_cache_size: int = IMAGE_CACHE_SIZE,
+        image_cache_bytes: int = IMAGE_CACHE_BYTES,
+        embeddings_dir: str | Path | None = None,
         **fields: Any,
     ) -> Pipeline:
         """Load ``bundle`` (None: the built-in model, exported into the cache on first use)
@@ -130,7 +154,7 @@ class Pipeline:
             )
         model = load_bundle(path, options)
         resident = plan.vision_resident if plan else True
-        return cls(model, resident, image_cache_size, plan)
+        return cls(model, resident, image_cache_bytes, plan, embeddings_dir)
 
     def runtime_info(self) -> dict[str, Any]:
         """What runs this pipeline: engine, precision, mode, the execution providers of the
@@ -153,13 +177,24 @@ class Pipeline:
             self.cache_hits += 1
             self._images.move_to_end(key)
             return self._images[key]
+        stored = self._disk / f"{key}.npy" if self._disk else None
+        if stored is not None and stored.is_file():
+            self.cache_hits += 1
+            return self._keep(key, np.load(stored))
         self.cache_misses += 1
         embeds = np.array(self.model.encode_image(image), dtype=np.float32)
         self.last_encode_ms = (time.perf_counter() - start) * 1000.0
         if not self.vision_resident and hasattr(self.model, "release_vision"):
             self.model.release_vision()
+        if stored is not None:
+            _save_atomically(stored, embeds)
+        return self._keep(key, embeds)
+
+    def _keep(self, key: str, embeds: np.ndarray) -> np.ndarray:
         self._images[key] = embeds
-        while len(self._images) > self._image_cache_size:
+        while sum(e.nbytes for e in self._images.values()) > self._image_cache_bytes:
+            if len(self._images) == 1:
+                break  # the image in use stays, however large
             self._images.popitem(last=False)
         return embeds
 

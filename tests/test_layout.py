@@ -30,7 +30,7 @@ TORCH_FOLDERS = ("mobilevlm/reference", "mobilevlm/training", "export", "mobilev
 # model's assembly, the scale benches' random models)
 LAZY_TORCH_FOLDERS = ("mobilevlm/default_model", "mobilevlm/bench")
 # the rest is torch-free: the runtime, the generation stages, the CLI, the contracts
-TORCH_FREE = ("runtime", "mobilevlm/generation", "mobilevlm/cli")
+TORCH_FREE = ("runtime", "mobilevlm/generation", "mobilevlm/cli", "mobilevlm/serve")
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:

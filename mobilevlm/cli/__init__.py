@@ -17,7 +17,7 @@ from mobilevlm.errors import MobileVLMError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-COMMANDS = ("run", "chat", "eval", "export", "bench", "info")
+COMMANDS = ("run", "chat", "eval", "export", "bench", "info", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

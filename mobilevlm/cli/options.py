@@ -127,6 +127,13 @@ def add_bundle_options(parser: argparse.ArgumentParser, bundle_flag: bool = True
         "vision graph)",
     )
     b.add_argument(
+        "--embeddings-cache",
+        type=Path,
+        metavar="DIR",
+        help="keep image embeddings on disk under DIR, keyed by the bundle's vision graph and "
+        "the pixels: another run, chat or serve process with the same DIR skips the encoder",
+    )
+    b.add_argument(
         "--memory-budget",
         metavar="SIZE",
         help="e.g. 512MB (powers of 10; 800MiB, 2G: powers of 2): the planner picks backend, "
@@ -217,7 +224,9 @@ def load_pipeline(args: argparse.Namespace) -> Pipeline:
         from mobilevlm.reference.backend import TorchBackend  # torch is there: it loaded
 
         return Pipeline(TorchBackend(model))
-    pipeline = Pipeline.load(args.bundle, load_options(args))
+    pipeline = Pipeline.load(
+        args.bundle, load_options(args), embeddings_dir=getattr(args, "embeddings_cache", None)
+    )
     if pipeline.model.manifest.exporter.get("random_weights"):
         warn_random_weights(args.bundle)
     return pipeline
