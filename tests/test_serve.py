@@ -246,3 +246,20 @@ def test_image_embeddings_on_disk_spare_another_process_the_encoder(tmp_path, to
     other = Pipeline.load(precision="int4", vision_precision="int8", embeddings_dir=tmp_path)
     other.encode_image(IMAGE)  # another vision graph: its own entry, encoded
     assert other.cache_misses == 1 and len(list(tmp_path.rglob("*.npy"))) == 2
+
+
+def test_local_image_paths_only_under_the_image_dir(pipeline, server):
+    def by_path(path: str) -> list[dict]:
+        parts = [{"type": "image_url", "image_url": {"url": path}}]
+        return [{"role": "user", "content": parts + [{"type": "text", "text": QUESTION}]}]
+
+    with pytest.raises(openai.BadRequestError, match="data: URL"):
+        complete(server.client(), by_path(str(IMAGE)))  # no --image-dir: no files at all
+    running = Running(pipeline, image_dir=IMAGE.parent)
+    try:
+        text = complete(running.client(), by_path(IMAGE.name)).choices[0].message.content
+        assert shapes_vqa.is_correct(text, "red", "color"), text
+        with pytest.raises(openai.BadRequestError, match="outside"):
+            complete(running.client(), by_path("../README.md"))
+    finally:
+        running.stop()
