@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mobilevlm.cli import console
 from mobilevlm.cli.options import (
+    add_embeddings_cache_option,
     add_generation_options,
     add_model_options,
     generation_config,
@@ -30,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "is not a terminal. Ctrl-C stops the current answer.",
     )
     add_model_options(chat)
+    add_embeddings_cache_option(chat)
     chat.add_argument("--image", type=Path, metavar="IMG", help="image to talk about")
     add_generation_options(chat)
     chat.set_defaults(handler=main)

@@ -127,13 +127,6 @@ def add_bundle_options(parser: argparse.ArgumentParser, bundle_flag: bool = True
         "vision graph)",
     )
     b.add_argument(
-        "--embeddings-cache",
-        type=Path,
-        metavar="DIR",
-        help="keep image embeddings on disk under DIR, keyed by the bundle's vision graph and "
-        "the pixels: another run, chat or serve process with the same DIR skips the encoder",
-    )
-    b.add_argument(
         "--memory-budget",
         metavar="SIZE",
         help="e.g. 512MB (powers of 10; 800MiB, 2G: powers of 2): the planner picks backend, "
@@ -146,6 +139,17 @@ def add_bundle_options(parser: argparse.ArgumentParser, bundle_flag: bool = True
         default=None,
         metavar="N",
         help=f"KV cache positions to allocate (default: {DEFAULT_CONTEXT} or the model's limit)",
+    )
+
+
+def add_embeddings_cache_option(parser: argparse.ArgumentParser) -> None:
+    """``--embeddings-cache DIR``, for the commands that keep a Pipeline (run, chat, serve)."""
+    parser.add_argument(
+        "--embeddings-cache",
+        type=Path,
+        metavar="DIR",
+        help="keep image embeddings on disk under DIR, keyed by the bundle's vision graph and "
+        "the pixels: another run, chat or serve process with the same DIR skips the encoder",
     )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mobilevlm.cli import console
 from mobilevlm.cli.options import (
+    add_embeddings_cache_option,
     add_generation_options,
     add_model_options,
     generation_config,
@@ -30,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--bundle names another; --model runs a checkpoint on the PyTorch reference instead.",
     )
     add_model_options(run)
+    add_embeddings_cache_option(run)
     run.add_argument("--image", type=Path, metavar="IMG", help="image file (omit for text only)")
     run.add_argument("--prompt", required=True, metavar="TEXT")
     run.add_argument(

@@ -6,7 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from mobilevlm.cli.options import add_bundle_options, load_options, warn_random_weights
+from mobilevlm.cli.options import (
+    add_bundle_options,
+    add_embeddings_cache_option,
+    load_options,
+    warn_random_weights,
+)
 from mobilevlm.errors import MissingDependencyError, OptionsError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -49,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads")
     add_bundle_options(serve, bundle_flag=False)
+    add_embeddings_cache_option(serve)
     serve.set_defaults(handler=main)
 
 

@@ -36,13 +36,11 @@ class ApiError(Exception):
         code: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.status, self.message, self.kind, self.param, self.code = (
-            status,
-            message,
-            kind,
-            param,
-            code,
-        )
+        self.status = status
+        self.message = message
+        self.kind = kind  # OpenAI's error type
+        self.param = param
+        self.code = code
 
     def body(self) -> dict[str, Any]:
         return {
