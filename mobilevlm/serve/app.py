@@ -134,16 +134,26 @@ def _as_api_error(exc: Exception) -> ApiError:
     return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", kind="server_error")
 
 
+DRAIN_FACTOR = 8  # a body over the limit is read and dropped up to this many times it
+
+
 async def _read_body(request: Request, limit: int) -> Any:
+    """The JSON body, or 413 once it is known to be over ``limit`` bytes. What is over is
+    read and dropped (up to ``DRAIN_FACTOR`` times the limit, never kept), so that the
+    client, still sending, receives the answer instead of a reset connection."""
+    too_large = ApiError(413, f"the request body is over {limit:,} bytes", code="body_too_large")
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"the request body is over {limit:,} bytes", code="body_too_large")
+    if declared is not None and declared.isdigit() and int(declared) > DRAIN_FACTOR * limit:
+        raise too_large
     chunks, size = [], 0
     async for piece in request.stream():
         size += len(piece)
-        if size > limit:
-            raise ApiError(413, f"the request body is over {limit:,} bytes", code="body_too_large")
-        chunks.append(piece)
+        if size > DRAIN_FACTOR * limit:
+            break
+        if size <= limit:
+            chunks.append(piece)
+    if size > limit or (declared is not None and declared.isdigit() and int(declared) > limit):
+        raise too_large
     try:
         return json.loads(b"".join(chunks) or b"null")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
