@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mobilevlm.cli.console import runtime_line
 from mobilevlm.cli.describe import describe_bundle
-from mobilevlm.cli.options import add_bundle_options, load_options
+from mobilevlm.cli.options import add_bundle_argument, add_bundle_options, load_options
 from mobilevlm.manifest import BundleManifest
 from mobilevlm.runtime.loader import check_bundle, default_bundle
 from mobilevlm.runtime.memory import plan_memory
@@ -25,13 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "first (--provider qnn), each ONNX graph is loaded on it once to count the nodes it "
         "takes and name the op types it refuses.",
     )
-    info.add_argument(
-        "bundle",
-        type=Path,
-        nargs="?",
-        metavar="BUNDLE_DIR",
-        help="(default: the built-in model's bundle, exported once into $MOBILEVLM_CACHE)",
-    )
+    add_bundle_argument(info)
     info.add_argument("--verify", action="store_true", help="also check every file's sha256")
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
     add_bundle_options(info, bundle_flag=False)

@@ -70,6 +70,17 @@ def generation_config(args: argparse.Namespace) -> GenerationConfig:
         raise OptionsError(str(exc)) from exc
 
 
+def add_bundle_argument(parser: argparse.ArgumentParser) -> None:
+    """The optional positional BUNDLE_DIR of the commands that take one bundle (info, serve)."""
+    parser.add_argument(
+        "bundle",
+        type=Path,
+        nargs="?",
+        metavar="BUNDLE_DIR",
+        help="(default: the built-in model's bundle, exported once into $MOBILEVLM_CACHE)",
+    )
+
+
 def add_bundle_options(parser: argparse.ArgumentParser, bundle_flag: bool = True) -> None:
     """How a bundle runs: what LoadOptions holds. ``bundle_flag``: also ``--bundle DIR``."""
     b = parser.add_argument_group("runtime (ONNX Runtime or llama.cpp)")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from mobilevlm.cli.options import (
+    add_bundle_argument,
     add_bundle_options,
     add_embeddings_cache_option,
     load_options,
@@ -28,13 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "generation runs at a time; others wait their turn, up to --max-queue, then get 429. "
         "Binds to the loopback address unless --host says otherwise.",
     )
-    serve.add_argument(
-        "bundle",
-        type=Path,
-        nargs="?",
-        metavar="BUNDLE_DIR",
-        help="(default: the built-in model's bundle, exported once into $MOBILEVLM_CACHE)",
-    )
+    add_bundle_argument(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="TCP port (8080)")
     serve.add_argument(
