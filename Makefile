@@ -10,7 +10,7 @@ DEMO_PROMPT ?= What color is the circle?
 # the assembled default model is cached here (built once, on first use)
 export MOBILEVLM_CACHE := $(CURDIR)/.cache/mobilevlm
 
-.PHONY: install demo test test-slow bench bench-eval bench-scale bench-llm bench-vision lint clean
+.PHONY: install demo test test-slow fuzz bench bench-eval bench-scale bench-llm bench-vision lint clean
 
 # torch first, pinned: that takes the local CPU build; an unpinned torch pulls
 # gigabytes of CUDA packages. llama-cpp-python compiles llama.cpp (minutes, once;
@@ -38,6 +38,14 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
+
+# the fuzz tests of `make test` with 10,000 generated inputs per category (minutes; seeded:
+# FUZZ_SEED=N for another draw); docs/reliability.md has the figures
+FUZZ_EXAMPLES ?= 10000
+FUZZ_SEED ?= 20261203
+fuzz: $(STAMP)
+	MOBILEVLM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) MOBILEVLM_FUZZ_SEED=$(FUZZ_SEED) \
+		$(PY) -m pytest tests/test_fuzz.py -p no:randomly --durations=0 -q
 
 # the default model exported to ONNX (fp32, int8, int4) and GGUF (f16, q8_0, q4_k_m), then
 # every variant and the peers side by side (each run a fresh process): docs/bench/report.md

@@ -11,13 +11,49 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from mobilevlm.errors import UnsupportedModelError
+from mobilevlm.errors import ConfigError, UnsupportedModelError
 
 PROJECTOR_TYPES = ("ldpnet", "ldpnetv2", "mlp2x_gelu", "linear")
 SELECT_FEATURES = ("patch", "cls_patch")
+ASPECTS = ("pad", "crop", "resize")
+MAX_IMAGE_SIZE = 4096  # the vision input side, in pixels
+
+
+def _checked(name: str, value: Any, hint: Any) -> Any:
+    """``value`` if it is of the annotated type (int, float, str, bool, a tuple of them, or
+    one of these or None); ConfigError naming ``name`` otherwise."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, not {type(value).__name__}")
+        if args and args[-1] is not Ellipsis and len(value) != len(args):
+            raise ConfigError(f"{name} must have {len(args)} entries, got {len(value)}")
+        item = args[0] if args else Any
+        return tuple(_checked(f"{name}[{i}]", v, item) for i, v in enumerate(value))
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value)
+    elif hint is str:
+        ok = isinstance(value, str)
+    else:
+        return value
+    if not ok:
+        raise ConfigError(f"{name} must be {hint.__name__}, got {value!r:.40}")
+    return value
 
 
 def _to_dict(obj) -> dict[str, Any]:
@@ -35,8 +71,21 @@ class DictConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
-        names = {f.name for f in dataclasses.fields(cls) if f.init}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        """``cls`` from ``data``, each known field checked against its annotation
+        (:class:`ConfigError` names the field)."""
+        name = cls.__name__
+        if not isinstance(data, dict):
+            raise ConfigError(f"{name} must be an object, not {type(data).__name__}")
+        hints = typing.get_type_hints(cls)
+        values = {
+            f.name: _checked(f"{name}.{f.name}", data[f.name], hints[f.name])
+            for f in dataclasses.fields(cls)
+            if f.init and f.name in data
+        }
+        try:
+            return cls(**values)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ConfigError(f"{name}: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         tag = getattr(self.__class__, "type", None)
@@ -196,6 +245,8 @@ VisionConfig = ClipVisionConfig | EfficientNetLiteConfig  # VISION_CONFIGS' clas
 
 
 def vision_config_from_dict(data: dict[str, Any]) -> VisionConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"the vision config must be an object, not {type(data).__name__}")
     kind = data.get("type", ClipVisionConfig.type)
     if kind not in VISION_CONFIGS:
         raise UnsupportedModelError(
@@ -331,6 +382,12 @@ class PreprocessConfig(DictConfig):
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(float(x) for x in self.mean))
         object.__setattr__(self, "std", tuple(float(x) for x in self.std))
+        if not 1 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ConfigError(f"image_size must be 1 to {MAX_IMAGE_SIZE}, got {self.image_size}")
+        if self.aspect not in ASPECTS:
+            raise ConfigError(f"aspect must be one of {', '.join(ASPECTS)}, got {self.aspect!r}")
+        if any(x <= 0 for x in self.std):
+            raise ConfigError(f"std must be positive, got {self.std}")
 
 
 @dataclass(frozen=True)
@@ -364,13 +421,18 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"the model config must be an object, not {type(data).__name__}")
+        template, system = data.get("template", "v1"), data.get("system_prompt")
+        if not isinstance(template, str) or not (system is None or isinstance(system, str)):
+            raise ConfigError("the model's template and system_prompt must be strings")
         return cls(
             vision=vision_config_from_dict(data["vision"]),
             projector=ProjectorConfig.from_dict(data["projector"]),
             llm=LLMConfig.from_dict(data["llm"]),
             preprocess=PreprocessConfig.from_dict(data.get("preprocess", {})),
-            template=data.get("template", "v1"),
-            system_prompt=data.get("system_prompt"),
+            template=template,
+            system_prompt=system,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -66,5 +66,11 @@ class BudgetError(MobileVLMError):
         self.smallest = smallest
 
 
-class OptionsError(MobileVLMError):
-    """A load or generation option that is unknown, out of range, or does not apply."""
+class OptionsError(MobileVLMError, ValueError):
+    """A load or generation option that is unknown, of the wrong type, out of range, or does
+    not apply (a ValueError too, as Python's own checks of a value are)."""
+
+
+class ConfigError(MobileVLMError):
+    """A configuration (a checkpoint's config.json, a manifest's model) with a field of the
+    wrong type or value; the message names the field."""

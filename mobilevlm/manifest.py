@@ -11,12 +11,13 @@ An artefact may span several files (an ONNX graph and its external data).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mobilevlm.config import ModelConfig
-from mobilevlm.errors import BundleError, at
+from mobilevlm.errors import BundleError, ConfigError, UnsupportedModelError, at
 from mobilevlm.files import sha256_file
 
 BUNDLE_FORMAT = "mobilevlm-bundle"
@@ -32,14 +33,33 @@ NPU_VISION_PRECISIONS = ("w8a8", "w8a16")
 NPUS = ("qnn",)  # the NPUs `export --npu` writes a vision graph for
 VISION_PRECISIONS = PRECISIONS + NPU_VISION_PRECISIONS
 GGUF_PRECISIONS = ("f16", "q8_0", "q4_k_m")  # llama.cpp's names, for GGUF artefacts
-DEFAULT_MODEL_SOURCE = "default model"  # exporter.source of the built-in model's bundles
+DEFAULT_MODEL_SOURCE = "default model"
+MAX_PATH = 255  # characters of an artefact's path in the bundle
+SHA256 = re.compile(r"[0-9a-f]{64}")  # exporter.source of the built-in model's bundles
+
+
+def check_relative_path(path: Any) -> None:
+    """A file named in a manifest: a short relative path that stays inside the bundle."""
+    if not isinstance(path, str) or not path or "\x00" in path or len(path) > MAX_PATH:
+        raise BundleError(f"a file path in a bundle must be a short non-empty string: {path!r:.60}")
+    pure = PurePosixPath(path)
+    if pure.is_absolute() or "\\" in path or ".." in pure.parts:
+        raise BundleError(f"file {path!r:.60} is not inside the bundle directory")
 
 
 @dataclass(frozen=True)
 class BundleFile:
-    path: str  # relative to the bundle directory
+    path: str  # relative to the bundle directory, inside it
     bytes: int
     sha256: str
+
+    def __post_init__(self) -> None:
+        path = self.path
+        check_relative_path(path)
+        if isinstance(self.bytes, bool) or not isinstance(self.bytes, int) or self.bytes < 0:
+            raise BundleError(f"{path}: bytes must be a whole number >= 0, got {self.bytes!r:.40}")
+        if not isinstance(self.sha256, str) or not SHA256.fullmatch(self.sha256):
+            raise BundleError(f"{path}: sha256 must be 64 hex digits, got {self.sha256!r:.70}")
 
     @classmethod
     def describe(cls, root: Path, relative: str) -> BundleFile:
@@ -77,13 +97,22 @@ class Artefact:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Artefact:
-        return cls(
-            component=data["component"],
-            precision=data["precision"],
-            format=data["format"],
-            files=tuple(BundleFile(**f) for f in data["files"]),
-            details=data.get("details", {}),
-        )
+        if not isinstance(data, dict):
+            raise BundleError(f"an artefact must be an object, not {type(data).__name__}")
+        names = {k: data[k] for k in ("component", "precision", "format")}
+        bad = [k for k, v in names.items() if not isinstance(v, str)]
+        if bad:
+            raise BundleError(f"an artefact's {bad[0]} must be a string, got {names[bad[0]]!r:.40}")
+        files, details = data["files"], data.get("details", {})
+        if not isinstance(files, list) or not files or not all(isinstance(f, dict) for f in files):
+            raise BundleError(
+                f"the {names['component']} artefact's files must be a list of objects"
+            )
+        if not isinstance(details, dict):
+            raise BundleError(f"the {names['component']} artefact's details must be an object")
+        known = ("path", "bytes", "sha256")
+        return cls(**names, files=tuple(BundleFile(**{k: f.get(k) for k in known}) for f in files),
+                   details=details)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -160,11 +189,23 @@ class BundleManifest:
                 )
             )
         try:
+            artefacts = data["artefacts"]
+            tokenizer = data.get("tokenizer", TOKENIZER_FILE)
+            exporter = data.get("exporter", {})
+            if not isinstance(artefacts, list):
+                raise BundleError("artefacts must be a list")
+            if not isinstance(exporter, dict):
+                raise BundleError("exporter must be an object")
+            check_relative_path(tokenizer)
             return cls(
                 model=ModelConfig.from_dict(data["model"]),
-                artefacts=tuple(Artefact.from_dict(a) for a in data["artefacts"]),
-                tokenizer=data.get("tokenizer", TOKENIZER_FILE),
-                exporter=data.get("exporter", {}),
+                artefacts=tuple(Artefact.from_dict(a) for a in artefacts),
+                tokenizer=tokenizer,
+                exporter=exporter,
             )
-        except (KeyError, TypeError) as exc:
-            raise BundleError(at(path, f"malformed manifest (missing or bad {exc})")) from exc
+        except KeyError as exc:
+            raise BundleError(at(path, f"malformed manifest (missing {exc})")) from None
+        except (BundleError, ConfigError, UnsupportedModelError) as exc:
+            raise BundleError(at(path, f"malformed manifest: {exc}")) from None
+        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise BundleError(at(path, f"malformed manifest ({exc})")) from None

@@ -19,6 +19,8 @@ from mobilevlm.errors import PromptError
 from mobilevlm.generation.preprocess import ImageInput
 from mobilevlm.generation.prompts import Turn
 
+ROLES = ("system", "user", "assistant")
+
 
 @dataclass(frozen=True)
 class ParsedChat:
@@ -29,6 +31,8 @@ class ParsedChat:
 
 def _image_of(part: dict[str, Any]) -> ImageInput:
     if part.get("type") == "image":
+        if part.get("image") is None:
+            raise PromptError("an image part needs an image (a path, bytes or pixels)")
         return part["image"]
     url = part.get("image_url")
     url = url.get("url") if isinstance(url, dict) else url
@@ -47,13 +51,16 @@ def _image_of(part: dict[str, Any]) -> ImageInput:
 def _text_and_images(content: Any, role: str) -> tuple[str, list[ImageInput]]:
     if isinstance(content, str):
         return content, []
-    if not isinstance(content, Sequence):
+    if not isinstance(content, (list, tuple)):
         raise PromptError(f"a {role} message's content must be a string or a list of parts")
     texts, images = [], []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text":
-            texts.append(part.get("text", ""))
+            text = part.get("text", "")
+            if not isinstance(text, str):
+                raise PromptError(f"a text part's text must be a string, not {type(text).__name__}")
+            texts.append(text)
         elif kind in ("image_url", "image"):
             if role != "user":
                 raise PromptError(f"only user messages may carry an image, not {role} ones")
@@ -65,12 +72,20 @@ def _text_and_images(content: Any, role: str) -> tuple[str, list[ImageInput]]:
 
 def parse_messages(messages: Sequence[dict[str, Any]]) -> ParsedChat:
     """Check and convert a chat; :class:`PromptError` names what is wrong."""
+    if not isinstance(messages, (list, tuple)):
+        raise PromptError(
+            f"messages must be a list of message objects, not {type(messages).__name__}"
+        )
     system = None
     images: list[ImageInput] = []
     users: list[str] = []
     answers: list[str | None] = []
     for i, message in enumerate(messages):
-        role = message.get("role") if isinstance(message, dict) else None
+        if not isinstance(message, dict):
+            raise PromptError(f"message {i} must be an object with a role and a content")
+        role = message.get("role")
+        if role not in ROLES:
+            raise PromptError(f"message {i}: unknown role {role!r} (expected {', '.join(ROLES)})")
         text, found = _text_and_images(message.get("content", ""), str(role))
         images += found
         if role == "system":
@@ -81,12 +96,10 @@ def parse_messages(messages: Sequence[dict[str, Any]]) -> ParsedChat:
             if len(users) > len(answers):
                 raise PromptError("two user messages in a row: answer the first, or join them")
             users.append(text)
-        elif role == "assistant":
+        else:  # assistant
             if len(users) != len(answers) + 1:
                 raise PromptError("an assistant message must follow a user message")
             answers.append(text)
-        else:
-            raise PromptError(f"message {i}: unknown role {role!r}")
     if not users or len(answers) == len(users):
         raise PromptError("the chat must end with a user message")
     if len(images) > 1:

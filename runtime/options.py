@@ -42,9 +42,12 @@ class LoadOptions:
     verify: str = "auto"  # sha256 on first use (auto), on every load (full), sizes only (size)
 
     def __post_init__(self) -> None:
-        if isinstance(self.providers, str):
-            object.__setattr__(self, "providers", (self.providers,))
-        object.__setattr__(self, "providers", tuple(self.providers) or ("cpu",))
+        providers = (self.providers,) if isinstance(self.providers, str) else self.providers
+        if not isinstance(providers, (list, tuple)) or not all(
+            isinstance(p, str) for p in providers
+        ):
+            raise OptionsError(f"providers must be a list of names, got {self.providers!r:.60}")
+        object.__setattr__(self, "providers", tuple(providers) or ("cpu",))
         object.__setattr__(self, "provider_options", _pairs(self.provider_options))
         if self.memory_budget is not None:
             from mobilevlm.runtime.memory import parse_size
@@ -92,6 +95,8 @@ def _pairs(options: Any) -> tuple[tuple[str, str], ...]:
     """A mapping, ``KEY=VALUE`` strings or pairs, as sorted ``(key, value)`` string pairs."""
     if isinstance(options, Mapping):
         options = options.items()
+    if not isinstance(options, (list, tuple, type({}.items()))) and options is not None:
+        raise OptionsError(f"provider options must be KEY=VALUE pairs, got {options!r:.60}")
     pairs = []
     for item in options or ():
         if isinstance(item, str):
@@ -99,6 +104,8 @@ def _pairs(options: Any) -> tuple[tuple[str, str], ...]:
             if not sep or not key.strip():
                 raise OptionsError(f"provider option {item!r} is not KEY=VALUE")
             item = (key.strip(), value.strip())
+        if not isinstance(item, (list, tuple)) or len(item) != 2:
+            raise OptionsError(f"provider option {item!r:.40} is not a (key, value) pair")
         key, value = item
         pairs.append((str(key), str(value)))
     return tuple(sorted(dict(pairs).items()))

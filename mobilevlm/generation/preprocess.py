@@ -30,6 +30,10 @@ _RESAMPLE = {
 _ALPHA_BACKGROUND = (255, 255, 255)
 
 
+# the largest image decoded (a 64-megapixel photo); Pillow's own bomb check is at 89M
+MAX_IMAGE_PIXELS = 64_000_000
+
+
 def load_image(image: ImageInput) -> Image.Image:
     """Open ``image`` as an upright RGB Pillow image.
 
@@ -45,7 +49,11 @@ def load_image(image: ImageInput) -> Image.Image:
         return _open(io.BytesIO(image), "<bytes>")
     if isinstance(image, str | os.PathLike):
         path = Path(image)
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except (OSError, ValueError) as exc:  # a name too long, a NUL byte in it
+            raise ImageError(at(path, f"not a usable path ({exc})")) from None
+        if not found:
             raise ImageError(at(path, "no such image file"))
         return _open(path, path)
     raise ImageError(f"unsupported image input of type {type(image).__name__}")
@@ -54,6 +62,11 @@ def load_image(image: ImageInput) -> Image.Image:
 def _open(source, name) -> Image.Image:
     try:
         with Image.open(source) as img:
+            width, height = img.size  # from the header: refused before anything is decoded
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ImageError(
+                    at(name, f"{width}x{height} is over the {MAX_IMAGE_PIXELS:,}-pixel limit")
+                )
             img.load()
             return _to_rgb(ImageOps.exif_transpose(img))
     except (

@@ -10,10 +10,26 @@ tokens on every backend, and the rule is simple to port to a device.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+
+from mobilevlm.errors import OptionsError
+
+SETTING_TYPES = {
+    "max_new_tokens": int,
+    "temperature": (int, float),
+    "top_k": int,
+    "top_p": (int, float),
+    "repetition_penalty": (int, float),
+    "seed": int,
+}
+
+
+def kind_name(kind) -> str:
+    return "whole number" if kind is int else "number"
 
 
 @dataclass(frozen=True)
@@ -30,16 +46,28 @@ class GenerationConfig:
     ignore_eos: bool = False
 
     def __post_init__(self) -> None:
+        for name, kind in SETTING_TYPES.items():
+            value = getattr(self, name)
+            if value is None and name == "seed":
+                continue
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise OptionsError(f"{name} must be a {kind_name(kind)}, got {value!r:.40}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise OptionsError(f"{name} must be finite, got {value}")
+        if not all(isinstance(s, str) and s for s in self.stop_strings):
+            raise OptionsError("stop strings must be non-empty strings")
+        if self.seed is not None and not 0 <= self.seed < 2**128:
+            raise OptionsError(f"seed must be from 0 to 2**128 - 1, got {self.seed}")
         if self.max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+            raise OptionsError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise OptionsError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+            raise OptionsError(f"top_k must be >= 0, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise OptionsError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+            raise OptionsError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
 
     @property
     def greedy(self) -> bool:

@@ -15,10 +15,22 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 
-from mobilevlm.errors import TokenizerError, at
+from mobilevlm.errors import PromptError, TokenizerError, at
 from mobilevlm.generation.prompts import IMAGE_PLACEHOLDER
 
 IMAGE_TOKEN_ID = -200  # marks the image's position in a token sequence (LLaVA's IMAGE_TOKEN_INDEX)
+
+
+def _text(text: str) -> str:
+    """``text`` if it can be tokenized: a str that is valid Unicode (no lone surrogates,
+    which Python strings may hold and UTF-8 cannot)."""
+    if not isinstance(text, str):
+        raise PromptError(f"text to tokenize must be a string, not {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PromptError(f"the text is not valid Unicode ({exc.reason} at {exc.start})") from None
+    return text
 
 
 class Tokenizer:
@@ -49,7 +61,7 @@ class Tokenizer:
         return self.backend.token_to_id(token)
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        return self.backend.encode(_text(text), add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -58,7 +70,7 @@ class Tokenizer:
         """Token ids of a rendered prompt, with IMAGE_TOKEN_ID where ``<image>`` stood."""
         chunks = [
             self.backend.encode(c, add_special_tokens=True).ids
-            for c in prompt.split(IMAGE_PLACEHOLDER)
+            for c in _text(prompt).split(IMAGE_PLACEHOLDER)
         ]
         ids: list[int] = []
         offset = 0

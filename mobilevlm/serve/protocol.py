@@ -125,7 +125,7 @@ def parse_request(body: Any, image_dir: Path | None = None) -> ChatRequest:
     top_p = _number(body, "top_p", float, 0.0, 1.0)
     if top_p == 0.0:
         raise bad_request("top_p must be above 0", "top_p")
-    seed = _number(body, "seed", int, -(2**63), 2**63 - 1)
+    seed = _number(body, "seed", int, 0, 2**63 - 1)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise bad_request("stream must be true or false", "stream")

@@ -1,0 +1,271 @@
+"""Property-based fuzzing of every input boundary: each generated input either works or
+raises a MobileVLMError subclass; nothing else escapes.
+
+A bounded run is part of `make test`; `make fuzz` runs many more examples
+(MOBILEVLM_FUZZ_EXAMPLES, default 10,000 per category, seeded by
+MOBILEVLM_FUZZ_SEED) and prints what each category tried.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from mobilevlm.config import PreprocessConfig  # noqa: E402
+from mobilevlm.errors import MobileVLMError  # noqa: E402
+from mobilevlm.generation.preprocess import load_image, preprocess  # noqa: E402
+from mobilevlm.generation.sampling import GenerationConfig  # noqa: E402
+from mobilevlm.manifest import MANIFEST_FILE  # noqa: E402
+from mobilevlm.runtime.loader import open_bundle, open_gguf_bundle  # noqa: E402
+from mobilevlm.runtime.messages import parse_messages  # noqa: E402
+
+EXAMPLES = int(os.environ.get("MOBILEVLM_FUZZ_EXAMPLES", "150"))
+SEED = int(os.environ.get("MOBILEVLM_FUZZ_SEED", "20261203"))
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=30_000,  # ms: no input may take 30 s
+    suppress_health_check=list(HealthCheck),
+    database=None,
+    derandomize=False,
+)
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["role", "content", "type", "text", "image_url", "url", "image"])
+            | st.text(max_size=6),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=16,
+)
+
+
+def _survives(call, *args) -> None:
+    try:
+        call(*args)
+    except MobileVLMError:
+        pass
+
+
+# ------------------------------------------------------------------------------ messages
+
+PART = st.one_of(
+    JSON,
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["text", "image_url", "image", "audio"])},
+        optional={"text": JSON, "image_url": JSON | st.text(max_size=30), "image": JSON},
+    ),
+)
+MESSAGE = st.one_of(
+    JSON,
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "assistant", "system", "tool", "", None])},
+        optional={"content": st.one_of(JSON, st.lists(PART, max_size=3))},
+    ),
+)
+
+
+@seed(SEED)
+@FUZZ
+@given(st.one_of(JSON, st.lists(MESSAGE, max_size=5)))
+def test_any_chat_is_parsed_or_refused_with_a_prompt_error(messages):
+    _survives(parse_messages, messages)
+
+
+def test_the_server_request_parser_takes_the_same_inputs():
+    from mobilevlm.serve.protocol import ApiError, parse_request
+
+    @seed(SEED)
+    @FUZZ
+    @given(st.dictionaries(
+        st.sampled_from(["messages", "temperature", "top_p", "max_tokens", "seed", "stop",
+                         "stream", "stream_options", "n", "max_completion_tokens"]),
+        JSON | st.lists(MESSAGE, max_size=3), max_size=6))  # fmt: skip
+    def run(body):
+        try:
+            parse_request(body)
+        except ApiError as error:
+            assert error.status == 400 and error.message
+
+    run()
+
+
+# ------------------------------------------------------------------------------ images
+
+
+def _encoded_images() -> list[bytes]:
+    rng = np.random.default_rng(0)
+    base = Image.fromarray(rng.integers(0, 255, (30, 45, 3), dtype=np.uint8))
+    out = []
+    for fmt, mode in [("PNG", "RGB"), ("PNG", "RGBA"), ("PNG", "P"), ("JPEG", "RGB"),
+                      ("GIF", "P"), ("WEBP", "RGB"), ("TIFF", "RGB"), ("BMP", "RGB")]:  # fmt: skip
+        buffer = io.BytesIO()
+        base.convert(mode).save(buffer, format=fmt)
+        out.append(buffer.getvalue())
+    big = io.BytesIO()
+    Image.new("L", (9000, 9000)).save(big, format="PNG")  # a decompression bomb's header
+    return out + [big.getvalue()]
+
+
+IMAGES = _encoded_images()
+EDITS = st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8)
+
+
+@seed(SEED)
+@FUZZ
+@given(st.sampled_from(IMAGES), EDITS, st.integers(0, 10**6))
+def test_any_damaged_image_is_decoded_or_refused_with_an_image_error(data, edits, cut):
+    data = bytearray(data)
+    for at, value in edits:
+        data[at % len(data)] = value
+    if cut % 3 == 0:
+        data = data[: max(1, cut % (len(data) + 1))]
+    _survives(lambda: preprocess(load_image(bytes(data)), PreprocessConfig(image_size=32)))
+
+
+# ------------------------------------------------------------------------------ manifests
+
+
+@pytest.fixture(scope="module")
+def bundle_copy(tiny_models, tmp_path_factory):
+    from mobilevlm.export.bundle_export import export_bundle
+
+    source = tmp_path_factory.mktemp("fuzz-bundle")
+    export_bundle(tiny_models(), source / "b", ["fp32"], check_parity=False)
+    work = tmp_path_factory.mktemp("fuzz-work")
+    for f in (source / "b").iterdir():
+        shutil.copy(f, work / f.name)
+    return work, json.loads((work / MANIFEST_FILE).read_text())
+
+
+def _json_paths(obj, prefix=()):
+    yield prefix
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _json_paths(v, (*prefix, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _json_paths(v, (*prefix, i))
+
+
+VALUES = st.one_of(
+    JSON,
+    st.sampled_from(["../../etc/passwd", "/etc/passwd", "a" * 5000, "x\x00y", "", "0" * 64]),
+    st.integers(-(2**64), 2**64),
+)
+
+
+def test_any_damaged_manifest_loads_or_is_refused_with_a_bundle_error(bundle_copy):
+    work, original = bundle_copy
+    paths = list(_json_paths(original))
+
+    @seed(SEED)
+    @FUZZ
+    @given(st.lists(st.tuples(st.sampled_from(paths), VALUES, st.booleans()), min_size=1,
+                    max_size=4))  # fmt: skip
+    def run(edits):
+        data = copy.deepcopy(original)
+        for path, value, delete in edits:
+            if not path:
+                data = value
+                continue
+            node = data
+            try:
+                for key in path[:-1]:
+                    node = node[key]
+                if delete and isinstance(node, dict):
+                    node.pop(path[-1], None)
+                else:
+                    node[path[-1]] = value
+            except (KeyError, IndexError, TypeError):
+                pass
+        try:
+            text = json.dumps(data)
+        except ValueError:
+            return
+        (work / MANIFEST_FILE).write_text(text)
+        for opener in (open_bundle, open_gguf_bundle):
+            _survives(opener, work, None, None)
+
+    run()
+
+
+# ------------------------------------------------------------------------------ tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_models):
+    return tiny_models().tokenizer
+
+
+def test_any_text_tokenizes_and_decodes(tokenizer):
+    @seed(SEED)
+    @FUZZ
+    @given(st.text(st.characters(), max_size=2000), st.integers(1, 50))
+    def run(text, repeat):  # up to 100,000 characters
+        try:
+            ids = tokenizer.encode(text * repeat)
+        except MobileVLMError:
+            return
+        tokenizer.decode(ids)
+
+    run()
+
+
+def test_lone_surrogates_are_a_prompt_error(tokenizer):
+    """Found by this file: ``tokenizers`` raised TypeError on them."""
+    from mobilevlm.errors import PromptError
+
+    with pytest.raises(PromptError, match="not valid Unicode"):
+        tokenizer.encode("a\ud800b")
+    with pytest.raises(PromptError):
+        tokenizer.encode_prompt("<image>\ud800")
+
+
+# ------------------------------------------------------------------------------ settings
+
+
+SETTING = st.one_of(st.integers(-(2**40), 2**40), st.floats(allow_nan=True), st.none(),
+                    st.text(max_size=5))  # fmt: skip
+
+
+@seed(SEED)
+@FUZZ
+@given(st.dictionaries(
+    st.sampled_from(["temperature", "top_p", "top_k", "max_new_tokens", "seed",
+                     "repetition_penalty"]), SETTING, max_size=4))  # fmt: skip
+def test_any_generation_settings_make_a_config_or_an_options_error(settings_):
+    _survives(lambda: GenerationConfig(**settings_))
+
+
+LOAD_FIELD = st.sampled_from(["backend", "precision", "mode", "providers", "threads", "context",
+                              "memory_budget", "vision_precision", "verify",
+                              "provider_options"])  # fmt: skip
+
+
+@seed(SEED)
+@FUZZ
+@given(st.dictionaries(LOAD_FIELD, SETTING | JSON, max_size=4))
+def test_any_load_options_make_options_or_an_options_error(fields):
+    from mobilevlm.runtime.options import LoadOptions
+
+    _survives(lambda: LoadOptions(**fields))
