@@ -16,6 +16,7 @@ from mobilevlm import __version__
 from mobilevlm.errors import MobileVLMError
 
 EXIT_USER_ERROR = 2
+EXIT_SYSTEM_ERROR = 1
 EXIT_INTERRUPTED = 130
 COMMANDS = ("run", "chat", "eval", "export", "bench", "info", "serve")
 
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except MobileVLMError as exc:
         print(f"mobilevlm: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as exc:  # the machine's, not the input's: a full disk, a file-size limit
+        print(f"mobilevlm: error: {exc}", file=sys.stderr)
+        return EXIT_SYSTEM_ERROR
     except KeyboardInterrupt:
         print("\nmobilevlm: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -354,7 +354,8 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     it is removed, so a half-written directory never sits at ``target``."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    _remove_abandoned(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", dir=target.parent))
     try:
         yield tmp
         if target.exists():
@@ -368,6 +369,28 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _remove_abandoned(target: Path) -> None:
+    """Temporary siblings of ``target`` left by a writer that was killed (its pid, in the
+    name, is gone), and the previous version kept while a replacement was renamed in."""
+    for sibling in target.parent.glob(f".{target.name}.*"):
+        owner = sibling.name[len(target.name) + 2 :].split(".")[0]
+        if owner == "old":
+            if target.exists():
+                shutil.rmtree(sibling, ignore_errors=True)
+        elif owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _own_state(model: MobileVLM) -> dict[str, torch.Tensor]:
