@@ -25,7 +25,9 @@ turn prefills only its own tokens.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -47,6 +49,8 @@ from mobilevlm.runtime.loader import default_bundle, load_bundle
 from mobilevlm.runtime.memory import MemoryPlan, plan_memory
 from mobilevlm.runtime.messages import parse_messages
 from mobilevlm.runtime.options import LoadOptions
+
+log = logging.getLogger(__name__)
 
 IMAGE_CACHE_BYTES = 64 << 20  # image embeddings kept in memory (the default model: 110 KiB each)
 
@@ -70,11 +74,33 @@ def _embeddings_dir(model: Any, root: str | Path | None) -> Path | None:
     return Path(root) / f"{vision.files[0].sha256[:16]}-{vision.precision}"
 
 
+def _load_embeddings(path: Path, config: Any) -> np.ndarray | None:
+    """Embeddings stored by an earlier process, or None when the file is damaged (it is
+    then encoded and written again)."""
+    shape = (config.num_image_tokens, config.llm.hidden_size)
+    try:
+        embeds = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        log.warning("%s: unreadable cached image embeddings (%s); encoding again", path, exc)
+        return None
+    if embeds.shape != shape or embeds.dtype != np.float32:
+        log.warning("%s: cached image embeddings of shape %s, not %s", path, embeds.shape, shape)
+        return None
+    return embeds
+
+
 def _save_atomically(path: Path, embeds: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the embeddings under a temporary name, then rename; a cache that cannot be
+    written (read-only, full) costs only the cache."""
     temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(temporary, embeds)
-    os.replace(temporary, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(temporary, embeds)
+        os.replace(temporary, path)
+    except OSError as exc:
+        log.warning("%s: cannot cache image embeddings (%s)", path.parent, exc)
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
 
 
 class Streaming:
@@ -179,8 +205,10 @@ class Pipeline:
             return self._images[key]
         stored = self._disk / f"{key}.npy" if self._disk else None
         if stored is not None and stored.is_file():
-            self.cache_hits += 1
-            return self._keep(key, np.load(stored))
+            embeds = _load_embeddings(stored, self.model.config)
+            if embeds is not None:
+                self.cache_hits += 1
+                return self._keep(key, embeds)
         self.cache_misses += 1
         embeds = np.array(self.model.encode_image(image), dtype=np.float32)
         self.last_encode_ms = (time.perf_counter() - start) * 1000.0

@@ -172,3 +172,17 @@ def test_ctrl_c_mid_answer_exits_130_and_prints_no_traceback(exported):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode in (0, 130) and "Traceback" not in err, err
+
+
+def test_a_damaged_or_unwritable_embeddings_cache_is_encoded_again(exported, tmp_path, rgb_image):
+    vlm = Pipeline.load(exported, precision="fp32", embeddings_dir=tmp_path / "cache")
+    expected = vlm.encode_image(rgb_image)
+    (stored,) = (tmp_path / "cache").rglob("*.npy")
+    for damage in (b"garbage", stored.read_bytes()[:100]):
+        stored.write_bytes(damage)
+        again = Pipeline.load(exported, precision="fp32", embeddings_dir=tmp_path / "cache")
+        assert (again.encode_image(rgb_image) == expected).all() and again.cache_misses == 1
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    unwritable = Pipeline.load(exported, precision="fp32", embeddings_dir=blocked / "cache")
+    assert (unwritable.encode_image(rgb_image) == expected).all()
