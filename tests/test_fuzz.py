@@ -269,3 +269,52 @@ def test_any_load_options_make_options_or_an_options_error(fields):
     from mobilevlm.runtime.options import LoadOptions
 
     _survives(lambda: LoadOptions(**fields))
+
+
+# ------------------------------------------------------------------ regressions found here
+
+
+@pytest.mark.parametrize(
+    "messages, problem",
+    [
+        (["hi"], "must be an object"),  # was AttributeError
+        ([["user", "hi"]], "must be an object"),  # was AttributeError
+        ({"role": "user"}, "must be a list"),  # was AttributeError
+        ([{"role": "user", "content": [{"type": "text", "text": 3}]}], "must be a string"),
+        ([{"role": "user", "content": [{"type": "image"}]}], "needs an image"),  # KeyError
+        ([{"role": "user", "content": {"type": "text"}}], "string or a list"),  # TypeError
+    ],
+)
+def test_malformed_chats_found_by_fuzzing_are_prompt_errors(messages, problem):
+    from mobilevlm.errors import PromptError
+
+    with pytest.raises(PromptError, match=problem):
+        parse_messages(messages)
+
+
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        (lambda m: m["model"].__setitem__("vision", "clip"), "vision config must be an object"),
+        (lambda m: m["model"]["llm"].__setitem__("hidden_size", "64"), "hidden_size must be int"),
+        (lambda m: m["model"]["preprocess"].__setitem__("mean", "abc"), "mean must be a list"),
+        (
+            lambda m: m["artefacts"][0]["files"][0].__setitem__("path", "../../etc/passwd"),
+            "not inside the bundle",
+        ),  # fmt: skip
+        (lambda m: m["artefacts"][0]["files"][0].__setitem__("path", "a" * 5000), "short"),
+        (lambda m: m["artefacts"][0]["files"][0].__setitem__("bytes", None), "whole number"),
+        (lambda m: m["artefacts"][0].__setitem__("files", 3), "list of objects"),
+        (lambda m: m.__setitem__("tokenizer", "/etc/passwd"), "not inside the bundle"),
+    ],
+)
+def test_malformed_manifests_found_by_fuzzing_are_bundle_errors(bundle_copy, edit, problem):
+    from mobilevlm.errors import BundleError
+
+    work, original = bundle_copy
+    data = copy.deepcopy(original)
+    edit(data)
+    (work / MANIFEST_FILE).write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=problem):
+        open_bundle(work, verify="size")
+    (work / MANIFEST_FILE).write_text(json.dumps(original))
