@@ -45,7 +45,7 @@ FUZZ_EXAMPLES ?= 10000
 FUZZ_SEED ?= 20261203
 fuzz: $(STAMP)
 	MOBILEVLM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) MOBILEVLM_FUZZ_SEED=$(FUZZ_SEED) \
-		$(PY) -m pytest tests/test_fuzz.py -p no:randomly --durations=0 -q
+		$(PY) -m pytest tests/test_fuzz.py --hypothesis-show-statistics --durations=0 -q
 
 # the default model exported to ONNX (fp32, int8, int4) and GGUF (f16, q8_0, q4_k_m), then
 # every variant and the peers side by side (each run a fresh process): docs/bench/report.md
