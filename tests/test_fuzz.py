@@ -318,3 +318,13 @@ def test_malformed_manifests_found_by_fuzzing_are_bundle_errors(bundle_copy, edi
     with pytest.raises(BundleError, match=problem):
         open_bundle(work, verify="size")
     (work / MANIFEST_FILE).write_text(json.dumps(original))
+
+
+def test_a_panorama_is_padded_without_a_canvas_of_its_long_side_squared():
+    """Found by `make fuzz`: a GIF whose width byte was bumped to 62,765 took 34 s and
+    11 GB to pad to a square before the resize."""
+    import time
+
+    started = time.perf_counter()
+    pixels = preprocess(Image.new("RGB", (62765, 30), (200, 0, 0)), PreprocessConfig(image_size=32))
+    assert pixels.shape == (3, 32, 32) and time.perf_counter() - started < 5

@@ -32,6 +32,7 @@ _ALPHA_BACKGROUND = (255, 255, 255)
 
 # the largest image decoded (a 64-megapixel photo); Pillow's own bomb check is at 89M
 MAX_IMAGE_PIXELS = 64_000_000
+MAX_PAD_SIDE = 4096  # the square an image is padded to, at most (50 MB of RGB)
 
 
 def load_image(image: ImageInput) -> Image.Image:
@@ -123,6 +124,18 @@ def _resize_shortest_edge_and_crop(img: Image.Image, size: int, resample) -> Ima
     return img.crop((left, top, left + size, top + size))
 
 
+def _bounded(img: Image.Image, resample: int) -> Image.Image:
+    """``img`` with its long side at most MAX_PAD_SIDE: padding a panorama to a square of
+    its long side would allocate that side squared (62,765 x 30 pixels: 11 GB). Images
+    within the bound, every photo, are padded exactly as the reference pads them."""
+    width, height = img.size
+    long = max(width, height)
+    if long <= MAX_PAD_SIDE:
+        return img
+    scale = MAX_PAD_SIDE / long
+    return img.resize((max(1, round(width * scale)), max(1, round(height * scale))), resample)
+
+
 def preprocess(image: ImageInput, config: PreprocessConfig) -> np.ndarray:
     """Pixel values of one image: float32 array of shape (3, image_size, image_size)."""
     img = load_image(image)
@@ -133,7 +146,7 @@ def preprocess(image: ImageInput, config: PreprocessConfig) -> np.ndarray:
         raise ImageError(f"unknown resample filter {config.resample!r}") from None
     if config.aspect == "pad":
         fill = tuple(int(m * 255) for m in config.mean)
-        img = expand_to_square(img, fill).resize((size, size), resample=resample)
+        img = expand_to_square(_bounded(img, resample), fill).resize((size, size), resample)
     elif config.aspect == "crop":
         img = _resize_shortest_edge_and_crop(img, size, resample)
     elif config.aspect == "resize":
