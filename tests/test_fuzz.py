@@ -19,8 +19,10 @@ import pytest
 from PIL import Image
 
 hypothesis = pytest.importorskip("hypothesis")
+from conftest import REPO  # noqa: E402
 from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from hypothesis.database import DirectoryBasedExampleDatabase  # noqa: E402
 
 from mobilevlm.config import PreprocessConfig  # noqa: E402
 from mobilevlm.errors import MobileVLMError  # noqa: E402
@@ -32,12 +34,16 @@ from mobilevlm.runtime.messages import parse_messages  # noqa: E402
 
 EXAMPLES = int(os.environ.get("MOBILEVLM_FUZZ_EXAMPLES", "150"))
 SEED = int(os.environ.get("MOBILEVLM_FUZZ_SEED", "20261203"))
+# the long run keeps what it found (replayed first next time: an interrupted run resumes
+# with its failures); the bounded run in `make test` depends on nothing left behind
+LONG_RUN = EXAMPLES > 150
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=30_000,  # ms: no input may take 30 s
     suppress_health_check=list(HealthCheck),
-    database=None,
-    derandomize=False,
+    database=DirectoryBasedExampleDatabase(str(REPO / ".cache" / "hypothesis"))
+    if LONG_RUN
+    else None,
 )
 
 JSON = st.recursive(
