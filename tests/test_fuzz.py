@@ -65,6 +65,21 @@ JSON = st.recursive(
 )
 
 
+TRIED: dict[str, int] = {}  # inputs run per category (the long run checks its count)
+
+
+def _tried(category: str) -> None:
+    TRIED[category] = TRIED.get(category, 0) + 1
+
+
+def _ran_them_all(category: str) -> None:
+    """After a category: the long run must have tried EXAMPLES inputs (hypothesis stops early
+    only when a strategy runs dry)."""
+    if LONG_RUN:
+        assert TRIED.get(category, 0) >= EXAMPLES, TRIED
+        print(f"\n{category}: {TRIED[category]:,} inputs")
+
+
 def _survives(call, *args) -> None:
     try:
         call(*args)
@@ -107,12 +122,14 @@ def test_the_server_request_parser_takes_the_same_inputs():
                          "stream", "stream_options", "n", "max_completion_tokens"]),
         JSON | st.lists(MESSAGE, max_size=3), max_size=6))  # fmt: skip
     def run(body):
+        _tried("server requests")
         try:
             parse_request(body)
         except ApiError as error:
             assert error.status == 400 and error.message
 
     run()
+    _ran_them_all("server requests")
 
 
 # ------------------------------------------------------------------------------ images
@@ -189,6 +206,7 @@ def test_any_damaged_manifest_loads_or_is_refused_with_a_bundle_error(bundle_cop
     @given(st.lists(st.tuples(st.sampled_from(paths), VALUES, st.booleans()), min_size=1,
                     max_size=4))  # fmt: skip
     def run(edits):
+        _tried("manifests")
         data = copy.deepcopy(original)
         for path, value, delete in edits:
             if not path:
@@ -213,6 +231,7 @@ def test_any_damaged_manifest_loads_or_is_refused_with_a_bundle_error(bundle_cop
             _survives(opener, work, None, None)
 
     run()
+    _ran_them_all("manifests")
 
 
 # ------------------------------------------------------------------------------ tokenizer
@@ -228,6 +247,7 @@ def test_any_text_tokenizes_and_decodes(tokenizer):
     @FUZZ
     @given(st.text(st.characters(), max_size=2000), st.integers(1, 50))
     def run(text, repeat):  # up to 100,000 characters
+        _tried("tokenizer text")
         try:
             ids = tokenizer.encode(text * repeat)
         except MobileVLMError:
@@ -235,6 +255,7 @@ def test_any_text_tokenizes_and_decodes(tokenizer):
         tokenizer.decode(ids)
 
     run()
+    _ran_them_all("tokenizer text")
 
 
 def test_lone_surrogates_are_a_prompt_error(tokenizer):
