@@ -280,7 +280,7 @@ async def _next_event(request: Request, generation: Generation) -> tuple[str, An
     while True:
         try:
             return await asyncio.wait_for(generation.events.get(), timeout=0.5)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11
             if await request.is_disconnected():
                 generation.cancel()
 
