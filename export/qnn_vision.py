@@ -103,7 +103,8 @@ def write_qnn_vision(
         shutil.copyfile(static, prepared)  # nothing to change: the graph is already in form
 
     cpu = resolve_providers(["cpu"])
-    fp32 = [OnnxVisionEncoder(static, cpu).encode(img) for img in heldout]
+    reference = OnnxVisionEncoder(static, cpu)
+    fp32 = [reference.encode(img) for img in heldout]
     measured: dict[str, float] = {}
     for name, activation in ACTIVATIONS.items():
         _quantize(prepared, scratch / f"vision_{name}.onnx", calibration, activation)

@@ -113,10 +113,9 @@ class LoadedBundle(CachingBackend, decode_loop.GeneratingBackend):
     def check(cls, path: str | Path, options: LoadOptions) -> tuple[BundleManifest, Any]:
         """What :meth:`load` would run, verified, without loading it (an NPU provider first
         in line selects the vision graph NPUs run)."""
-        from mobilevlm.runtime.ort.providers import CPU, resolve_providers
+        from mobilevlm.runtime.ort.providers import accelerator
 
-        first = resolve_providers(options.providers)[0][0]
-        return cls.open_selection(path, options, first if first != CPU else None)
+        return cls.open_selection(path, options, accelerator(options.providers))
 
     def __init__(
         self, root: Path, manifest: BundleManifest, selection, options: LoadOptions
@@ -265,7 +264,7 @@ def default_bundle(
     :mod:`mobilevlm.default_model.bundle`); an export keeps what the bundle held and adds
     the rest. Building needs the [export] extra (torch); loading the bundle afterwards
     does not."""
-    from mobilevlm.runtime.ort.providers import QNN, resolve_providers
+    from mobilevlm.runtime.ort.providers import QNN, accelerator
     from mobilevlm.runtime.select import npu_vision
 
     path = default_bundle_dir()
@@ -283,7 +282,7 @@ def default_bundle(
     manifest = _cached_default_manifest()
     held = list(manifest.precisions + manifest.gguf_precisions) if manifest else []
     npu_held = manifest is not None and npu_vision(manifest) is not None
-    npu_wanted = resolve_providers(options.providers)[0][0] == QNN
+    npu_wanted = accelerator(options.providers) == QNN
     if all(p in held for p in wanted) and (npu_held or not npu_wanted):
         return path
     from mobilevlm.default_model.bundle import export_default_bundle

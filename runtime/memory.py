@@ -54,7 +54,7 @@ from typing import Any
 from mobilevlm.errors import BudgetError, BundleError, MobileVLMError
 from mobilevlm.manifest import BundleManifest
 from mobilevlm.runtime.options import LLAMA_CPP, ONNXRUNTIME, LoadOptions
-from mobilevlm.runtime.ort.providers import CPU, QNN, resolve_providers
+from mobilevlm.runtime.ort.providers import QNN, accelerator
 from mobilevlm.runtime.select import (
     GGUF_PREFERENCE,
     PRECISION_PREFERENCE,
@@ -212,16 +212,16 @@ def _option(
     precision: str,
     mode: str,
     vision_precision: str | None,
-    accelerator: str | None = None,
+    accelerated: str | None = None,
 ) -> _Option:
     """Sizes of ``precision`` on ``backend``, from the artefacts its loader would open
-    behind ``accelerator`` (raises :class:`BundleError` when the bundle lacks one)."""
+    behind ``accelerated`` (raises :class:`BundleError` when the bundle lacks one)."""
     llm = manifest.model.llm
     lines = [(f"process and {backend} library", BASE_BYTES[backend])]
     fixed, per_entry = TOKENIZER_BYTES
     lines.append((f"tokenizer ({llm.vocab_size:,} entries)", fixed + llm.vocab_size * per_entry))
     if backend == LLAMA_CPP:
-        chosen = select_gguf(manifest, precision, mode, vision_precision, accelerator)
+        chosen = select_gguf(manifest, precision, mode, vision_precision, accelerated)
         weights, vision = chosen.llm.bytes, chosen.vision
         lines.append((f"LLM weights ({precision} GGUF, memory-mapped)", weights))
         repacked = chosen.llm.details.get("repacked_bytes", 0)  # recorded at export
@@ -229,10 +229,10 @@ def _option(
             lines.append(("LLM weights repacked by llama.cpp's CPU backend", repacked))
             weights += repacked
     else:
-        chosen = select(manifest, precision, vision_precision, accelerator)
+        chosen = select(manifest, precision, vision_precision, accelerated)
         weights, vision = chosen.decoder.bytes, chosen.vision
         lines.append((f"LLM weights ({precision} decoder)", weights))
-    if accelerator == QNN and vision.details.get("npu") == "qnn":
+    if accelerated == QNN and vision.details.get("npu") == "qnn":
         loaded = chosen.vision_context or vision  # the precompiled model, where exported
         session = NPU_VISION_BYTES[loaded.format] + int(NPU_VISION_FILE_FACTOR * loaded.bytes)
         kept = int(session * NPU_VISION_KEPT_SHARE)
@@ -345,8 +345,7 @@ def plan_memory(
     options = LoadOptions.of(options, **fields)
     backend, precision, mode = options.backend, options.precision, options.mode
     context, vision_precision = options.context, options.vision_precision
-    first = resolve_providers(options.providers)[0][0]
-    accelerator = first if first != CPU else None
+    accelerated = accelerator(options.providers)
     limit = manifest.model.llm.max_position_embeddings
     if context is not None:
         floor = min(context, limit)
@@ -357,7 +356,7 @@ def plan_memory(
     for option_backend, option_precision in _candidates(manifest, backend, precision, mode):
         try:
             option = _option(
-                manifest, option_backend, option_precision, mode, vision_precision, accelerator
+                manifest, option_backend, option_precision, mode, vision_precision, accelerated
             )
         except BundleError as exc:  # e.g. no mmproj for mtmd: the next candidate may do
             failure = exc

@@ -18,6 +18,7 @@ from mobilevlm.errors import BundleError, ProviderError
 from mobilevlm.export.bundle_export import check_request, export_bundle
 from mobilevlm.export.parity import cosine
 from mobilevlm.manifest import BundleManifest
+from mobilevlm.runtime.options import LoadOptions
 from mobilevlm.runtime.ort import qnn
 from mobilevlm.runtime.ort.model import OnnxVLM
 from mobilevlm.runtime.ort.placement import bundle_placement
@@ -114,7 +115,7 @@ def test_manifest_records_the_npu_graph_its_context_and_their_parity(npu_bundles
 def test_placement_counts_npu_nodes_and_names_the_decoders_refused_ops(npu_bundles):
     _, bundle = npu_bundles["clip"]
     manifest = BundleManifest.read(bundle)
-    graphs = bundle_placement(bundle, manifest, resolve_providers(["qnn"]), "fp32")
+    graphs = bundle_placement(bundle, manifest, LoadOptions(providers=("qnn",)), "fp32")
     by_path = {g.path: g for g in graphs}
     npu_graph = by_path["vision_qnn.onnx"]
     # all but the graph input's quantization and output's dequantization, which QNN leaves

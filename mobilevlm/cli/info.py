@@ -62,10 +62,9 @@ def main(args: argparse.Namespace) -> int:
 def accelerator_placement(bundle: Path, manifest: BundleManifest, options, runtime: dict):
     """Placement of the bundle's ONNX graphs when the first provider is an accelerator."""
     from mobilevlm.runtime.ort.placement import bundle_placement
-    from mobilevlm.runtime.ort.providers import CPU, resolve_providers
+    from mobilevlm.runtime.ort.providers import accelerator
 
-    providers = resolve_providers(options.providers, options=dict(options.provider_options))
-    if providers[0][0] == CPU:
+    if accelerator(options.providers) is None:
         return []
     decoder = runtime["precision"] if runtime["backend"] == "onnxruntime" else None
-    return bundle_placement(bundle, manifest, providers, decoder)
+    return bundle_placement(bundle, manifest, options, decoder)

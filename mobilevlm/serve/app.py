@@ -12,6 +12,7 @@ conversation prefills only its new tokens (``usage.prompt_tokens_details``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import threading
@@ -188,9 +189,7 @@ def build_app(pipeline: Pipeline, settings: ServerSettings | None = None) -> Sta
             chat_request = protocol.parse_request(body, settings.image_dir)
             if chat_request.chat.image is not None:  # a broken image fails before the queue
                 image = await asyncio.to_thread(_decode, chat_request.chat.image)
-                chat_request.chat = type(chat_request.chat)(
-                    image, chat_request.chat.turns, chat_request.chat.system
-                )
+                chat_request.chat = dataclasses.replace(chat_request.chat, image=image)
             queue = scheduler()
             queue.admit()
         except ApiError as error:

@@ -15,15 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from mobilevlm.manifest import BundleManifest
-from mobilevlm.runtime.ort.providers import (
-    QNN,
-    Providers,
-    create_session,
-    placement,
-    refused_nodes,
-    resolve_providers,
-)
-from mobilevlm.runtime.ort.vision import compiled_for
+from mobilevlm.runtime.options import LoadOptions
+from mobilevlm.runtime.ort.providers import Providers, create_session, placement, refused_nodes
+from mobilevlm.runtime.ort.vision import vision_providers
 from mobilevlm.runtime.select import EPCONTEXT
 
 
@@ -66,14 +60,13 @@ def graph_placement(
 
 
 def bundle_placement(
-    root: str | Path, manifest: BundleManifest, providers: Providers, decoder: str | None
+    root: str | Path, manifest: BundleManifest, options: LoadOptions, decoder: str | None
 ) -> list[GraphPlacement]:
-    """Every ONNX vision graph of the bundle, and the ``decoder`` precision's graph."""
+    """Every ONNX vision graph of the bundle, and the ``decoder`` precision's graph, on the
+    providers ``options`` name (QNN made for the SoC the bundle's context was compiled for)."""
     root = Path(root)
     context = next((a for a in manifest.of("vision") if a.format == EPCONTEXT), None)
-    if providers[0][0] == QNN and context is not None:  # the SoC the bundle was compiled for
-        providers = [(providers[0][0], {**compiled_for(context), **providers[0][1]})]
-        providers += resolve_providers(["cpu"])
+    providers, _ = vision_providers(context, options)
     graphs = [a for a in manifest.of("vision") if a.format == "onnx"]
     if decoder is not None and manifest.find("decoder", decoder) is not None:
         graphs.append(manifest.find("decoder", decoder))

@@ -129,6 +129,13 @@ def session_config(options: Mapping[str, str] | None) -> dict[str, str]:
     return {k: str(v) for k, v in (options or {}).items() if _session_key(k)}
 
 
+def accelerator(requested: Sequence[str]) -> str | None:
+    """The provider first in line when it is not the CPU (what selects a vision graph's
+    accelerated form), else None."""
+    first = resolve_providers(requested)[0][0]
+    return first if first != CPU else None
+
+
 def requires_npu(requested: Sequence[str]) -> bool:
     """Whether an NPU provider is named required (``qnn!``)."""
     return any(e.endswith("!") and canonical_name(e.rstrip("!")) in NPUS for e in requested)
@@ -203,27 +210,27 @@ def _session(path, providers: Providers, threads: int | None, entries: dict[str,
     return session
 
 
+def _assigned(session) -> list:
+    """onnxruntime's record of which provider runs which nodes ([] where not recorded)."""
+    try:
+        return session.get_provider_graph_assignment_info()
+    except Exception:  # noqa: BLE001 - older onnxruntime, or placement not recorded
+        return []
+
+
 def placement(session) -> dict[str, int]:
     """Nodes per provider in ``session`` (after ORT's fusions), where it recorded them."""
-    try:
-        subgraphs = session.get_provider_graph_assignment_info()
-    except Exception:  # noqa: BLE001 - older onnxruntime, or placement not recorded
-        return {}
     counts: Counter[str] = Counter()
-    for subgraph in subgraphs:
+    for subgraph in _assigned(session):
         counts[subgraph.ep_name] += len(subgraph.get_nodes())
     return dict(counts)
 
 
 def refused_nodes(session, provider: str) -> list[tuple[str, str]]:
     """``(node name, op type)`` of every node ``session`` placed off ``provider``."""
-    try:
-        subgraphs = session.get_provider_graph_assignment_info()
-    except Exception:  # noqa: BLE001
-        return []
     return [
         (node.name, node.op_type)
-        for subgraph in subgraphs
+        for subgraph in _assigned(session)
         if subgraph.ep_name != provider
         for node in subgraph.get_nodes()
     ]

@@ -84,17 +84,24 @@ def compiled_for(context) -> dict[str, str]:
     return {k: str(details[k]) for k in SOC_KEYS if k in details}
 
 
+def vision_providers(context, options: LoadOptions) -> tuple[Providers, dict[str, str]]:
+    """The providers and session entries of a bundle's vision sessions: ``options``' own,
+    with the SoC ``context`` (an EPContext artefact, or None) was compiled for as the
+    default, so that every HTP session of the bundle is made for the same chip."""
+    extra = {**compiled_for(context), **dict(options.provider_options)}
+    return resolve_providers(options.providers, options=extra), session_config(extra)
+
+
 def open_vision_encoder(root: Path, selection, options: LoadOptions) -> OnnxVisionEncoder:
     """The selected vision graph (its precompiled form first) on the providers ``options``
-    name; a required NPU (``qnn!``) must take all of it. The SoC the context was compiled
-    for is the provider's default (``options`` may name another)."""
+    name; a required NPU (``qnn!``) must take all of it."""
     context = selection.vision_context
-    extra = {**compiled_for(context), **dict(options.provider_options)}
+    providers, config = vision_providers(context, options)
     return OnnxVisionEncoder(
         root / selection.vision.path,
-        resolve_providers(options.providers, options=extra),
+        providers,
         options.threads,
         context=root / context.path if context is not None else None,
-        config=session_config(extra),
+        config=config,
         whole_graph=requires_npu(options.providers),
     )
