@@ -64,6 +64,7 @@ final class DecoderSession implements AutoCloseable {
         for (String needed : new String[] {INPUT_EMBEDS, SEQLENS_K, TOTAL_SEQUENCE_LENGTH,
                 "past_key_0"}) {
             if (!names.contains(needed)) {
+                opened.close(); // as on any failure below: the session is ours once passed in
                 throw new BundleError(MobileVLMError.at(opened.model,
                         "not a decoder graph (inputs " + names + ")"));
             }
