@@ -83,14 +83,17 @@ final class EmbeddingTable implements AutoCloseable {
         if (!descr.find() || !fortran.find() || !shape.find()) {
             throw bad("not a .npy embedding table (unreadable header " + header.trim() + ")");
         }
-        String found = "(" + shape.group(1).replace(" ", "").replaceAll(",$", "") + ")";
-        String expected = "(" + vocab + "," + hidden + ")";
+        // as the Python side words it: "shape (49152, 576) float16, expected (49152, 576)"
+        String dims = shape.group(1).trim().replaceAll(",$", "");
+        String found = "(" + dims.replaceAll(",\\s*", ", ") + ")";
+        String expected = "(" + vocab + ", " + hidden + ")";
         boolean bigEndian = descr.group(1).equals(">");
         int bytes = Integer.parseInt(descr.group(3));
         boolean floats = descr.group(2).equals("f") && (bytes == 2 || bytes == 4);
         if (!found.equals(expected) || fortran.group(1).equals("True") || !floats || bigEndian) {
-            throw bad("shape " + found + " " + descr.group(0) + ", expected " + expected
-                    + " little-endian float16 or float32");
+            String dtype = descr.group(2).equals("f") ? "float" + 8 * bytes : descr.group(0);
+            throw bad("shape " + found + " " + dtype + ", expected " + expected
+                    + " (little-endian float16 or float32)");
         }
         return bytes;
     }
