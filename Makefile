@@ -10,7 +10,8 @@ DEMO_PROMPT ?= What color is the circle?
 # the assembled default model is cached here (built once, on first use)
 export MOBILEVLM_CACHE := $(CURDIR)/.cache/mobilevlm
 
-.PHONY: install demo test test-slow fuzz bench bench-eval bench-scale bench-llm bench-vision lint clean
+.PHONY: install demo test test-slow fuzz bench bench-eval bench-scale bench-llm bench-vision lint clean \
+	java-deps android-core android-golden android-test
 
 # torch first, pinned: that takes the local CPU build; an unpinned torch pulls
 # gigabytes of CUDA packages. llama-cpp-python compiles llama.cpp (minutes, once;
@@ -32,9 +33,10 @@ demo: $(STAMP)
 	@echo "Q: $(DEMO_PROMPT)  [$(DEMO_IMAGE)]"
 	@$(VENV)/bin/mobilevlm run --image $(DEMO_IMAGE) --prompt "$(DEMO_PROMPT)"
 
-test: $(STAMP)
+test: $(STAMP) android-golden
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+	@$(MAKE) --no-print-directory android-test
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
@@ -79,6 +81,51 @@ bench-llm: $(BUNDLE)/bundle.json
 # mtmd (random CLIP ViT-L/14-336 + LDPv2, exported once into .cache/vision-bench)
 bench-vision: $(STAMP)
 	$(PY) -m mobilevlm.bench.vision --repeats 5
+
+# ---------------------------------------------------------------- android_demo/core (plain Java)
+# JDK 17 and JUnit 4 from Debian's packages (no Maven repository, Debian's gradle is too old):
+# the core is built with javac alone; its main sources compile against java.base only, so
+# nothing Android lacks (java.desktop) can creep in. See android_demo/README.md.
+CORE       := android_demo/core
+CORE_BUILD := $(CORE)/build
+CORE_JAR   := $(CORE_BUILD)/mobilevlm-core.jar
+GOLDEN     := $(CORE_BUILD)/golden
+JUNIT_CP   := /usr/share/java/junit4.jar:/usr/share/java/hamcrest-core.jar
+CORE_SRC   := $(shell find $(CORE)/src/main $(CORE)/src/desktop -name '*.java' 2>/dev/null)
+TEST_SRC   := $(shell find $(CORE)/src/test -name '*.java' 2>/dev/null)
+SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+java-deps:
+	@command -v javac >/dev/null 2>&1 && test -f /usr/share/java/junit4.jar \
+		|| $(SUDO) apt-get install -y default-jdk-headless junit4 \
+		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y default-jdk-headless junit4)
+
+$(CORE_JAR): $(CORE_SRC) | java-deps
+	rm -rf $(CORE_BUILD)/classes && mkdir -p $(CORE_BUILD)/classes
+	javac --release 17 -Xlint:all,-serial -Werror --limit-modules java.base -d $(CORE_BUILD)/classes \
+		$(filter $(CORE)/src/main/%,$(CORE_SRC))
+	javac --release 17 -Xlint:all,-serial -Werror -cp $(CORE_BUILD)/classes -d $(CORE_BUILD)/classes \
+		$(filter $(CORE)/src/desktop/%,$(CORE_SRC))
+	jar --create --file $@.tmp --main-class org.mobilevlm.core.desktop.Main -C $(CORE_BUILD)/classes .
+	mv $@.tmp $@
+
+android-core: $(CORE_JAR)
+
+# golden files from the Python runtime (regenerated, never edited): token ids, pixel tensors,
+# prompts, sampler draws, bundle errors and a recorded generation of the built-in model
+$(GOLDEN)/.done: $(STAMP) $(CORE)/golden/make_golden.py $(wildcard mobilevlm/generation/*.py) \
+		mobilevlm/manifest.py runtime/verify.py
+	$(PY) $(CORE)/golden/make_golden.py $(GOLDEN)
+	touch $@
+
+android-golden: $(GOLDEN)/.done
+
+android-test: $(CORE_JAR) $(GOLDEN)/.done
+	rm -rf $(CORE_BUILD)/test-classes && mkdir -p $(CORE_BUILD)/test-classes
+	javac --release 17 -Xlint:all,-serial -cp $(CORE_JAR):$(JUNIT_CP) -d $(CORE_BUILD)/test-classes $(TEST_SRC)
+	cd $(CORE_BUILD)/test-classes && MOBILEVLM_GOLDEN=$(CURDIR)/$(GOLDEN) java \
+		-cp $(CURDIR)/$(CORE_JAR):$(JUNIT_CP):. org.junit.runner.JUnitCore \
+		$$(find . -name '*Test.class' | sed 's|^./||; s|\.class$$||; s|/|.|g' | sort)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

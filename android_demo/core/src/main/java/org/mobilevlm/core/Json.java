@@ -33,6 +33,9 @@ public final class Json {
     /** The value of a whole document (leading and trailing JSON whitespace allowed). */
     public static Object parse(String text) throws ParseError {
         Json p = new Json(text);
+        if (text.startsWith("\ufeff")) {
+            throw p.error("Unexpected UTF-8 BOM (decode using utf-8-sig)", 0);
+        }
         p.skipWhitespace();
         Object value = p.value();
         p.skipWhitespace();
@@ -188,7 +191,7 @@ public final class Json {
                     i += 6;
                     continue;
                 default:
-                    throw error("Invalid \\escape: '" + esc + "'", i);
+                    throw error("Invalid \\escape", i);
             }
             i += 2;
         }
