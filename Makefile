@@ -11,7 +11,7 @@ DEMO_PROMPT ?= What color is the circle?
 export MOBILEVLM_CACHE := $(CURDIR)/.cache/mobilevlm
 
 .PHONY: install demo test test-slow fuzz bench bench-eval bench-scale bench-llm bench-vision lint clean \
-	java-deps android-core android-golden android-test
+	jdk-deps java-deps android-core android-golden android-test
 
 # torch first, pinned: that takes the local CPU build; an unpinned torch pulls
 # gigabytes of CUDA packages. llama-cpp-python compiles llama.cpp (minutes, once;
@@ -95,12 +95,17 @@ CORE_SRC   := $(shell find $(CORE)/src/main $(CORE)/src/desktop -name '*.java' 2
 TEST_SRC   := $(shell find $(CORE)/src/test -name '*.java' 2>/dev/null)
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-java-deps:
-	@command -v javac >/dev/null 2>&1 && test -f /usr/share/java/junit4.jar \
-		|| $(SUDO) apt-get install -y default-jdk-headless junit4 \
-		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y default-jdk-headless junit4)
+jdk-deps:
+	@command -v javac >/dev/null 2>&1 \
+		|| $(SUDO) apt-get install -y default-jdk-headless \
+		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y default-jdk-headless)
 
-$(CORE_JAR): $(CORE_SRC) | java-deps
+java-deps: jdk-deps
+	@test -f /usr/share/java/junit4.jar \
+		|| $(SUDO) apt-get install -y junit4 \
+		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y junit4)
+
+$(CORE_JAR): $(CORE_SRC) | jdk-deps
 	rm -rf $(CORE_BUILD)/classes && mkdir -p $(CORE_BUILD)/classes
 	javac --release 17 -Xlint:all,-serial -Werror --limit-modules java.base -d $(CORE_BUILD)/classes \
 		$(filter $(CORE)/src/main/%,$(CORE_SRC))
@@ -113,14 +118,14 @@ android-core: $(CORE_JAR)
 
 # golden files from the Python runtime (regenerated, never edited): token ids, pixel tensors,
 # prompts, sampler draws, bundle errors and a recorded generation of the built-in model
-$(GOLDEN)/.done: $(STAMP) $(CORE)/golden/make_golden.py $(wildcard mobilevlm/generation/*.py) \
+$(GOLDEN)/.done: $(STAMP) $(wildcard $(CORE)/golden/*.py mobilevlm/generation/*.py) runtime/pipeline.py \
 		mobilevlm/manifest.py runtime/verify.py
 	$(PY) $(CORE)/golden/make_golden.py $(GOLDEN)
 	touch $@
 
 android-golden: $(GOLDEN)/.done
 
-android-test: $(CORE_JAR) $(GOLDEN)/.done
+android-test: $(CORE_JAR) $(GOLDEN)/.done | java-deps
 	rm -rf $(CORE_BUILD)/test-classes && mkdir -p $(CORE_BUILD)/test-classes
 	javac --release 17 -Xlint:all,-serial -cp $(CORE_JAR):$(JUNIT_CP) -d $(CORE_BUILD)/test-classes $(TEST_SRC)
 	cd $(CORE_BUILD)/test-classes && MOBILEVLM_GOLDEN=$(CURDIR)/$(GOLDEN) java \
