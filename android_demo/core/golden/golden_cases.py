@@ -217,6 +217,16 @@ GENERATION_RUNS = [
     ("text_only", {"max_new_tokens": 12}, ["What is two plus three?", "Write a poem."], False),
 ]
 
+# ---------------------------------------------------------------- JSON
+
+JSON_TEXTS = [
+    '"\\u12g4"', '"ab\\u12"', '"\\', "[1 2]", '{"a":1 "b":2}', "01", "-", "1.", "1e", "[",
+    "  ", "tru", '"\\ud83d\\ude00 \\u00e9"', '{"a": NaN, "b": -Infinity, "c": Infinity}',
+    "1.5e+3", "-0.0", "123456789012345678901234567890", "1E400", '{"k": 1, "k": 2}',
+    '[true, false, null, "x\\ny", 2.5, -7, {}, []]', "\n\t [ ] \r", '{"a"}', '{"a":}',
+    '{1: 2}', "[,]", '"tab\there"', '"\\/\\b\\f\\r"', "nulll", "0.1e-2", "1e05",
+]  # fmt: skip
+
 # ---------------------------------------------------------------- bundle errors
 
 PAYLOAD = b"not really an onnx graph, but bytes with a size and a sha256\n"

@@ -192,6 +192,20 @@ def sampler_goldens(out: Path) -> None:
     write_json(out / "sampler.json", entries)
 
 
+# ---------------------------------------------------------------- JSON
+
+
+def json_goldens(out: Path) -> None:
+    """Python's json.loads on each text: the value's repr, or the error message."""
+    entries = []
+    for text in cases.JSON_TEXTS:
+        try:
+            entries.append({"text": text, "repr": repr(json.loads(text))})
+        except json.JSONDecodeError as exc:
+            entries.append({"text": text, "error": str(exc)})
+    write_json(out / "json.json", entries)
+
+
 # ---------------------------------------------------------------- bundle errors
 
 
@@ -300,6 +314,7 @@ def main(out: Path) -> None:
     prompt_goldens(tmp)
     image_goldens(tmp, manifest)
     sampler_goldens(tmp)
+    json_goldens(tmp)
     bundle_error_goldens(tmp, (bundle / "bundle.json").read_text(encoding="utf-8"))
     record_generation(tmp, bundle)
     shutil.rmtree(out, ignore_errors=True)

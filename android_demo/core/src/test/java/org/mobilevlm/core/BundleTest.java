@@ -61,4 +61,17 @@ public class BundleTest {
         assertEquals("1e+16", PyRepr.reprFloat(1e16));
         assertEquals("123.0", PyRepr.reprFloat(123));
     }
+
+    @Test
+    public void jsonValuesAndErrorsAreThoseOfPythonsJsonLoads() {
+        for (Map<String, Object> e : Golden.list("json.json")) {
+            String text = (String) e.get("text");
+            try {
+                Object value = Json.parse(text);
+                assertEquals(text, e.get("repr"), PyRepr.repr(value));
+            } catch (Json.ParseError err) {
+                assertEquals(text, e.get("error"), err.getMessage());
+            }
+        }
+    }
 }
