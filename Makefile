@@ -63,7 +63,7 @@ bench: $(BUNDLE)/bundle.json
 
 # accuracy of every variant on held-out Shapes-VQA against latency and memory:
 # docs/bench/eval.md and the trade-off chart
-EVAL_VARIANTS ?= torch,fp32,int8,int4,int8/qdq-vision,int4/qdq-vision,f16,q8_0,q4_k_m,transformers
+EVAL_VARIANTS ?= torch,fp32,int8,int4,int8/int8-vision,int4/int8-vision,f16,q8_0,q4_k_m,transformers
 bench-eval: $(BUNDLE)/bundle.json
 	$(VENV)/bin/mobilevlm eval --bundle $(BUNDLE) --variants $(EVAL_VARIANTS) --n 200 \
 		--report docs/bench

@@ -9,9 +9,10 @@ agreement is recorded in ``bundle.json``.
 
 Every bundle has the fp32 ONNX vision graph: the ONNX backend needs it, and
 so does llama.cpp's ``hybrid`` mode, the only way to run a vision tower that
-llama.cpp has no graph for. The int8 QDQ vision graph comes with any
-quantized precision; ``npu="qnn"`` adds the graph in the form Qualcomm's HTP
-takes and its precompiled EPContext model (:mod:`mobilevlm.export.qnn_vision`).
+llama.cpp has no graph for. The int8 vision graph (static QDQ for a CNN tower,
+dynamic int8 for a ViT) comes with any quantized precision; ``npu="qnn"``
+adds the graph in the form Qualcomm's HTP takes and its precompiled EPContext
+model (:mod:`mobilevlm.export.qnn_vision`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 
 from mobilevlm import __version__
+from mobilevlm.config import ClipVisionConfig
 from mobilevlm.errors import BundleError, at
 from mobilevlm.export import quantize
 from mobilevlm.export.calibration import calibration_images, calibration_split
@@ -185,8 +187,9 @@ def export_bundle(
             artefacts += made
         if calibration is not None:
             step("vision int8")
-            made = quantize.quantize_vision_qdq(
-                out / "vision.onnx", out / "vision_int8.onnx", calibration
+            transformer = isinstance(model.config.vision, ClipVisionConfig)
+            made = quantize.quantize_vision_int8(
+                out / "vision.onnx", out / "vision_int8.onnx", calibration, transformer
             )
             artefacts.append(onnx_artefact(out, "vision", "int8", "vision_int8.onnx", made))
         if npu_images is not None:

@@ -90,6 +90,6 @@ def write_onnx_llm(
         if precision == "int8":
             made = quantize.quantize_decoder_int8(fp32_graph, out / name)
         else:
-            made = quantize.quantize_decoder_int4(fp32_graph, out / name)
+            made = quantize.quantize_decoder_int4(fp32_graph, out / name, model.config.llm)
         artefacts.append(onnx_artefact(out, "decoder", precision, name, {**details, **made}))
     return artefacts

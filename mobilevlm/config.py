@@ -358,6 +358,15 @@ class LLMConfig(DictConfig):
             return ()
         return tuple(eos) if isinstance(eos, list | tuple) else (eos,)
 
+    @property
+    def parameters(self) -> int:
+        """Weights of the layers, the lm_head and (untied) the embedding table."""
+        h, kv = self.hidden_size, self.num_key_value_heads * self.head_dim
+        attention = 2 * h * self.num_attention_heads * self.head_dim + 2 * h * kv
+        layer = attention + 3 * h * self.intermediate_size + 2 * h
+        tables = (1 if self.tie_word_embeddings else 2) * self.vocab_size * h
+        return self.num_hidden_layers * layer + tables + h
+
     def kv_cache_bytes_per_token(self, bytes_per_value: int = 4) -> int:
         """Memory of one position of the K and V caches over all layers."""
         per_layer = 2 * self.num_key_value_heads * self.head_dim * bytes_per_value

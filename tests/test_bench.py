@@ -13,7 +13,7 @@ from mobilevlm.reference.checkpoint import save_checkpoint
 
 pytest.importorskip("llama_cpp")
 
-VARIANTS = "torch,fp32,int8,int8/qdq-vision,f16,f16/mtmd,transformers,llama-cpp-python"
+VARIANTS = "torch,fp32,int8,int8/int8-vision,f16,f16/mtmd,transformers,llama-cpp-python"
 
 
 @pytest.fixture(scope="module")

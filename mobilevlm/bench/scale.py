@@ -3,7 +3,7 @@
 CLIP ViT-L/14-336 (23 of 24 blocks), LDPv2 to 2048, MobileLLaMA-1.4B (hidden
 2048, 24 layers, 16 heads, intermediate 5632, vocab 32000), random weights:
 latency and memory do not depend on them, and nothing can be downloaded here.
-It is exported once (int4 ONNX with the QDQ int8 vision graph, q4_k_m GGUF with
+It is exported once (int4 ONNX with the dynamic int8 vision graph, q4_k_m GGUF with
 the mmproj) into ``--work``, then ``mobilevlm bench`` measures the project's
 variants against llama.cpp's mtmd and llama-cpp-python's multimodal chat on
 the same files.
@@ -25,7 +25,7 @@ PRECISIONS = ("int4", "q4_k_m")
 # onnxruntime's percentile calibrator keeps every intermediate tensor of every image: about
 # 1.2 GB per image for ViT-L/14-336, so the default 32 images would not fit next to the model
 CALIBRATION_IMAGES = 4
-VARIANTS = "int4,int4/qdq-vision,q4_k_m/hybrid,q4_k_m/mtmd,llama-cpp-python"
+VARIANTS = "int4,int4/int8-vision,q4_k_m/hybrid,q4_k_m/mtmd,llama-cpp-python"
 BASELINE = "q4_k_m/mtmd"  # llama.cpp's own image path on the same files
 
 

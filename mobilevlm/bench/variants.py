@@ -1,8 +1,9 @@
 """The ways one bundle can run, named the way `bench` and `eval` take them.
 
 A variant is an engine and a precision: the PyTorch reference (``torch``), an
-ONNX precision (``fp32``, ``int8``, ``int4``; ``int8/qdq-vision`` swaps in the
-static QDQ int8 vision graph on the CPU; ``int4/qnn-vision`` runs the bundle's
+ONNX precision (``fp32``, ``int8``, ``int4``; ``int4/int8-vision`` swaps in the
+bundle's int8 vision graph on the CPU: static QDQ for a CNN tower, dynamic int8 for a
+ViT; ``qdq-vision``, its older name, still works; ``int4/qnn-vision`` runs the bundle's
 QNN vision graph on the NPU, here the HTP simulator), a GGUF precision through this
 runtime's llama.cpp backend (``q4_k_m`` = ``q4_k_m/hybrid``, ``q4_k_m/mtmd``),
 or a peer: ``transformers`` (eager generation on the reference's weights) and
@@ -32,7 +33,8 @@ TORCH = "torch"
 TRANSFORMERS = "transformers"
 LLAMA_CPP_PYTHON = "llama-cpp-python"
 PEERS = (TRANSFORMERS, LLAMA_CPP_PYTHON)
-QDQ_VISION = "qdq-vision"
+INT8_VISION = "int8-vision"
+QDQ_VISION = "qdq-vision"  # INT8_VISION's name before ViT towers got dynamic int8
 QNN_VISION = "qnn-vision"  # the vision graph on QNN's HTP, all of it (qnn!)
 
 
@@ -75,14 +77,14 @@ def parse_variant(name: str) -> Variant:
     if name == LLAMA_CPP_PYTHON:
         return Variant(LLAMA_CPP_PYTHON, LLAMA_CPP_PYTHON, "")  # the bundle's fastest GGUF
     precision, _, option = name.partition("/")
-    if precision in PRECISIONS and option in ("", QDQ_VISION):
+    if precision in PRECISIONS and option in ("", INT8_VISION, QDQ_VISION):
         return Variant(name, ONNXRUNTIME, precision, None, "int8" if option else None)
     if precision in PRECISIONS and option == QNN_VISION:
         return Variant(name, ONNXRUNTIME, precision, providers=("qnn!",))
     if precision in GGUF_PRECISIONS and option in ("", *MODES):
         mode = option or "hybrid"
         return Variant(f"{precision}/{mode}", LLAMA_CPP, precision, mode)
-    known = [TORCH, *PRECISIONS, "int8/qdq-vision", "int4/qnn-vision", *GGUF_PRECISIONS]
+    known = [TORCH, *PRECISIONS, "int4/int8-vision", "int4/qnn-vision", *GGUF_PRECISIONS]
     known += ["q4_k_m/mtmd", *PEERS]
     raise MobileVLMError(f"unknown variant {name!r} (known forms: {', '.join(known)})")
 
@@ -96,7 +98,7 @@ def unavailable(variant: Variant, manifest: BundleManifest, checkpoint: str | No
         if manifest.find("decoder", variant.precision) is None:
             return f"no {variant.precision} decoder in the bundle"
         if variant.vision_precision and manifest.find("vision", "int8") is None:
-            return "no int8 QDQ vision graph in the bundle"
+            return "no int8 vision graph in the bundle"
         if variant.providers and npu_vision(manifest) is None:
             return "no QNN vision graph in the bundle (export it with --npu qnn)"
         if variant.providers and not qnn.plugin_devices():
@@ -121,7 +123,7 @@ def every_variant(manifest: BundleManifest) -> list[Variant]:
     """All the forms of this bundle, reference first, peers last (some may be unavailable)."""
     names = [TORCH, *manifest.precisions]
     if manifest.find("vision", "int8"):
-        names += [f"{p}/{QDQ_VISION}" for p in manifest.precisions if p != "fp32"]
+        names += [f"{p}/{INT8_VISION}" for p in manifest.precisions if p != "fp32"]
     if npu_vision(manifest):
         names += [f"{p}/{QNN_VISION}" for p in manifest.precisions if p != "fp32"]
     for precision in manifest.gguf_precisions:

@@ -3,7 +3,7 @@
 CLIP ViT-L/14 at 336 px (23 of 24 blocks, as ``mm_vision_select_layer = -2``
 asks) with the LDPv2 projector to MobileLLaMA-1.4B's width (2048), random
 weights (latency does not depend on them). The same model is exported as the
-project's fp32 ONNX vision graph, its static QDQ int8 graph and an f16 mmproj
+project's fp32 ONNX vision graph, its dynamic int8 graph and an f16 mmproj
 (with a one-layer LLM GGUF of width 2048, which mtmd requires next to it);
 then each encodes the same 336x336 image, interleaved, after a warm-up.
 
@@ -27,9 +27,8 @@ import numpy as np
 from mobilevlm.config import ClipVisionConfig, LLMConfig, ModelConfig, ProjectorConfig
 
 ONNX_FP32 = "onnxruntime fp32"
-ONNX_INT8 = "onnxruntime int8 (QDQ)"
+ONNX_INT8 = "onnxruntime int8 (dynamic)"
 MTMD = "llama.cpp mtmd f16"
-CALIBRATION_IMAGES = 8
 
 
 def v2_vision_config() -> ModelConfig:
@@ -60,11 +59,10 @@ def prepare(work: Path) -> dict[str, Path]:
         return files
     import torch
 
-    from mobilevlm.export.calibration import calibration_images
     from mobilevlm.export.gguf_llm import write_llm_gguf
     from mobilevlm.export.gguf_mmproj import write_mmproj
     from mobilevlm.export.onnx_vision import export_vision
-    from mobilevlm.export.quantize import quantize_vision_qdq
+    from mobilevlm.export.quantize import quantize_vision_dynamic
     from mobilevlm.reference.model import MobileVLM
     from mobilevlm.reference.random_weights import random_init_, tiny_tokenizer
 
@@ -74,9 +72,8 @@ def prepare(work: Path) -> dict[str, Path]:
     with torch.inference_mode():
         print("exporting the ONNX vision graph ...", flush=True)
         export_vision(model, files["fp32"])
-        print("quantizing it to static QDQ int8 ...", flush=True)
-        images = calibration_images(config.preprocess, limit=CALIBRATION_IMAGES)
-        quantize_vision_qdq(files["fp32"], files["int8"], images)
+        print("quantizing it to dynamic int8 ...", flush=True)
+        quantize_vision_dynamic(files["fp32"], files["int8"])
         print("writing the mmproj and a one-layer LLM GGUF ...", flush=True)
         write_mmproj(model, files["mmproj"])
         state = {k: v.float().numpy() for k, v in model.language_model.state_dict().items()}

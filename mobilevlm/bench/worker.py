@@ -40,7 +40,7 @@ def _import_engine(engine: str) -> None:
 def load(job: dict[str, Any]):
     """The variant of ``job``, as something with ``generate(image, prompt, config)`` and
     ``reset()``. A bundle's variants also take ``providers`` and ``vision_precision`` (the
-    variant's own, e.g. ``int4/qdq-vision``, wins)."""
+    variant's own, e.g. ``int4/int8-vision``, wins)."""
     variant = parse_variant(job["variant"])
     threads, context = job.get("threads"), job.get("context")
     if variant.uses_reference:

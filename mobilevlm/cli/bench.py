@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--variants",
         metavar="LIST",
-        help="comma-separated among torch, fp32, int8, int4, int8/qdq-vision, int4/qnn-vision "
+        help="comma-separated among torch, fp32, int8, int4, int4/int8-vision, int4/qnn-vision "
         "(the vision graph on QNN's NPU, here its HTP simulator), f16, q8_0, q4_k_m "
         "(= q4_k_m/hybrid), q4_k_m/mtmd, transformers, llama-cpp-python (default: every one "
         "the bundle allows)",

@@ -52,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--variants",
         metavar="LIST",
         help="variants to score side by side, as `bench` names them (torch, fp32, int4, "
-        "int8/qdq-vision, int4/qnn-vision, q4_k_m, q4_k_m/mtmd, transformers, ...); each runs "
+        "int4/int8-vision, int4/qnn-vision, q4_k_m, q4_k_m/mtmd, transformers, ...); each runs "
         "in its own "
         "process and is compared with the reference's greedy tokens",
     )
