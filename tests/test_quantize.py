@@ -1,0 +1,90 @@
+"""The quantization recipes: which weights get how many bits, per model size and tower."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from mobilevlm.config import LLMConfig
+from mobilevlm.export import quantize
+from mobilevlm.export.onnx_bundle import save_decoder
+from mobilevlm.export.onnx_vision import export_vision
+
+SMOLLM2_135M = LLMConfig(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    tie_word_embeddings=True,
+)
+
+
+def test_the_built_in_llm_keeps_8_bit_attention_and_a_1_4b_llm_gets_the_q4_k_m_like_mix():
+    assert SMOLLM2_135M.parameters == pytest.approx(134.5e6, rel=0.01)
+    assert LLMConfig().parameters == pytest.approx(1.36e9, rel=0.01)  # MobileLLaMA-1.4B
+    assert quantize.int4_recipe(SMOLLM2_135M) is quantize.SMALL_LLM
+    assert quantize.int4_recipe(LLMConfig()) is quantize.LARGE_LLM
+
+
+def test_the_large_recipe_widens_the_layers_llama_cpp_widens():
+    recipe = quantize.LARGE_LLM
+    wide = {
+        layer
+        for layer in range(24)
+        if recipe.eight_bit(f"model.layers.{layer}.mlp.down_proj", 24)
+        and recipe.eight_bit(f"model.layers.{layer}.self_attn.qkv_proj", 24)
+    }
+    assert wide == {0, 1, 2, 5, 8, 11, 14, 17, 20, 21, 22, 23}  # Q4_K_M's use_more_bits
+    assert recipe.eight_bit(quantize.LM_HEAD, 24)
+    assert not recipe.eight_bit("model.layers.5.self_attn.o_proj", 24)
+    assert not recipe.eight_bit("model.layers.3.mlp.gate_up_proj", 24)
+
+
+def _bits(path) -> dict[str, tuple[int, int]]:
+    graph = onnx.load(str(path), load_external_data=False).graph
+    found = {}
+    for node in graph.node:
+        if node.op_type == "MatMulNBits":
+            attrs = {a.name: a.i for a in node.attribute}
+            found[node.name.rsplit("_Q", 1)[0]] = (attrs["bits"], attrs["block_size"])
+    return found
+
+
+def test_a_large_llm_decoder_gets_4_bit_blocks_of_128_and_8_bits_where_chosen(
+    tiny_models, tmp_path, monkeypatch
+):
+    model = tiny_models(projector="ldpnetv2")
+    save_decoder(model, tmp_path / "decoder.onnx")
+    monkeypatch.setattr(quantize, "LARGE_LLM_PARAMETERS", 0)  # the tiny LLM counts as large
+    made = quantize.quantize_decoder_int4(
+        tmp_path / "decoder.onnx", tmp_path / "int4.onnx", model.config.llm
+    )
+    assert made["recipe"] == quantize.LARGE_LLM.name
+    bits = _bits(tmp_path / "int4.onnx")
+    layers = model.config.llm.num_hidden_layers
+    assert bits and {block for _, block in bits.values()} == {128}
+    assert bits[f"model.layers.{layers - 1}.mlp.down_proj"][0] == 8  # the last layer: wide
+    for name, (nbits, _) in bits.items():
+        assert nbits == (8 if quantize.LARGE_LLM.eight_bit(name, layers) else 4), name
+
+
+def test_a_vit_tower_gets_a_dynamic_int8_graph_close_to_fp32(tiny_models, tmp_path):
+    import onnxruntime
+
+    model = tiny_models(projector="ldpnetv2")
+    export_vision(model, tmp_path / "vision.onnx")
+    quantize.quantize_vision_int8(tmp_path / "vision.onnx", tmp_path / "int8.onnx", [], True)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
+    assert {"QAttention", "DynamicQuantizeLinear"} <= ops and "QuantizeLinear" not in ops
+    size = model.config.preprocess.image_size
+    pixels = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+
+    def run(name):
+        session = onnxruntime.InferenceSession(str(tmp_path / name))
+        return session.run(None, {session.get_inputs()[0].name: pixels})[0].reshape(-1)
+
+    fp32, int8 = run("vision.onnx"), run("int8.onnx")
+    assert np.dot(fp32, int8) / np.linalg.norm(fp32) / np.linalg.norm(int8) > 0.99
