@@ -95,7 +95,6 @@ public final class Conversation implements AutoCloseable {
             long t0 = System.nanoTime();
             float[] pixels = preprocessor.pixels(image);
             byte[] key = key(pixels);
-            imageIdentity = image;
             if (!withImage || !Arrays.equals(key, imageKey)) { // another image: start over
                 imageEmbeds = engine.encodeImage(pixels, preprocessor.config.imageSize);
                 imageKey = key;
@@ -103,6 +102,7 @@ public final class Conversation implements AutoCloseable {
                 reset();
                 withImage = true;
             }
+            imageIdentity = image; // only once encoded: an encode that threw is retried
         }
         int[] input = inputIds(question);
         Answer answer = DecodeLoop.run(engine, cache, tokenizer, model, template, input,
