@@ -19,8 +19,8 @@ vision fp32; fp32 decoder 61.0%), see docs/benchmarks.md:
   packed QKV here, and ffn_down in the same layers its ``use_more_bits``
   picks: the first and last eighth and every third between) and the lm_head,
   which get 8 bits. At MobileVLM_V2-1.7B's geometry (2 cores, AVX-512 VNNI)
-  the small recipe's 999 MiB decoded at 17-22 tokens/s, this one's 829 MiB at
-  20-28 (all-4-bit blocks of 128: 691 MiB, 33; blocks of 32: 807 MiB, 14-28),
+  the small recipe's 999 MiB decoded at 17-24 tokens/s, this one's 829 MiB at
+  20-28 (all-4-bit blocks of 128: 691 MiB, 33; blocks of 32: 807 MiB, 14-29),
   against Q4_K_M's 760 MiB of LLM weights read per token.
 - vision int8 of a CNN tower (the built-in EfficientNet-Lite0): static QDQ,
   per-channel weights, activations calibrated on sample images with the

@@ -7,19 +7,10 @@ import onnx
 import pytest
 
 from mobilevlm.config import LLMConfig
+from mobilevlm.default_model import SMOLLM2_135M
 from mobilevlm.export import quantize
 from mobilevlm.export.onnx_bundle import save_decoder
 from mobilevlm.export.onnx_vision import export_vision
-
-SMOLLM2_135M = LLMConfig(
-    vocab_size=49152,
-    hidden_size=576,
-    intermediate_size=1536,
-    num_hidden_layers=30,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    tie_word_embeddings=True,
-)
 
 
 def test_the_built_in_llm_keeps_8_bit_attention_and_a_1_4b_llm_gets_the_q4_k_m_like_mix():
