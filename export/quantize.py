@@ -15,13 +15,16 @@ vision fp32; fp32 decoder 61.0%), see docs/benchmarks.md:
   8-bit) scored 56.0%, this mix 60.0%; 8-bit MLPs with 4-bit attention 61.0%
   but at twice the MLP bytes; a 4-bit lm_head is faster but scored 56.0%.
   LLMs of a billion parameters and more: 4-bit blocks of 128 everywhere but
-  where llama.cpp's Q4_K_M keeps more bits (the V projection, inside the
-  packed QKV here, and ffn_down in the same layers its ``use_more_bits``
-  picks: the first and last eighth and every third between) and the lm_head,
-  which get 8 bits. At MobileVLM_V2-1.7B's geometry (2 cores, AVX-512 VNNI)
-  the small recipe's 999 MiB decoded at 17-24 tokens/s, this one's 829 MiB at
-  20-28 (all-4-bit blocks of 128: 691 MiB, 33; blocks of 32: 807 MiB, 14-29),
-  against Q4_K_M's 760 MiB of LLM weights read per token.
+  the lm_head and ffn_down in the layers llama.cpp's Q4_K_M keeps wider (its
+  ``use_more_bits``: the first and last eighth and every third between),
+  which get 8 bits. Q4_K_M widens attn_v in those layers too; here V is
+  packed into one QKV MatMul, and 8 bits for the whole of it cost more bytes
+  per token than Q4_K_M reads, so QKV stays 4-bit: the decoder reads 757 MiB
+  per token, Q4_K_M 760. At MobileVLM_V2-1.7B's geometry (2 cores, AVX-512
+  VNNI, decoders side by side in one process) this decoded 1.05x as fast as
+  8-bit QKV and ffn_down (829 MiB), all-4-bit blocks of 128 (691 MiB) 1.09x-1.18x;
+  the small recipe's 999 MiB decoded at 17-24 tokens/s, blocks of 32 cost
+  more bytes and were slower.
 - vision int8 of a CNN tower (the built-in EfficientNet-Lite0): static QDQ,
   per-channel weights, activations calibrated on sample images with the
   percentile method. Of a transformer tower (CLIP ViT): dynamic int8
@@ -127,8 +130,7 @@ class Int4Recipe:
         if self.eight_bit_attention:
             return ".self_attn." in node
         layer = _layer_of(node)
-        wide = node.endswith((".qkv_proj", ".down_proj"))
-        return wide and layer is not None and _more_bits(layer, layers)
+        return node.endswith(".down_proj") and layer is not None and _more_bits(layer, layers)
 
 
 SMALL_LLM = Int4Recipe(
@@ -142,7 +144,7 @@ LARGE_LLM = Int4Recipe(
     128,
     False,
     "int4 symmetric, blocks of 128; int8 (blocks of 128) for the lm_head and, in the "
-    "layers where llama.cpp's Q4_K_M keeps more bits, the QKV and down projections",
+    "layers where llama.cpp's Q4_K_M keeps more bits, the down projection",
 )
 LARGE_LLM_PARAMETERS = 1_000_000_000  # a billion: MobileLLaMA-1.4B and up
 
@@ -159,7 +161,7 @@ def _layer_of(node: str) -> int | None:
 
 
 def _more_bits(layer: int, layers: int) -> bool:
-    """llama.cpp's choice of the layers whose V and ffn_down Q4_K_M stores as Q6_K."""
+    """llama.cpp's choice of the layers whose attn_v and ffn_down Q4_K_M stores as Q6_K."""
     eighth = layers // 8
     return layer < eighth or layer >= 7 * layers // 8 or (layer - eighth) % 3 == 2
 
