@@ -59,9 +59,8 @@ DEFAULT_OPTIONS: dict[str, dict[str, str]] = {
 SESSION_CONFIG_PREFIXES = ("ep.", "session.")
 DISABLE_CPU_FALLBACK = "session.disable_cpu_ep_fallback"
 RECORD_PLACEMENT = "session.record_ep_graph_assignment_info"
-# weights are repacked for MLAS's kernels on the intra-op threads, not one by one: at
-# MobileVLM_V2-1.7B's geometry (2 cores) the int4 bundle loaded in 1.1 s instead of 2.0,
-# and its peak was no higher (2115-2119 MiB against 2257-2290)
+# weights repacked for MLAS's kernels on the intra-op threads, not one by one (the
+# decoder's: see mobilevlm.runtime.ort.decoder)
 PARALLEL_PREPACK = "session.prepack.enable_parallel"
 
 Providers = list[tuple[str, dict[str, str]]]
@@ -162,7 +161,7 @@ def create_session(
     threads (None: onnxruntime's default, one per physical core). ``config``: session
     entries; ``whole_graph``: the first provider must take every node (an NPU asked for
     with ``!``), else :class:`~mobilevlm.errors.ProviderError` names the nodes it refuses."""
-    entries = {PARALLEL_PREPACK: "1", **(config or {})}
+    entries = dict(config or {})
     if providers[0][0] == QNN:
         entries.setdefault(RECORD_PLACEMENT, "1")  # what ran where: placement()
     if whole_graph and providers[0][0] != CPU:
