@@ -129,7 +129,11 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         }
     # "fill": what the budget guarantee is about
     vlm = Pipeline.load(
-        bundle, memory_budget=spec["budget"], precision=spec.get("precision"), threads=2
+        bundle,
+        memory_budget=spec["budget"],
+        precision=spec.get("precision"),
+        vision_precision=spec.get("vision_precision"),
+        threads=2,
     )
     chat = vlm.conversation(_test_image())
     tokenizer, vocab = vlm.model.tokenizer, manifest.model.llm.vocab_size
@@ -175,6 +179,7 @@ def check_budget(
     precision: str | None = None,
     words: int = 40,
     tokens: int = 64,
+    vision_precision: str | None = None,
 ) -> dict[str, Any]:
     """In a fresh process: ``Pipeline.load(bundle, memory_budget=budget)``, then a
     conversation about an image, turns of ``words`` random vocabulary entries and answers
@@ -182,7 +187,7 @@ def check_budget(
     VmHWM), ``plan`` (:meth:`MemoryPlan.to_dict`), ``positions`` filled and ``table`` (the
     embedding table's resident bytes)."""
     spec = {"kind": "fill", "bundle": str(bundle), "budget": str(budget), "words": words}
-    spec.update({"precision": precision, "tokens": tokens})
+    spec.update({"precision": precision, "tokens": tokens, "vision_precision": vision_precision})
     return _in_subprocess(spec)
 
 
@@ -240,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--check", metavar="BUNDLE", help="peak RSS under each --budget")
     parser.add_argument("--budget", action="append", default=[], help="with --check")
     parser.add_argument("--precision", help="with --check: only this precision")
+    parser.add_argument("--vision-precision", help="with --check: this vision graph (int8)")
     parser.add_argument("--context", type=int, default=2048, help="with --measure")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -268,7 +274,9 @@ def main(argv: list[str] | None = None) -> None:
             " | embedding table resident MiB"
         )
         for budget in args.budget:
-            run = check_budget(args.check, budget, args.precision)
+            run = check_budget(
+                args.check, budget, args.precision, vision_precision=args.vision_precision
+            )
             plan = run["plan"]
             vision = "resident" if plan["vision_resident"] else "released"
             print(

@@ -26,8 +26,9 @@ LOGITS = "logits"
 # MatMulNBits packs its weights at load; on the intra-op threads the int4 decoder at
 # MobileVLM_V2-1.7B's geometry (2 cores) opened in 0.65-0.85 s instead of 1.0-1.2, and the
 # whole int4/int8-vision pipeline loaded in 1.1 s instead of 2.0 with no higher peak. Not
-# for vision sessions: the fp32 ViT-L's creation then peaked at 2,284 MiB against 1,330.
-SESSION_CONFIG = {PARALLEL_PREPACK: "1"}
+# for float MatMuls: the default model's fp32 pipeline then peaked at 1,133 MiB against
+# 736, and the fp32 ViT-L's session at 2,284 MiB against 1,330.
+QUANTIZED_SESSION_CONFIG = {PARALLEL_PREPACK: "1"}
 
 
 class OnnxDecoder:
@@ -38,11 +39,14 @@ class OnnxDecoder:
         capacity: int,
         providers: list[tuple[str, dict[str, str]]],
         threads: int | None = None,
+        quantized: bool = False,
     ) -> None:
+        """``quantized``: the graph's MatMuls are MatMulNBits (the int8 and int4 decoders)."""
         import onnxruntime
 
         self.config = config
-        self.session = create_session(path, providers, threads, SESSION_CONFIG)
+        config_entries = QUANTIZED_SESSION_CONFIG if quantized else None
+        self.session = create_session(path, providers, threads, config_entries)
         expected = {INPUT_EMBEDS, SEQLENS_K, TOTAL_SEQUENCE_LENGTH, "past_key_0"}
         names = {i.name for i in self.session.get_inputs()}
         if not expected <= names:

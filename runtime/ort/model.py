@@ -42,6 +42,7 @@ class OnnxVLM(LoadedBundle):
             self.context,
             without_npus(self.providers),
             self.threads,
+            quantized=selection.decoder.precision != "fp32",
         )
         # read row by row from its file: none of the table is resident
         shape = (self.config.llm.vocab_size, self.config.llm.hidden_size)
