@@ -20,7 +20,8 @@ Inputs: ``inputs_embeds`` (batch, seq, hidden) float32; ``seqlens_k``
 ``past_value_<i>`` (batch, kv_heads, capacity, head_dim). Outputs: ``logits``
 (batch, 1, vocab) and ``present_key_<i>`` / ``present_value_<i>``. When the
 caller binds each present output to the buffer of its past input, ORT updates
-the cache in place: no copy, no per-token allocation.
+the cache in place: no copy, no per-token allocation. These names are written
+once, in :mod:`mobilevlm.runtime.ort.graph_io`, which the runtime reads too.
 """
 
 from __future__ import annotations
@@ -32,23 +33,20 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from mobilevlm.config import LLMConfig
+from mobilevlm.runtime.ort.graph_io import (
+    INPUT_EMBEDS,
+    LOGITS,
+    SEQLENS_K,
+    TOTAL_SEQUENCE_LENGTH,
+    past_names,
+    present_names,
+)
 
 OPSET = 17
 MS_DOMAIN = "com.microsoft"
-INPUT_EMBEDS = "inputs_embeds"
-SEQLENS_K = "seqlens_k"
-TOTAL_SEQUENCE_LENGTH = "total_sequence_length"
-LOGITS = "logits"
+LM_HEAD = "lm_head"  # the lm_head MatMul's node name (the int4 recipes keep it 8-bit)
 EXTERNAL_MIN_BYTES = 1024
 EXTERNAL_ALIGNMENT = 4096  # page-aligned offsets, so ONNX Runtime can memory-map them
-
-
-def past_names(layer: int) -> tuple[str, str]:
-    return f"past_key_{layer}", f"past_value_{layer}"
-
-
-def present_names(layer: int) -> tuple[str, str]:
-    return f"present_key_{layer}", f"present_value_{layer}"
 
 
 def rotary_caches(
@@ -228,8 +226,8 @@ def build_decoder(
     normed, _ = add_and_norm(pending, x, "model.norm.weight", "model/norm")
     last = g.weight("last_position", np.array([-1], dtype=np.int64))
     (last_hidden,) = g.op("Gather", [normed, last], "model/last_position", axis=1)
-    lm_head = g.matmul(last_hidden, w("lm_head.weight"), "lm_head")
-    g.nodes.append(helper.make_node("Identity", [lm_head], [LOGITS], name="logits"))
+    lm_head = g.matmul(last_hidden, w("lm_head.weight"), LM_HEAD)
+    g.nodes.append(helper.make_node("Identity", [lm_head], [LOGITS], name=LOGITS))
 
     graph = helper.make_graph(g.nodes, "decoder", inputs, outputs, g.initializers)
     model = helper.make_model(

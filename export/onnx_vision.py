@@ -21,11 +21,10 @@ from torch import nn
 
 from mobilevlm.config import ClipVisionConfig
 from mobilevlm.reference.model import MobileVLM
+from mobilevlm.runtime.ort.graph_io import IMAGE_EMBEDS, PIXEL_VALUES
 
 log = logging.getLogger(__name__)
 
-PIXEL_VALUES = "pixel_values"
-IMAGE_EMBEDS = "image_embeds"
 OPSET = 17
 BATCH_AXES = {PIXEL_VALUES: {0: "batch"}, IMAGE_EMBEDS: {0: "batch"}}
 

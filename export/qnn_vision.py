@@ -28,9 +28,10 @@ from mobilevlm.export.quantize import Calibration, quiet_root_logger
 from mobilevlm.manifest import Artefact, BundleFile
 from mobilevlm.reference.model import MobileVLM
 from mobilevlm.runtime.ort import qnn
+from mobilevlm.runtime.ort.graph_io import PIXEL_VALUES
 from mobilevlm.runtime.ort.providers import QNN, create_session, resolve_providers
-from mobilevlm.runtime.ort.vision import PIXEL_VALUES, OnnxVisionEncoder
-from mobilevlm.runtime.select import EPCONTEXT
+from mobilevlm.runtime.ort.select import EPCONTEXT
+from mobilevlm.runtime.ort.vision import CONTEXT_ENABLE, CONTEXT_FILE, OnnxVisionEncoder
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,8 @@ def _compile_context(graph: Path, context: Path, soc: qnn.Soc) -> None:
         stale.unlink()
     providers = resolve_providers(["qnn!"], options=soc.provider_options())
     entries = {
-        "ep.context_enable": "1",
-        "ep.context_file_path": str(context),
+        CONTEXT_ENABLE: "1",
+        CONTEXT_FILE: str(context),
         "ep.context_embed_mode": "0",  # the context binary beside the model, not inside it
     }
     create_session(graph, providers, config=entries, whole_graph=True)
@@ -138,7 +139,7 @@ def write_qnn_vision(
         "encode_ms": round(encode_ms, 1),
     }
     details = {
-        "npu": "qnn",
+        "npu": qnn.NPU,
         "shapes": "static, batch 1",
         "quantization": "onnxruntime get_qnn_qdq_config (QDQ, MinMax)",
         "weights": "uint8 per-channel",
@@ -154,7 +155,7 @@ def write_qnn_vision(
         EPCONTEXT,
         files,
         {
-            "npu": "qnn",
+            "npu": qnn.NPU,
             "compiled_from": GRAPH,
             "soc": soc.name,
             "soc_name": soc.marketing,

@@ -56,11 +56,11 @@ import numpy as np
 import onnx
 
 from mobilevlm.config import LLMConfig
+from mobilevlm.export.onnx_decoder import LM_HEAD
 
 BLOCK_SIZE = 32
 ACCURACY_LEVEL = 4  # int8 compute inside MatMulNBits: several times faster than fp32 on CPU
 NBITS_LOGGER = "onnxruntime.quantization.matmul_nbits_quantizer"
-LM_HEAD = "lm_head"  # node name in mobilevlm.export.onnx_decoder
 
 
 @contextmanager

@@ -148,6 +148,10 @@ class BundleManifest:
     def of(self, component: str) -> list[Artefact]:
         return [a for a in self.artefacts if a.component == component]
 
+    def npu_vision_form(self) -> str | None:
+        """The NPU (one of :data:`NPUS`) the bundle holds a vision graph for, if any."""
+        return next((a.details["npu"] for a in self.of("vision") if a.details.get("npu")), None)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": BUNDLE_FORMAT,

@@ -11,30 +11,17 @@ time an option needs what it does not hold yet.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mobilevlm.errors import BundleError, at
+from mobilevlm.errors import BudgetError, BundleError, at
 from mobilevlm.files import cache_root
 from mobilevlm.generation import decode_loop
-from mobilevlm.generation.backend import CachingBackend
+from mobilevlm.generation.backend import CachingBackend, PixelEncoder
 from mobilevlm.generation.tokenizer import Tokenizer
-from mobilevlm.manifest import (
-    GGUF_PRECISIONS,
-    MANIFEST_FILE,
-    PRECISIONS,
-    BundleManifest,
-)
+from mobilevlm.manifest import GGUF_PRECISIONS, MANIFEST_FILE, PRECISIONS, BundleManifest
+from mobilevlm.runtime.engine import Engine, engine_type
 from mobilevlm.runtime.options import LLAMA_CPP, ONNXRUNTIME, LoadOptions
-from mobilevlm.runtime.select import (
-    GGUF_PREFERENCE,
-    PRECISION_PREFERENCE,
-    GgufSelection,
-    Selection,
-    select,
-    select_gguf,
-)
 from mobilevlm.runtime.verify import verify_files
 
 log = logging.getLogger(__name__)
@@ -50,72 +37,61 @@ def backend_for(manifest: BundleManifest, options: LoadOptions) -> str:
     return ONNXRUNTIME if manifest.precisions or not manifest.gguf_precisions else LLAMA_CPP
 
 
-def _open(path: str | Path, verify: str, choose: Callable[[BundleManifest], Any]):
-    """The manifest and ``choose(manifest)``'s selection, its files and tokenizer checked."""
-    root = Path(path)
-    manifest = BundleManifest.read(root)
-    selection = choose(manifest)
-    verify_files(root, selection.artefacts, verify)
-    if not (root / manifest.tokenizer).is_file():
-        raise BundleError(at(root / manifest.tokenizer, "missing from the bundle"))
-    return manifest, selection
-
-
-def open_bundle(
-    path: str | Path,
-    options: LoadOptions | None = None,
-    accelerator: str | None = None,
-    **fields: Any,
-) -> tuple[BundleManifest, Selection]:
-    """Read and check a bundle for ONNX Runtime: its manifest and the verified artefacts."""
-    options = LoadOptions.of(options, **fields)
-    return _open(
-        path,
-        options.verify,
-        lambda m: select(m, options.precision, options.vision_precision, accelerator),
-    )
-
-
-def open_gguf_bundle(
-    path: str | Path,
-    options: LoadOptions | None = None,
-    accelerator: str | None = None,
-    **fields: Any,
-) -> tuple[BundleManifest, GgufSelection]:
-    """Read and check a bundle for llama.cpp: its manifest and the verified artefacts."""
-    options = LoadOptions.of(options, **fields)
-    return _open(
-        path,
-        options.verify,
-        lambda m: select_gguf(
-            m, options.precision, options.mode, options.vision_precision, accelerator
-        ),
-    )
-
-
-class LoadedBundle(CachingBackend, decode_loop.GeneratingBackend):
-    """What a loaded bundle is on every engine: its directory, manifest, selected
-    artefacts, the options it was loaded with, model config, tokenizer and the context its
-    KV cache holds."""
+class LoadedBundle(CachingBackend, PixelEncoder, decode_loop.GeneratingBackend):
+    """What a loaded bundle is on every engine (the :class:`~mobilevlm.runtime.engine.Engine`
+    contract's common part): its directory, manifest, selected artefacts, the options it
+    was loaded with, model config, tokenizer and the context its KV cache holds. An
+    engine provides ``select(manifest, options)`` (its artefacts for ``options``) and
+    ``describe_selection(selection, options)`` (what would run, without loading)."""
 
     backend = ""  # the engine's name, as LoadOptions.backend spells it
-    open_selection: Callable = staticmethod(open_bundle)  # manifest and selection, verified
+    preference: tuple[str, ...] = ()  # the precisions it runs, the fastest first
 
     @classmethod
-    def load(cls, path: str | Path, options: LoadOptions | None = None, **fields: Any):
+    def select(cls, manifest: BundleManifest, options: LoadOptions) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def describe_selection(cls, selection: Any, options: LoadOptions) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def exported(cls, manifest: BundleManifest) -> list[str]:
+        raise NotImplementedError
+
+    @classmethod
+    def check(
+        cls, path: str | Path, options: LoadOptions, manifest: BundleManifest | None = None
+    ) -> tuple[BundleManifest, Any]:
+        """The manifest and the artefacts :meth:`load` would run, verified, nothing loaded."""
+        root = Path(path)
+        manifest = manifest or BundleManifest.read(root)
+        selection = cls.select(manifest, options)
+        verify_files(root, selection.artefacts, options.verify)
+        if not (root / manifest.tokenizer).is_file():
+            raise BundleError(at(root / manifest.tokenizer, "missing from the bundle"))
+        return manifest, selection
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        options: LoadOptions | None = None,
+        manifest: BundleManifest | None = None,
+        **fields: Any,
+    ) -> LoadedBundle:
         """Open, verify and load the bundle at ``path`` on this engine; ``fields`` override
         ``options``. ``precision`` None picks the fastest the bundle has for it."""
         options = LoadOptions.of(options, **fields)
-        manifest, selection = cls.check(path, options)
+        manifest, selection = cls.check(path, options, manifest)
         return cls(Path(path), manifest, selection, options)
 
     @classmethod
-    def check(cls, path: str | Path, options: LoadOptions) -> tuple[BundleManifest, Any]:
-        """What :meth:`load` would run, verified, without loading it (an NPU provider first
-        in line selects the vision graph NPUs run)."""
-        from mobilevlm.runtime.ort.providers import accelerator
-
-        return cls.open_selection(path, options, accelerator(options.providers))
+    def describe(
+        cls, path: str | Path, options: LoadOptions, manifest: BundleManifest | None = None
+    ) -> dict[str, Any]:
+        _, selection = cls.check(path, options, manifest)
+        return cls.describe_selection(selection, options)
 
     def __init__(
         self, root: Path, manifest: BundleManifest, selection, options: LoadOptions
@@ -128,6 +104,7 @@ class LoadedBundle(CachingBackend, decode_loop.GeneratingBackend):
         self.tokenizer = Tokenizer.from_file(root / manifest.tokenizer)
         limit = self.config.llm.max_position_embeddings
         self.context = min(options.context or DEFAULT_CONTEXT, limit)
+        self.vision = None  # the engine's vision encoder; None once released
 
     @property
     def precision(self) -> str:
@@ -137,21 +114,38 @@ class LoadedBundle(CachingBackend, decode_loop.GeneratingBackend):
     def context_length(self) -> int:
         return self.context
 
+    @property
+    def random_weights(self) -> bool:
+        return bool(self.manifest.exporter.get("random_weights"))
+
+    @property
+    def vision_key(self) -> str:
+        vision = self.selection.vision
+        return f"{vision.files[0].sha256[:16]}-{vision.precision}"
+
     def runtime_info(self) -> dict[str, Any]:
         """What runs: the engine, its precision and mode, and the execution providers that
         run the vision graph and the decoder (what ``--json`` reports as ``runtime``)."""
         info = describe_run(
             self.backend, self.selection, self.vision_provider, self.decoder_provider
         )
-        nodes = getattr(getattr(self, "vision", None), "placement", None)
-        if nodes:  # recorded by NPU sessions: what ran where, and from which file
-            from mobilevlm.runtime.ort import qnn
-
-            info["vision_nodes"] = nodes
-            info["vision_source"] = self.vision.source
-            if self.vision_provider == qnn.QNN and qnn.simulated():
-                info["vision_simulated"] = True  # its encode times are not a phone's
+        if self.vision is not None:  # NPU sessions record what ran where, and from which file
+            info.update(self.vision.info())
         return {**info, "context": self.context}
+
+    def release_vision(self) -> None:
+        """Free the vision encoder (memory); the next image loads it again."""
+        if self.vision is not None:
+            self.vision.close()
+        self.vision = None
+
+    def encode_pixels(self, pixels):
+        if self.vision is None:
+            self.vision = self._open_vision()
+        return self.vision.encode(pixels)
+
+    def _open_vision(self):
+        raise NotImplementedError
 
     @property
     def vision_provider(self) -> str:
@@ -161,46 +155,47 @@ class LoadedBundle(CachingBackend, decode_loop.GeneratingBackend):
     def decoder_provider(self) -> str:
         raise NotImplementedError
 
+    def close(self) -> None:
+        self.release_vision()
+
 
 def load_bundle(
-    path: str | Path | None = None, options: LoadOptions | None = None, **fields: Any
-) -> LoadedBundle:
+    path: str | Path | None = None,
+    options: LoadOptions | None = None,
+    manifest: BundleManifest | None = None,
+    **fields: Any,
+) -> Engine:
     """The bundle at ``path`` (None: the built-in model's) loaded on the engine
-    :func:`backend_for` picks: an :class:`~mobilevlm.runtime.ort.model.OnnxVLM` or a
-    :class:`~mobilevlm.runtime.llamacpp.model.LlamaCppVLM`. ``fields`` override
-    ``options``' fields."""
+    :func:`backend_for` picks. ``fields`` override ``options``' fields; ``manifest``, when
+    the caller has read it already, is not read again."""
     options = LoadOptions.of(options, **fields)
     path = default_bundle(options) if path is None else Path(path)
-    if backend_for(BundleManifest.read(path), options) == LLAMA_CPP:
-        from mobilevlm.runtime.llamacpp.model import LlamaCppVLM
+    manifest = manifest or BundleManifest.read(path)
+    return engine_type(backend_for(manifest, options)).load(path, options, manifest)
 
-        return LlamaCppVLM.load(path, options)
-    from mobilevlm.runtime.ort.model import OnnxVLM
 
-    return OnnxVLM.load(path, options)
+def open_bundle(
+    path: str | Path, options: LoadOptions | None = None, **fields: Any
+) -> tuple[BundleManifest, Any]:
+    """Read and check a bundle for ONNX Runtime: its manifest and the verified artefacts."""
+    return engine_type(ONNXRUNTIME).check(path, LoadOptions.of(options, **fields))
+
+
+def open_gguf_bundle(
+    path: str | Path, options: LoadOptions | None = None, **fields: Any
+) -> tuple[BundleManifest, Any]:
+    """Read and check a bundle for llama.cpp: its manifest and the verified artefacts."""
+    return engine_type(LLAMA_CPP).check(path, LoadOptions.of(options, **fields))
 
 
 def check_bundle(
     path: str | Path, options: LoadOptions | None = None, **fields: Any
 ) -> dict[str, Any]:
     """Verify what :func:`load_bundle` would run, without loading it; what would run, as
-    :meth:`LoadedBundle.runtime_info` says it (the providers first in line)."""
-    from mobilevlm.runtime.ort.providers import resolve_providers, without_npus
-
+    the engine's ``runtime_info`` says it (the providers first in line)."""
     options = LoadOptions.of(options, **fields)
-    chosen = backend_for(BundleManifest.read(path), options)
-    providers = resolve_providers(options.providers)
-    first, cpu_side = providers[0][0], without_npus(providers)[0][0]
-    if chosen == LLAMA_CPP:
-        from mobilevlm.runtime.llamacpp.model import LlamaCppVLM as Engine
-
-        _, selection = Engine.check(path, options)
-        vision = Engine.MTMD_PROVIDER if selection.mode == "mtmd" else first
-        return describe_run(chosen, selection, vision, Engine.DECODER_PROVIDER)
-    from mobilevlm.runtime.ort.model import OnnxVLM
-
-    _, selection = OnnxVLM.check(path, options)
-    return describe_run(chosen, selection, first, cpu_side)
+    manifest = BundleManifest.read(path)
+    return engine_type(backend_for(manifest, options)).describe(path, options, manifest)
 
 
 def describe_run(
@@ -236,9 +231,7 @@ def needed_precisions(options: LoadOptions) -> list[str]:
     q4_k_m on llama.cpp)."""
     if options.precision:
         return [options.precision]
-    if options.implied_backend == LLAMA_CPP:
-        return [GGUF_PREFERENCE[0]]
-    return [PRECISION_PREFERENCE[0]]
+    return [engine_type(options.implied_backend or ONNXRUNTIME).preference[0]]
 
 
 def _cached_default_manifest() -> BundleManifest | None:
@@ -253,20 +246,33 @@ def _cached_default_manifest() -> BundleManifest | None:
         return None
 
 
+# Peak RSS of exporting the built-in model into its bundle, one ONNX precision (`mobilevlm
+# export --precisions int8`: 8.5 GiB; `make demo` from an empty cache: 8.9 GB). Under a
+# smaller memory budget the export is refused, not run: the budget covers the whole command.
+DEFAULT_EXPORT_PEAK = 9 * 2**30
+
+
 def default_bundle(
     options: LoadOptions | None = None,
     precisions: list[str] | None = None,
     progress: bool | None = None,
 ) -> Path:
+    """The built-in model's bundle directory: :func:`open_default_bundle`'s path."""
+    return open_default_bundle(options, precisions, progress)[0]
+
+
+def open_default_bundle(
+    options: LoadOptions | None = None,
+    precisions: list[str] | None = None,
+    progress: bool | None = None,
+) -> tuple[Path, BundleManifest]:
     """The built-in model as a bundle holding ``precisions`` (default: those ``options``
-    need) and, when ``options`` put QNN first, the vision graph for its NPU; exported into
+    need) and, when ``options`` put an NPU first, the vision graph for it; exported into
     the cache directory when it lacks one of them (by
     :mod:`mobilevlm.default_model.bundle`); an export keeps what the bundle held and adds
-    the rest. Building needs the [export] extra (torch); loading the bundle afterwards
-    does not."""
-    from mobilevlm.runtime.ort.providers import QNN, accelerator
-    from mobilevlm.runtime.select import npu_vision
-
+    the rest; with its manifest. Building needs the [export] extra (torch); loading the
+    bundle afterwards does not. Under a memory budget smaller than the export's peak, a
+    missing part is refused with the command that adds it (:class:`BudgetError`)."""
     path = default_bundle_dir()
     options = options or LoadOptions()
     wanted = list(precisions or needed_precisions(options))
@@ -281,15 +287,27 @@ def default_bundle(
             )
     manifest = _cached_default_manifest()
     held = list(manifest.precisions + manifest.gguf_precisions) if manifest else []
-    npu_held = manifest is not None and npu_vision(manifest) is not None
-    npu_wanted = accelerator(options.providers) == QNN
-    if all(p in held for p in wanted) and (npu_held or not npu_wanted):
-        return path
+    npu_wanted = engine_type(options.implied_backend or ONNXRUNTIME).vision_npu(options)
+    npu_held = manifest.npu_vision_form() if manifest else None
+    if manifest and all(p in held for p in wanted) and (npu_held or not npu_wanted):
+        return path, manifest
+    missing = [p for p in wanted if p not in held]
+    missing += [f"the {npu_wanted} vision graph"] if npu_wanted and not npu_held else []
+    budget = options.memory_budget
+    if budget is not None and budget < DEFAULT_EXPORT_PEAK:
+        flags = " ".join(f"--precision {p}" for p in wanted[:1])
+        flags += " --provider " + npu_wanted if npu_wanted and not npu_held else ""
+        raise BudgetError(
+            f"the built-in model's bundle ({path}) has no {', '.join(missing)} yet, and "
+            f"exporting it peaks at about {DEFAULT_EXPORT_PEAK / 2**30:.0f} GiB, over the "
+            f"memory budget of {budget / 2**20:,.0f} MiB: run `mobilevlm info {flags}` "
+            "once first (it exports without a budget)",
+            budget=budget,
+            smallest=DEFAULT_EXPORT_PEAK,
+        )
     from mobilevlm.default_model.bundle import export_default_bundle
 
     every = [p for p in PRECISIONS + GGUF_PRECISIONS if p in held or p in wanted]
-    missing = [p for p in wanted if p not in held]
-    missing += ["the NPU vision graph"] if npu_wanted and not npu_held else []
     log.warning("exporting the built-in model (%s) into %s, once", ", ".join(missing), path)
-    npu = "qnn" if npu_held or npu_wanted else None
-    return export_default_bundle(path, every, progress, npu=npu)
+    export_default_bundle(path, every, progress, npu=npu_held or npu_wanted)
+    return path, BundleManifest.read(path)

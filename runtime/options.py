@@ -16,12 +16,12 @@ from typing import Any
 
 from mobilevlm.errors import OptionsError
 from mobilevlm.manifest import GGUF_PRECISIONS, PRECISIONS, VISION_PRECISIONS
+from mobilevlm.runtime.verify import VERIFY_MODES
 
 ONNXRUNTIME = "onnxruntime"
 LLAMA_CPP = "llama.cpp"
 BACKENDS = (ONNXRUNTIME, LLAMA_CPP)
 MODES = ("hybrid", "mtmd")  # llama.cpp's image path: the ONNX vision graph, or its own mtmd
-VERIFY_MODES = ("auto", "full", "size")
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from mobilevlm.generation import decode_loop
 from mobilevlm.generation.preprocess import ImageInput, load_image
@@ -45,7 +44,8 @@ from mobilevlm.generation.prompts import Turn, get_template
 from mobilevlm.generation.result import GenerationResult
 from mobilevlm.generation.sampling import GenerationConfig
 from mobilevlm.manifest import BundleManifest
-from mobilevlm.runtime.loader import default_bundle, load_bundle
+from mobilevlm.runtime.engine import Engine
+from mobilevlm.runtime.loader import load_bundle, open_default_bundle
 from mobilevlm.runtime.memory import MemoryPlan, plan_memory
 from mobilevlm.runtime.messages import parse_messages
 from mobilevlm.runtime.options import LoadOptions
@@ -55,23 +55,21 @@ log = logging.getLogger(__name__)
 IMAGE_CACHE_BYTES = 64 << 20  # image embeddings kept in memory (the default model: 110 KiB each)
 
 
-def image_key(image: ImageInput) -> str:
-    """Identity of an image by content: the same pixels give the same key, whatever the
-    form (path, bytes, Pillow image, array) they came in."""
-    pixels = np.asarray(image if isinstance(image, Image.Image) else load_image(image))
-    digest = hashlib.sha1(pixels.tobytes())
-    digest.update(str(pixels.shape).encode())
+def image_key(pixels: np.ndarray) -> str:
+    """Identity of an image by what the encoder takes (the engine's ``image_input``: the
+    preprocessed pixels): the same image gives the same key, whatever the form (path,
+    bytes, Pillow image, array) it came in, and a 12-megapixel photo is hashed at the
+    encoder's size, not its own."""
+    digest = hashlib.sha1(np.ascontiguousarray(pixels).tobytes())
+    digest.update(f"{pixels.shape}{pixels.dtype}".encode())
     return digest.hexdigest()
 
 
-def _embeddings_dir(model: Any, root: str | Path | None) -> Path | None:
+def _embeddings_dir(model: Engine, root: str | Path | None) -> Path | None:
     """Where ``model``'s image embeddings are kept on disk under ``root``: one directory per
     vision graph (its sha256), so another bundle or precision never reads them."""
-    selection = getattr(model, "selection", None)
-    if root is None or selection is None:
-        return None
-    vision = selection.vision
-    return Path(root) / f"{vision.files[0].sha256[:16]}-{vision.precision}"
+    key = model.vision_key
+    return Path(root) / key if root is not None and key is not None else None
 
 
 def _load_embeddings(path: Path, config: Any) -> np.ndarray | None:
@@ -137,13 +135,13 @@ class Pipeline:
 
     def __init__(
         self,
-        model: Any,
+        model: Engine,
         vision_resident: bool = True,
         image_cache_bytes: int = IMAGE_CACHE_BYTES,
         plan: MemoryPlan | None = None,
         embeddings_dir: str | Path | None = None,
     ) -> None:
-        self.model = model  # an OnnxVLM, a LlamaCppVLM, or any decode_loop backend
+        self.model = model  # the engine: OnnxVLM, LlamaCppVLM, the torch reference
         self.vision_resident = vision_resident
         self.plan = plan  # the memory plan it was loaded under, if any
         self._images: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -171,14 +169,18 @@ class Pipeline:
         choose backend, precision, context and whether the vision encoder stays loaded,
         before anything is loaded."""
         options = LoadOptions.of(options, **fields)
-        path = Path(bundle) if bundle is not None else default_bundle(options)
+        if bundle is None:
+            path, manifest = open_default_bundle(options)
+        else:
+            path = Path(bundle)
+            manifest = BundleManifest.read(path)
         plan = None
         if options.memory_budget is not None:
-            plan = plan_memory(BundleManifest.read(path), options.memory_budget, options)
+            plan = plan_memory(manifest, options.memory_budget, options)
             options = options.replace(
                 backend=plan.backend, precision=plan.precision, context=plan.context
             )
-        model = load_bundle(path, options)
+        model = load_bundle(path, options, manifest)
         resident = plan.vision_resident if plan else True
         return cls(model, resident, image_cache_bytes, plan, embeddings_dir)
 
@@ -197,8 +199,8 @@ class Pipeline:
         ``last_encode_ms`` is what encoding took (decoding the file included), 0 on a hit."""
         start = time.perf_counter()
         self.last_encode_ms = 0.0
-        image = load_image(image)  # decoded once, for the key and the encoder
-        key = image_key(image)
+        pixels = self.model.image_input(load_image(image))  # decoded once, for key and encoder
+        key = image_key(pixels)
         if key in self._images:
             self.cache_hits += 1
             self._images.move_to_end(key)
@@ -210,9 +212,9 @@ class Pipeline:
                 self.cache_hits += 1
                 return self._keep(key, embeds)
         self.cache_misses += 1
-        embeds = np.array(self.model.encode_image(image), dtype=np.float32)
+        embeds = np.array(self.model.encode_pixels(pixels), dtype=np.float32)
         self.last_encode_ms = (time.perf_counter() - start) * 1000.0
-        if not self.vision_resident and hasattr(self.model, "release_vision"):
+        if not self.vision_resident:
             self.model.release_vision()
         if stored is not None:
             _save_atomically(stored, embeds)
@@ -227,6 +229,18 @@ class Pipeline:
         return embeds
 
     # ------------------------------------------------------------------ generation
+
+    def reset(self) -> None:
+        """Forget what is cached in memory: the KV cache (the next prompt is prefilled
+        whole) and the image embeddings (the next image is encoded again)."""
+        with self._lock:
+            self.model.reset()
+            self._images.clear()
+
+    def close(self) -> None:
+        """Free the engine's native memory; the pipeline is unusable afterwards."""
+        with self._lock:
+            self.model.close()
 
     def cancel(self) -> None:
         """Stop the running generation after its current token (from any thread)."""

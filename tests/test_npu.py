@@ -29,7 +29,7 @@ from mobilevlm.runtime.ort.providers import (
     placement,
     resolve_providers,
 )
-from mobilevlm.runtime.select import EPCONTEXT, npu_vision
+from mobilevlm.runtime.ort.select import EPCONTEXT, npu_vision
 
 needs_htp = pytest.mark.skipif(
     not qnn.plugin_devices(),
@@ -189,7 +189,8 @@ def test_cli_run_on_the_required_npu_says_so(npu_bundles, tmp_path, rgb_image, c
 @needs_htp
 def test_planner_counts_the_npu_session_and_the_bench_names_its_variant(npu_bundles):
     from mobilevlm.bench.variants import every_variant, parse_variant, unavailable
-    from mobilevlm.runtime.memory import NPU_VISION_BYTES, plan_memory
+    from mobilevlm.runtime.memory import plan_memory
+    from mobilevlm.runtime.ort.footprint import NPU_VISION_BYTES
 
     _, bundle = npu_bundles["clip"]
     manifest = BundleManifest.read(bundle)

@@ -16,7 +16,7 @@ from mobilevlm.manifest import MANIFEST_FILE, BundleManifest
 from mobilevlm.runtime.loader import open_bundle
 from mobilevlm.runtime.ort.model import OnnxVLM
 from mobilevlm.runtime.ort.providers import CPU, resolve_providers
-from mobilevlm.runtime.select import select
+from mobilevlm.runtime.ort.select import select
 
 
 @pytest.fixture(scope="module")

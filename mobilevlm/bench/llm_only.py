@@ -171,7 +171,7 @@ def default_gguf(root: Path) -> Path:
     the GGUF of the package its LLM comes from."""
     from mobilevlm.errors import OptionsError
     from mobilevlm.manifest import DEFAULT_MODEL_SOURCE, BundleManifest
-    from mobilevlm.runtime.select import GGUF_PREFERENCE
+    from mobilevlm.runtime.llamacpp.select import GGUF_PREFERENCE
 
     manifest = BundleManifest.read(root)
     own = [a for a in (manifest.find("llm", p) for p in GGUF_PREFERENCE) if a is not None]

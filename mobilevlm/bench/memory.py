@@ -12,17 +12,8 @@ from typing import Any
 
 from mobilevlm.errors import MobileVLMError
 from mobilevlm.manifest import BundleManifest
-from mobilevlm.runtime.memory import (
-    LLAMA_CPP,
-    MIB,
-    _candidates,
-    _kv_bytes,
-    _need,
-    _option,
-    _working_memory,
-    parse_size,
-)
-from mobilevlm.runtime.select import GGUF_PREFERENCE, select, select_gguf
+from mobilevlm.runtime.memory import MIB, candidates, estimate, parse_size
+from mobilevlm.runtime.options import LLAMA_CPP, LoadOptions
 
 
 def peak_rss() -> int:
@@ -93,7 +84,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 
     bundle = spec["bundle"]
     manifest = BundleManifest.read(bundle)
-    if spec.get("precision") in GGUF_PREFERENCE or spec.get("backend") == LLAMA_CPP:
+    if LoadOptions(precision=spec.get("precision")).implied_backend == LLAMA_CPP:
         import llama_cpp  # noqa: F401
     if spec["kind"] == "tokenizer":
         before = _rss()
@@ -133,6 +124,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         memory_budget=spec["budget"],
         precision=spec.get("precision"),
         vision_precision=spec.get("vision_precision"),
+        context=spec.get("context"),
         threads=2,
     )
     chat = vlm.conversation(_test_image())
@@ -180,15 +172,90 @@ def check_budget(
     words: int = 40,
     tokens: int = 64,
     vision_precision: str | None = None,
+    context: int | None = None,
 ) -> dict[str, Any]:
-    """In a fresh process: ``Pipeline.load(bundle, memory_budget=budget)``, then a
-    conversation about an image, turns of ``words`` random vocabulary entries and answers
-    of up to ``tokens`` tokens, until the planned context is full. Returns ``peak`` (bytes,
-    VmHWM), ``plan`` (:meth:`MemoryPlan.to_dict`), ``positions`` filled and ``table`` (the
-    embedding table's resident bytes)."""
+    """In a fresh process: ``Pipeline.load(bundle, memory_budget=budget)`` (with
+    ``context`` when given), then a conversation about an image, turns of ``words`` random
+    vocabulary entries and answers of up to ``tokens`` tokens, until the planned context
+    is full. Returns ``peak`` (bytes, VmHWM), ``plan`` (:meth:`MemoryPlan.to_dict`),
+    ``positions`` filled and ``table`` (the embedding table's resident bytes)."""
     spec = {"kind": "fill", "bundle": str(bundle), "budget": str(budget), "words": words}
     spec.update({"precision": precision, "tokens": tokens, "vision_precision": vision_precision})
-    return _in_subprocess(spec)
+    return _in_subprocess({**spec, "context": context})
+
+
+# budgets a sweep tries, as multiples of the smallest accepted one
+SWEEP_STEPS = (1.0, 1.08, 1.25, 1.6)
+PLAN_ABOVE_PEAK = 0.12  # the most a plan may be above the measured peak
+
+
+def sweep_budgets(
+    bundle: str,
+    precisions: list[str],
+    contexts: list[int | None],
+    steps: tuple[float, ...] = SWEEP_STEPS,
+    words: int = 120,
+    tokens: int = 8,
+    on_row: Any = None,
+) -> list[dict[str, Any]]:
+    """For each precision and context (None: the planner chooses), budgets from the
+    smallest the planner accepts up by ``steps``; each a fresh process that fills the
+    planned context (:func:`check_budget`: long turns, short answers, so a context of
+    thousands of positions fills in seconds). One row each: the budget, the plan and the
+    measured peak, and whether the guarantee held (peak <= budget, plan <= 1.12 x peak)."""
+    from mobilevlm.errors import BudgetError
+    from mobilevlm.runtime.memory import plan_memory
+
+    manifest = BundleManifest.read(bundle)
+    rows: list[dict[str, Any]] = []
+    for precision in precisions:
+        for context in contexts:
+            try:
+                plan_memory(manifest, 1, precision=precision, context=context)
+                smallest = 1
+            except BudgetError as exc:
+                smallest = exc.smallest
+            for step in steps:
+                budget = int(smallest * step)
+                run = check_budget(bundle, budget, precision, words, tokens, None, context)
+                plan, peak = run["plan"], run["peak"]
+                row = {
+                    "precision": precision,
+                    "context_asked": context,
+                    "budget": budget,
+                    "context": plan["context"],
+                    "vision_resident": plan["vision_resident"],
+                    "plan": plan["total"],
+                    "estimate": plan["estimate"],
+                    "peak": peak,
+                    "positions": run["positions"],
+                    "within_budget": peak <= budget,
+                    "plan_close": plan["total"] <= (1 + PLAN_ABOVE_PEAK) * peak,
+                }
+                rows.append(row)
+                if on_row:
+                    on_row(row)
+    return rows
+
+
+def sweep_line(row: dict[str, Any]) -> str:
+    """One row of a sweep, as ``--sweep`` prints it."""
+    verdict = (
+        "ok"
+        if row["within_budget"] and row["plan_close"]
+        else ("OVER BUDGET" if not row["within_budget"] else "PLAN HIGH")
+    )
+    asked = row["context_asked"] or "auto"
+    vision = "resident" if row["vision_resident"] else "released"
+    return (
+        f"{row['precision']:<7} {asked!s:>5} {row['budget'] / MIB:8.0f} {row['context']:>7} "
+        f"{vision:<9} {row['plan'] / MIB:6.0f} {row['peak'] / MIB:6.0f} "
+        f"{row['peak'] / row['budget']:6.1%} {row['plan'] / row['peak'] - 1:+6.1%} "
+        f"{row['positions']:>6}  {verdict}"
+    )
+
+
+SWEEP_HEADER = "prec.  context budget MiB context vision     plan   peak peak/bud plan-peak filled"
 
 
 def measure_bundle(bundle: str, context: int = 2048) -> list[dict[str, Any]]:
@@ -200,26 +267,26 @@ def measure_bundle(bundle: str, context: int = 2048) -> list[dict[str, Any]]:
     tokenizer = _in_subprocess({"kind": "tokenizer", "bundle": str(bundle)})["tokenizer"]
     rows: list[dict[str, Any]] = []
     visions: dict[str, dict[str, int]] = {}
-    for backend, precision in _candidates(manifest, None, None, "hybrid"):
-        option = _option(manifest, backend, precision, "hybrid", None)
-        vision_path = (select_gguf if backend == LLAMA_CPP else select)(manifest, precision)
-        vision_path = vision_path.vision.path
+    for engine, precision in candidates(manifest, LoadOptions()):
+        options = LoadOptions(precision=precision)
+        memory = engine.memory(manifest, precision, options)
+        backend = engine.backend
+        vision_path = engine.select(manifest, options).vision.path
         if vision_path not in visions:
             spec = {"kind": "vision", "bundle": str(bundle), "path": vision_path}
             visions[vision_path] = _in_subprocess(spec)
         vision = visions[vision_path]
         spec = {"kind": "question", "bundle": str(bundle), "precision": precision}
         run = _in_subprocess({**spec, "context": context})
-        kv = _kv_bytes(manifest, backend, context if backend == LLAMA_CPP else run["positions"])
-        residual = run["peak"] - run["base"] - tokenizer - option.weights - run["table"]
+        kv = memory.kv_bytes(context if backend == LLAMA_CPP else run["positions"])
+        residual = run["peak"] - run["base"] - tokenizer - memory.weights - run["table"]
         residual -= vision["vision"] + kv
-        estimate = _need(manifest, option, context, False)
         rows.append(
             {
                 "backend": backend,
                 "precision": precision,
                 "context": context,
-                "estimate": estimate,
+                "estimate": estimate(manifest, memory, context, False),
                 "peak": run["peak"],
                 "base": run["base"],
                 "tokenizer": tokenizer,
@@ -227,7 +294,7 @@ def measure_bundle(bundle: str, context: int = 2048) -> list[dict[str, Any]]:
                 "vision": vision["vision"],
                 "vision_kept": vision["kept"],
                 "residual": residual,
-                "working_memory": _working_memory(manifest, option, context),
+                "working_memory": memory.working_memory(context),
             }
         )
     return rows
@@ -247,6 +314,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", help="with --check: only this precision")
     parser.add_argument("--vision-precision", help="with --check: this vision graph (int8)")
     parser.add_argument("--context", type=int, default=2048, help="with --measure")
+    parser.add_argument(
+        "--sweep",
+        metavar="BUNDLE",
+        help="budgets from the smallest accepted up, per --precisions and --contexts: plan "
+        "against peak with the context filled",
+    )
+    parser.add_argument("--precisions", default="int4,int8,fp32", help="with --sweep")
+    parser.add_argument(
+        "--contexts", default="auto,512,2048,8192", help="with --sweep ('auto': the planner's)"
+    )
+    parser.add_argument("--json-out", metavar="FILE", help="with --sweep: the rows as JSON")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -268,6 +346,19 @@ def main(argv: list[str] | None = None) -> None:
                 f"{row['precision']:<9}  {row['context']:>7}  {cells}  {mib(row['residual']):>8}"
                 f"  {mib(row['working_memory']):>14}"
             )
+    if args.sweep:
+        print(SWEEP_HEADER, flush=True)
+        rows = sweep_budgets(
+            args.sweep,
+            [p for p in args.precisions.split(",") if p],
+            [None if c == "auto" else int(c) for c in args.contexts.split(",") if c],
+            on_row=lambda row: print(sweep_line(row), flush=True),
+        )
+        held = sum(r["within_budget"] and r["plan_close"] for r in rows)
+        print(f"{held} of {len(rows)} runs held the guarantee")
+        if args.json_out:
+            with open(args.json_out, "w", encoding="utf-8") as out:
+                json.dump(rows, out, indent=1)
     if args.check:
         print(
             "budget | plan | context | vision | estimate MiB | measured MiB | positions filled"

@@ -19,15 +19,10 @@ from pathlib import Path
 
 from mobilevlm.errors import MobileVLMError
 from mobilevlm.manifest import GGUF_PRECISIONS, PRECISIONS, BundleManifest
+from mobilevlm.runtime.llamacpp.select import GGUF_PREFERENCE, select_gguf
 from mobilevlm.runtime.options import LLAMA_CPP, MODES, ONNXRUNTIME
 from mobilevlm.runtime.ort import qnn
-from mobilevlm.runtime.select import (
-    GGUF_PREFERENCE,
-    PRECISION_PREFERENCE,
-    npu_vision,
-    select,
-    select_gguf,
-)
+from mobilevlm.runtime.ort.select import PRECISION_PREFERENCE, npu_vision, select
 
 TORCH = "torch"
 TRANSFORMERS = "transformers"

@@ -6,6 +6,11 @@ another's caches, and a crash costs one row. A worker reads one JSON job from
 its argument and prints JSON lines: ``{"record": ...}`` per eval question, then
 ``{"result": ...}``.
 
+This runtime's variants (and the torch reference) run through
+:class:`~mobilevlm.runtime.pipeline.Pipeline`, the API users call, with the image
+given as its file: every number includes what a user's call pays (decoding the
+file, the embeddings cache's key, the lock). Only the peers run their own loops.
+
     python -m mobilevlm.bench.worker '{"task": "bench", "variant": "int4", ...}'
 """
 
@@ -19,7 +24,6 @@ from typing import Any
 
 from mobilevlm.bench.memory import peak_rss
 from mobilevlm.bench.variants import LLAMA_CPP_PYTHON, TORCH, TRANSFORMERS, parse_variant
-from mobilevlm.generation.preprocess import load_image
 from mobilevlm.generation.result import GenerationStats
 from mobilevlm.generation.sampling import GenerationConfig
 from mobilevlm.manifest import DEFAULT_MODEL_SOURCE
@@ -39,8 +43,11 @@ def _import_engine(engine: str) -> None:
 
 def load(job: dict[str, Any]):
     """The variant of ``job``, as something with ``generate(image, prompt, config)`` and
-    ``reset()``. A bundle's variants also take ``providers`` and ``vision_precision`` (the
-    variant's own, e.g. ``int4/int8-vision``, wins)."""
+    ``reset()``: a :class:`Pipeline`, or a peer's own loop. A bundle's variants also take
+    ``providers`` and ``vision_precision`` (the variant's own, e.g. ``int4/int8-vision``,
+    wins)."""
+    from mobilevlm.runtime.pipeline import Pipeline
+
     variant = parse_variant(job["variant"])
     threads, context = job.get("threads"), job.get("context")
     if variant.uses_reference:
@@ -58,14 +65,12 @@ def load(job: dict[str, Any]):
             return TransformersEager(model)
         from mobilevlm.reference.backend import TorchBackend
 
-        return TorchBackend(model)
+        return Pipeline(TorchBackend(model))
     if variant.engine == LLAMA_CPP_PYTHON:
         from mobilevlm.bench.peers.llama_cpp_python import LlamaCppPythonChat
 
         return LlamaCppPythonChat(job["bundle"], None, threads, context or 2048)
-    from mobilevlm.runtime.loader import load_bundle
-
-    return load_bundle(
+    return Pipeline.load(
         job["bundle"],
         precision=variant.precision,
         mode=variant.mode or "hybrid",
@@ -97,13 +102,12 @@ def run(job: dict[str, Any], emit) -> None:
     load_s = time.perf_counter() - t0
     result: dict[str, Any] = {"load_s": load_s}
     if job["task"] == "bench":
-        image = load_image(job["image"]) if job.get("image") else None
-        prompt = job["prompt"]
+        image, prompt = job.get("image"), job["prompt"]  # the image as a user gives it: a file
         model.generate(image, prompt, WARMUP)  # first touch of weights, thread pools
         config = GenerationConfig(max_new_tokens=job["decode_tokens"], ignore_eos=True)
         runs = []
         for _ in range(job.get("runs", 1)):
-            model.reset()  # no prefix reuse: every run prefills its whole prompt
+            model.reset()  # no prefix reuse, no cached image: every run does all the work
             runs.append(timings(model.generate(image, prompt, config).stats))
         result["runs"] = runs
     else:

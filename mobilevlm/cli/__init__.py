@@ -17,7 +17,7 @@ from mobilevlm.errors import MobileVLMError
 
 EXIT_USER_ERROR = 2
 EXIT_SYSTEM_ERROR = 1
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C; `run` returns it too
 COMMANDS = ("run", "chat", "eval", "export", "bench", "info", "serve")
 
 

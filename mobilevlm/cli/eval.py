@@ -19,6 +19,7 @@ from mobilevlm.cli.options import (
 from mobilevlm.errors import OptionsError
 from mobilevlm.manifest import BundleManifest
 from mobilevlm.runtime.loader import default_bundle, needed_precisions
+from mobilevlm.runtime.options import LLAMA_CPP
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -109,7 +110,7 @@ def _bundle_for_variants(args: argparse.Namespace) -> Path:
     elif args.precisions:
         wanted = comma_list(args.precisions)
     elif args.modes and not args.precision:  # modes are llama.cpp's
-        wanted = needed_precisions(options.replace(backend="llama.cpp"))
+        wanted = needed_precisions(options.replace(backend=LLAMA_CPP))
     else:
         wanted = needed_precisions(options)
     return default_bundle(options, precisions=list(dict.fromkeys(wanted)) or None)

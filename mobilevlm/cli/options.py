@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mobilevlm.default_model.bundle import INSTALL_EXPORT_EXTRA
 from mobilevlm.errors import MissingDependencyError, OptionsError
-from mobilevlm.generation.sampling import GenerationConfig
+from mobilevlm.generation.sampling import DEFAULT_MAX_NEW_TOKENS, GenerationConfig
 from mobilevlm.manifest import GGUF_PRECISIONS, PRECISIONS, VISION_PRECISIONS
 from mobilevlm.runtime.loader import (
     DEFAULT_CONTEXT,
@@ -38,7 +38,7 @@ def comma_list(text: str) -> list[str]:
 
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("generation")
-    g.add_argument("--max-new-tokens", type=int, default=128, metavar="N")
+    g.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N")
     g.add_argument(
         "--temperature", type=float, default=0.0, metavar="T", help="0 (default) decodes greedily"
     )
@@ -242,7 +242,7 @@ def load_pipeline(args: argparse.Namespace) -> Pipeline:
     pipeline = Pipeline.load(
         args.bundle, load_options(args), embeddings_dir=getattr(args, "embeddings_cache", None)
     )
-    if pipeline.model.manifest.exporter.get("random_weights"):
+    if pipeline.model.random_weights:
         warn_random_weights(args.bundle)
     return pipeline
 
@@ -278,5 +278,4 @@ def warn_random_weights(source: Path) -> None:
 def model_name(args: argparse.Namespace, pipeline: Pipeline) -> str:
     if args.model is not None:
         return str(args.model)
-    variant = getattr(pipeline.model, "variant", "")
-    return f"{args.bundle or 'built-in model'} ({variant})"
+    return f"{args.bundle or 'built-in model'} ({pipeline.model.variant})"

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from mobilevlm.cli import console
+from mobilevlm.cli import EXIT_INTERRUPTED, console
 from mobilevlm.cli.options import (
     add_embeddings_cache_option,
     add_generation_options,
@@ -18,8 +18,6 @@ from mobilevlm.cli.options import (
     model_name,
 )
 from mobilevlm.generation.preprocess import load_image
-
-EXIT_INTERRUPTED = 130
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -72,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
     from mobilevlm.runtime.pipeline import Pipeline
 
     pipeline = Pipeline.load(args.bundle, load_options(args), embeddings_dir=args.embeddings_cache)
-    if pipeline.model.manifest.exporter.get("random_weights"):
+    if pipeline.model.random_weights:
         warn_random_weights(args.bundle)
     name = args.bundle.name if args.bundle is not None else "mobilevlm-default"
     settings = ServerSettings(name, args.api_key, args.max_queue, max_body, args.image_dir)

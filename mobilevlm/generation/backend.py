@@ -14,16 +14,21 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
+from PIL import Image
 
 from mobilevlm.config import ModelConfig
-from mobilevlm.generation.preprocess import ImageInput
+from mobilevlm.generation.preprocess import ImageInput, load_image, preprocess_image
 from mobilevlm.generation.splice import image_slot, splice
 from mobilevlm.generation.tokenizer import Tokenizer
 
 
 class LanguageBackend(Protocol):
+    """What the decode loop needs of an engine (the runtime's whole contract:
+    :class:`mobilevlm.runtime.engine.Engine`)."""
+
     config: ModelConfig
     tokenizer: Tokenizer | None
+    last_prefill: int  # positions the last prefill_prompt ran; the rest came from its cache
 
     @property
     def context_length(self) -> int:
@@ -41,6 +46,25 @@ class LanguageBackend(Protocol):
 
     def decode(self, token: int) -> np.ndarray:
         """Append one token; logits (vocab,) of its position (reused by the next call)."""
+
+
+class PixelEncoder:
+    """Images in two steps, so that a caller that decodes an image once (the Pipeline:
+    for its cache key and the encoder) does not decode it again: ``image_input`` (the
+    preprocessed pixels; an encoder that preprocesses itself overrides it) and
+    ``encode_pixels``, which subclasses provide."""
+
+    config: ModelConfig
+
+    def image_input(self, image: Image.Image) -> np.ndarray:
+        return preprocess_image(image, self.config.preprocess)
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def encode_image(self, image: ImageInput) -> np.ndarray:
+        """(num_image_tokens, hidden) float32 embeddings of any image input."""
+        return self.encode_pixels(self.image_input(load_image(image)))
 
 
 class CachingBackend:
@@ -113,6 +137,8 @@ class EmbeddingBackend:
     """A backend whose LLM takes input embeddings: it prefills the spliced prompt from an
     empty cache. Subclasses provide ``embed_tokens``, ``reset`` and ``prefill``."""
 
+    last_prefill = 0  # positions the last prompt ran: all of them
+
     def embed_tokens(self, ids: Sequence[int]) -> np.ndarray:
         """(len(ids), hidden) float32 input embeddings."""
         raise NotImplementedError
@@ -129,4 +155,6 @@ class EmbeddingBackend:
         self, input_ids: Sequence[int], image_embeds: np.ndarray | None
     ) -> np.ndarray:
         self.reset()
-        return self.prefill(splice(input_ids, image_embeds, self.embed_tokens))
+        embeds = splice(input_ids, image_embeds, self.embed_tokens)
+        self.last_prefill = len(embeds)
+        return self.prefill(embeds)

@@ -138,9 +138,7 @@ def stream(
     t0 = time.perf_counter()
     logits = backend.prefill_prompt(input_ids, image_embeds)
     stats.prefill_ms = _ms_since(t0)
-    stats.cached_tokens = stats.prefill_tokens - getattr(
-        backend, "last_prefill", stats.prefill_tokens
-    )
+    stats.cached_tokens = stats.prefill_tokens - backend.last_prefill
 
     generated: list[int] = []
     position = stats.prefill_tokens

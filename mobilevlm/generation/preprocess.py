@@ -138,7 +138,11 @@ def _bounded(img: Image.Image, resample: int) -> Image.Image:
 
 def preprocess(image: ImageInput, config: PreprocessConfig) -> np.ndarray:
     """Pixel values of one image: float32 array of shape (3, image_size, image_size)."""
-    img = load_image(image)
+    return preprocess_image(load_image(image), config)
+
+
+def preprocess_image(img: Image.Image, config: PreprocessConfig) -> np.ndarray:
+    """:func:`preprocess` of an image :func:`load_image` has decoded (upright RGB)."""
     size = config.image_size
     try:
         resample = _RESAMPLE[config.resample]

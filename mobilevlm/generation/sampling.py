@@ -18,6 +18,7 @@ import numpy as np
 
 from mobilevlm.errors import OptionsError
 
+DEFAULT_MAX_NEW_TOKENS = 128  # the API's and the CLI's (--max-new-tokens) default
 SETTING_TYPES = {
     "max_new_tokens": int,
     "temperature": (int, float),
@@ -34,7 +35,7 @@ def kind_name(kind) -> str:
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    max_new_tokens: int = 256
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float = 0.0  # 0 selects greedy decoding
     top_k: int = 0  # 0 disables
     top_p: float = 1.0  # 1 disables

@@ -15,17 +15,22 @@ import torch
 from torch import nn
 
 from mobilevlm.generation import decode_loop
-from mobilevlm.generation.backend import EmbeddingBackend
+from mobilevlm.generation.backend import EmbeddingBackend, PixelEncoder
 from mobilevlm.generation.preprocess import ImageInput
 from mobilevlm.generation.result import GenerationResult
 from mobilevlm.generation.sampling import GenerationConfig
 
 
-class TorchBackend(EmbeddingBackend, decode_loop.GeneratingBackend):
-    """Runs a :class:`~mobilevlm.reference.model.MobileVLM` (any module with its methods)."""
+class TorchBackend(EmbeddingBackend, PixelEncoder, decode_loop.GeneratingBackend):
+    """Runs a :class:`~mobilevlm.reference.model.MobileVLM` (any module with its methods):
+    the :class:`~mobilevlm.runtime.engine.Engine` contract, so a Pipeline can run it."""
 
-    def __init__(self, model: nn.Module) -> None:
+    variant = "torch"
+    vision_key = None  # a checkpoint's embeddings are not kept on disk
+
+    def __init__(self, model: nn.Module, random_weights: bool = False) -> None:
         self.model = model
+        self.random_weights = random_weights  # the checkpoint says so (a test model)
         self.config = model.config
         self.tokenizer = model.tokenizer
         self._past = None
@@ -46,9 +51,16 @@ class TorchBackend(EmbeddingBackend, decode_loop.GeneratingBackend):
         }
 
     @torch.inference_mode()
-    def encode_image(self, image: ImageInput) -> np.ndarray:
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         m = self.model
-        return m.encode_images(m.pixel_values(image))[0].float().numpy()
+        x = torch.from_numpy(np.ascontiguousarray(pixels))[None].to(m.dtype)
+        return m.encode_images(x)[0].float().numpy()
+
+    def release_vision(self) -> None:
+        """Nothing to release: the reference's modules stay in the model."""
+
+    def close(self) -> None:
+        self._past = None
 
     @torch.inference_mode()
     def embed_tokens(self, ids: Sequence[int]) -> np.ndarray:

@@ -22,16 +22,20 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from mobilevlm.errors import BundleError, ContextOverflowError, MissingDependencyError, at
-from mobilevlm.generation.preprocess import ImageInput, preprocess
 from mobilevlm.manifest import BundleManifest
-from mobilevlm.runtime.loader import LoadedBundle, open_gguf_bundle
+from mobilevlm.runtime.engine import EngineMemory
+from mobilevlm.runtime.llamacpp import footprint
+from mobilevlm.runtime.llamacpp.select import GGUF_PREFERENCE, GgufSelection, select_gguf
+from mobilevlm.runtime.loader import LoadedBundle, describe_run
 from mobilevlm.runtime.options import LLAMA_CPP, LoadOptions
-from mobilevlm.runtime.ort.providers import resolve_providers
-from mobilevlm.runtime.select import GgufSelection
+from mobilevlm.runtime.ort.providers import accelerator, resolve_providers
+from mobilevlm.runtime.ort.vision import vision_npu
 
 INSTALL_HINT = (
     "the llama.cpp backend needs llama-cpp-python: pip install 'mobilevlm-runtime[llama]'"
@@ -162,9 +166,41 @@ class LlamaCppVLM(LoadedBundle):
     """A bundle's GGUF LLM on llama.cpp, its image from ONNX (``hybrid``) or mtmd."""
 
     backend = LLAMA_CPP
-    open_selection = staticmethod(open_gguf_bundle)
+    preference = GGUF_PREFERENCE
     MTMD_PROVIDER = "llama.cpp mtmd (CPU)"  # what encodes the image in mtmd mode
     DECODER_PROVIDER = "llama.cpp (CPU)"  # the CPU build's only device
+
+    @classmethod
+    def exported(cls, manifest: BundleManifest) -> list[str]:
+        return list(manifest.gguf_precisions)
+
+    @classmethod
+    def select(cls, manifest: BundleManifest, options: LoadOptions) -> GgufSelection:
+        return select_gguf(
+            manifest,
+            options.precision,
+            options.mode,
+            options.vision_precision,
+            accelerator(options.providers),
+        )
+
+    @classmethod
+    def describe_selection(cls, selection: GgufSelection, options: LoadOptions) -> dict[str, Any]:
+        vision = (
+            cls.MTMD_PROVIDER
+            if selection.mode == "mtmd"
+            else resolve_providers(options.providers)[0][0]
+        )
+        return describe_run(cls.backend, selection, vision, cls.DECODER_PROVIDER)
+
+    @classmethod
+    def vision_npu(cls, options: LoadOptions) -> str | None:
+        return None if options.mode == "mtmd" else vision_npu(options)
+
+    @classmethod
+    def memory(cls, manifest: BundleManifest, precision: str, options: LoadOptions) -> EngineMemory:
+        selection = cls.select(manifest, options.replace(precision=precision))
+        return footprint.engine_memory(manifest, selection, options)
 
     def __init__(
         self,
@@ -192,12 +228,6 @@ class LlamaCppVLM(LoadedBundle):
 
         return open_vision_encoder(self.root, self.selection, self.options)
 
-    def release_vision(self) -> None:
-        """Free the image encoder (memory); the next image loads it again."""
-        if self.vision is not None and hasattr(self.vision, "close"):
-            self.vision.close()
-        self.vision = None
-
     @property
     def vision_provider(self) -> str:
         if self.selection.mode == "mtmd":
@@ -219,14 +249,10 @@ class LlamaCppVLM(LoadedBundle):
         """What runs, in one word: the (GGUF) precision and the image path."""
         return f"{self.precision}/{self.mode}"
 
-    def encode_image(self, image: ImageInput) -> np.ndarray:
+    def image_input(self, image: Image.Image) -> np.ndarray:
         if self.selection.mode == "mtmd":  # mtmd preprocesses the pixels itself
-            pixels = image
-        else:
-            pixels = preprocess(image, self.config.preprocess)
-        if self.vision is None:
-            self.vision = self._open_vision()
-        return self.vision.encode(pixels)
+            return np.asarray(image)
+        return super().image_input(image)
 
     def _truncate(self, length: int) -> None:
         self.decoder.truncate(length)

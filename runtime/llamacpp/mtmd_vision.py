@@ -154,6 +154,10 @@ class MtmdVisionEncoder:
                 return chunk
         raise BundleError(at(self.path, "mtmd made no image chunk from the image"))
 
+    def info(self) -> dict[str, Any]:
+        """Nothing beyond the provider: mtmd runs on llama.cpp's CPU backend."""
+        return {}
+
     def close(self) -> None:
         """Free mtmd's context (idempotent)."""
         if self._ctx is not None:

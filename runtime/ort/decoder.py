@@ -15,20 +15,27 @@ import numpy as np
 
 from mobilevlm.config import LLMConfig
 from mobilevlm.errors import BundleError, ContextOverflowError, at
+from mobilevlm.runtime.ort.graph_io import (
+    INPUT_EMBEDS,
+    LOGITS,
+    SEQLENS_K,
+    TOTAL_SEQUENCE_LENGTH,
+    past_names,
+    present_names,
+)
 from mobilevlm.runtime.ort.kv_cache import KVCache
 from mobilevlm.runtime.ort.providers import PARALLEL_PREPACK, create_session
 
-# names fixed by mobilevlm.export.onnx_decoder (the bundle contract)
-INPUT_EMBEDS = "inputs_embeds"
-SEQLENS_K = "seqlens_k"
-TOTAL_SEQUENCE_LENGTH = "total_sequence_length"
-LOGITS = "logits"
 # MatMulNBits packs its weights at load; on the intra-op threads the int4 decoder at
 # MobileVLM_V2-1.7B's geometry (2 cores) opened in 0.65-0.85 s instead of 1.0-1.2, and the
 # whole int4/int8-vision pipeline loaded in 1.1 s instead of 2.0 with no higher peak. Not
 # for float MatMuls: the default model's fp32 pipeline then peaked at 1,133 MiB against
 # 736, and the fp32 ViT-L's session at 2,284 MiB against 1,330.
 QUANTIZED_SESSION_CONFIG = {PARALLEL_PREPACK: "1"}
+# A prompt runs in chunks of at most this many positions: a run's activations and attention
+# scores grow with its positions (a 4,000-token prompt in one run: 236 MiB beyond the KV
+# cache; in chunks of 250: 29), and a memory budget must hold for any prompt.
+PREFILL_CHUNK = 256
 
 
 class OnnxDecoder:
@@ -47,7 +54,7 @@ class OnnxDecoder:
         self.config = config
         config_entries = QUANTIZED_SESSION_CONFIG if quantized else None
         self.session = create_session(path, providers, threads, config_entries)
-        expected = {INPUT_EMBEDS, SEQLENS_K, TOTAL_SEQUENCE_LENGTH, "past_key_0"}
+        expected = {INPUT_EMBEDS, SEQLENS_K, TOTAL_SEQUENCE_LENGTH, *past_names(0)}
         names = {i.name for i in self.session.get_inputs()}
         if not expected <= names:
             raise BundleError(at(path, f"not a decoder graph (inputs {sorted(names)[:5]}...)"))
@@ -71,17 +78,20 @@ class OnnxDecoder:
         b.bind_ortvalue_input(SEQLENS_K, self._seqlens)
         b.bind_ortvalue_input(TOTAL_SEQUENCE_LENGTH, self._total)
         for layer, (k, v) in enumerate(zip(self.cache.keys, self.cache.values, strict=True)):
-            b.bind_ortvalue_input(f"past_key_{layer}", k)
-            b.bind_ortvalue_input(f"past_value_{layer}", v)
-            b.bind_ortvalue_output(f"present_key_{layer}", k)
-            b.bind_ortvalue_output(f"present_value_{layer}", v)
+            past_k, past_v = past_names(layer)
+            present_k, present_v = present_names(layer)
+            b.bind_ortvalue_input(past_k, k)
+            b.bind_ortvalue_input(past_v, v)
+            b.bind_ortvalue_output(present_k, k)
+            b.bind_ortvalue_output(present_v, v)
         self._token_bound = False
 
     def reset(self) -> None:
         self.cache.reset()
 
     def forward(self, embeds: np.ndarray) -> np.ndarray:
-        """Append ``embeds`` (seq, hidden) float32; logits (vocab,) of the last position.
+        """Append ``embeds`` (seq, hidden) float32, in runs of at most ``PREFILL_CHUNK``
+        positions; logits (vocab,) of the last position.
 
         The returned array is the bound output buffer: valid until the next call."""
         seq = embeds.shape[0]
@@ -92,9 +102,14 @@ class OnnxDecoder:
             )
         if seq == 1:
             return self.decode(embeds[0])
-        self.binding.bind_cpu_input(INPUT_EMBEDS, np.ascontiguousarray(embeds[None], np.float32))
-        self._token_bound = False
-        return self._run(seq)
+        for start in range(0, seq, PREFILL_CHUNK):
+            chunk = embeds[start : start + PREFILL_CHUNK]
+            if len(chunk) == 1:  # a last chunk of one position: the decode step's buffer
+                return self.decode(chunk[0])
+            self.binding.bind_cpu_input(INPUT_EMBEDS, np.ascontiguousarray(chunk[None], np.float32))
+            self._token_bound = False
+            logits = self._run(len(chunk))
+        return logits
 
     def decode(self, embedding: np.ndarray) -> np.ndarray:
         """Append one position from its (hidden,) embedding (any float dtype, e.g. a row of an

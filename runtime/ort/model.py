@@ -1,33 +1,62 @@
 """A bundle running on ONNX Runtime: preprocess -> vision graph -> splice -> decoder graph.
 
-:class:`OnnxVLM` is a :class:`~mobilevlm.generation.backend.LanguageBackend`, so
-generation (template, tokenizer, sampler, stop strings, streaming) is the
-same code the torch reference runs.
+:class:`OnnxVLM` implements the :class:`~mobilevlm.runtime.engine.Engine` contract, so
+generation (template, tokenizer, sampler, stop strings, streaming) is the same code
+the torch reference runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from mobilevlm.generation.preprocess import ImageInput, preprocess
 from mobilevlm.manifest import BundleManifest
-from mobilevlm.runtime.loader import LoadedBundle, open_bundle
+from mobilevlm.runtime.engine import EngineMemory
+from mobilevlm.runtime.loader import LoadedBundle, describe_run
 from mobilevlm.runtime.options import ONNXRUNTIME, LoadOptions
+from mobilevlm.runtime.ort import footprint
 from mobilevlm.runtime.ort.decoder import OnnxDecoder
 from mobilevlm.runtime.ort.embeddings import EmbeddingTable
-from mobilevlm.runtime.ort.providers import resolve_providers, without_npus
-from mobilevlm.runtime.ort.vision import OnnxVisionEncoder, open_vision_encoder
-from mobilevlm.runtime.select import Selection
+from mobilevlm.runtime.ort.providers import accelerator, resolve_providers, without_npus
+from mobilevlm.runtime.ort.select import PRECISION_PREFERENCE, Selection, select
+from mobilevlm.runtime.ort.vision import OnnxVisionEncoder, open_vision_encoder, vision_npu
 
 
 class OnnxVLM(LoadedBundle):
     """A loaded bundle at one precision, with its KV cache allocated for ``context`` positions."""
 
     backend = ONNXRUNTIME
-    open_selection = staticmethod(open_bundle)  # the vision graph: int8 QDQ behind an NPU
+    preference = PRECISION_PREFERENCE
+
+    @classmethod
+    def exported(cls, manifest: BundleManifest) -> list[str]:
+        return list(manifest.precisions)
+
+    @classmethod
+    def select(cls, manifest: BundleManifest, options: LoadOptions) -> Selection:
+        """The vision graph: its NPU form behind an NPU, int8 QDQ behind another accelerator."""
+        return select(
+            manifest, options.precision, options.vision_precision, accelerator(options.providers)
+        )
+
+    @classmethod
+    def describe_selection(cls, selection: Selection, options: LoadOptions) -> dict[str, Any]:
+        providers = resolve_providers(options.providers)
+        return describe_run(cls.backend, selection, providers[0][0], without_npus(providers)[0][0])
+
+    @classmethod
+    def vision_npu(cls, options: LoadOptions) -> str | None:
+        return vision_npu(options)
+
+    @classmethod
+    def memory(cls, manifest: BundleManifest, precision: str, options: LoadOptions) -> EngineMemory:
+        selection = select(
+            manifest, precision, options.vision_precision, accelerator(options.providers)
+        )
+        return footprint.engine_memory(manifest, selection, options)
 
     def __init__(
         self, root: Path, manifest: BundleManifest, selection: Selection, options: LoadOptions
@@ -65,16 +94,6 @@ class OnnxVLM(LoadedBundle):
 
     def _open_vision(self) -> OnnxVisionEncoder:
         return open_vision_encoder(self.root, self.selection, self.options)
-
-    def release_vision(self) -> None:
-        """Free the vision session (memory); the next image loads it again."""
-        self.vision = None
-
-    def encode_image(self, image: ImageInput) -> np.ndarray:
-        pixels = preprocess(image, self.config.preprocess)
-        if self.vision is None:
-            self.vision = self._open_vision()
-        return self.vision.encode(pixels)
 
     def embed_tokens(self, ids: Sequence[int]) -> np.ndarray:
         return self.table[list(ids)]

@@ -17,8 +17,8 @@ from typing import Any
 from mobilevlm.manifest import BundleManifest
 from mobilevlm.runtime.options import LoadOptions
 from mobilevlm.runtime.ort.providers import Providers, create_session, placement, refused_nodes
+from mobilevlm.runtime.ort.select import EPCONTEXT
 from mobilevlm.runtime.ort.vision import vision_providers
-from mobilevlm.runtime.select import EPCONTEXT
 
 
 @dataclass(frozen=True)

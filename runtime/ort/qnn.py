@@ -31,6 +31,7 @@ from types import ModuleType
 log = logging.getLogger(__name__)
 
 QNN = "QNNExecutionProvider"
+NPU = "qnn"  # the NPU's name in bundle.json and in `export --npu qnn` (manifest.NPUS)
 PLUGIN_PACKAGE = "onnxruntime-qnn"
 HTP_LIBRARY = "libQnnHtp.so"  # resolved on the device's library path (Android)
 INSTALL_NPU_EXTRA = "pip install 'mobilevlm-runtime[npu]'"

@@ -5,13 +5,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from mobilevlm.errors import MobileVLMError
 from mobilevlm.runtime.options import LoadOptions
+from mobilevlm.runtime.ort import qnn
+from mobilevlm.runtime.ort.graph_io import PIXEL_VALUES
 from mobilevlm.runtime.ort.providers import (
     Providers,
+    accelerator,
     create_session,
     main_provider,
     placement,
@@ -22,7 +26,6 @@ from mobilevlm.runtime.ort.providers import (
 
 log = logging.getLogger(__name__)
 
-PIXEL_VALUES = "pixel_values"  # fixed by mobilevlm.export.onnx_vision
 SOC_KEYS = ("soc_model", "htp_arch")  # recorded on an EPContext artefact by the export
 CONTEXT_ENABLE, CONTEXT_FILE = "ep.context_enable", "ep.context_file_path"
 CONTEXT_KEYS = "ep.context_"  # session entries that make a session write an EPContext model
@@ -72,10 +75,31 @@ class OnnxVisionEncoder:
         """Nodes per provider, where the session recorded them (QNN sessions do)."""
         return placement(self.session)
 
+    def info(self) -> dict[str, Any]:
+        """What ``runtime_info`` adds for this session: on an NPU, the nodes per provider,
+        the file it was made from, and whether the NPU is a simulator (its times then say
+        nothing of a phone's)."""
+        nodes = self.placement
+        if not nodes:
+            return {}
+        info = {"vision_nodes": nodes, "vision_source": self.source}
+        if self.provider == qnn.QNN and qnn.simulated():
+            info["vision_simulated"] = True
+        return info
+
+    def close(self) -> None:
+        self.session = None
+
     def encode(self, pixel_values: np.ndarray) -> np.ndarray:
         """(3, S, S) float32 -> (num_image_tokens, hidden) float32."""
         feed = {PIXEL_VALUES: np.ascontiguousarray(pixel_values[None], dtype=np.float32)}
         return self.session.run(None, feed)[0][0]
+
+
+def vision_npu(options: LoadOptions) -> str | None:
+    """The NPU whose form of the vision graph ``options`` ask for (its name in the
+    manifest, as ``export --npu`` writes it), or None."""
+    return qnn.NPU if accelerator(options.providers) == qnn.QNN else None
 
 
 def compiled_for(context) -> dict[str, str]:

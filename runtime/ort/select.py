@@ -1,10 +1,12 @@
-"""Selection: which of a bundle's artefacts one pipeline runs, for a precision and a device.
+"""Selection on ONNX Runtime: which of a bundle's artefacts one pipeline runs, for a
+precision and a device.
 
-A precision names the LLM's artefact (an ONNX decoder graph, or a GGUF for
-llama.cpp); the embedding table and the vision graph follow from it and from
-which provider comes first: behind QNN, the bundle's QNN form of the vision
-graph (static QDQ, with its precompiled EPContext model when exported); behind
-another accelerator, the QDQ int8 graph; on the CPU, fp32.
+A precision names the decoder graph; the embedding table and the vision graph
+follow from it and from which provider comes first: behind QNN, the bundle's QNN
+form of the vision graph (static QDQ, with its precompiled EPContext model when
+exported); behind another accelerator, the QDQ int8 graph; on the CPU, fp32.
+llama.cpp's hybrid mode picks its vision graph the same way
+(:mod:`mobilevlm.runtime.llamacpp.select`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ VISION_ON_ACCELERATOR = {
     "int4": "int8",
     "f16": "fp32",
 }
-GGUF_PREFERENCE = ("q4_k_m", "q8_0", "f16")
 EPCONTEXT = "epcontext"  # the format of a precompiled NPU model
 
 
@@ -67,64 +68,13 @@ def select(
         raise BundleError(
             f"the bundle has no {precision} decoder (exported: {', '.join(available) or 'none'})"
         )
-    vision = _vision_graph(manifest, precision, vision_precision, accelerator)
+    vision = vision_graph(manifest, precision, vision_precision, accelerator)
     embeddings = manifest.find("embeddings", "fp32" if precision == "fp32" else "fp16")
     embeddings = embeddings or next(iter(manifest.of("embeddings")), None)
     if embeddings is None:
         raise BundleError("the bundle lacks an embedding table")
-    context = _vision_context(manifest, vision, accelerator)
+    context = vision_context(manifest, vision, accelerator)
     return Selection(precision, vision, embeddings, decoder, context)
-
-
-@dataclass(frozen=True)
-class GgufSelection:
-    """What the llama.cpp backend runs: the LLM GGUF and, per ``mode``, the ONNX vision
-    graph (hybrid) or the mmproj GGUF (mtmd)."""
-
-    precision: str
-    mode: str  # hybrid | mtmd
-    llm: Artefact
-    vision: Artefact
-    vision_context: Artefact | None = None  # hybrid: the vision graph precompiled for the NPU
-
-    @property
-    def artefacts(self) -> tuple[Artefact, ...]:
-        context = (self.vision_context,) if self.vision_context else ()
-        return (self.llm, self.vision, *context)
-
-
-def select_gguf(
-    manifest: BundleManifest,
-    precision: str | None = None,
-    mode: str = "hybrid",
-    vision_precision: str | None = None,
-    accelerator: str | None = None,
-) -> GgufSelection:
-    """The GGUF LLM at ``precision`` (None: the fastest exported) and the image path of
-    ``mode``: the ONNX vision graph chosen as :func:`select` does, or the mmproj."""
-    available = manifest.gguf_precisions
-    if precision is None:
-        precision = next((p for p in GGUF_PREFERENCE if p in available), None)
-        if precision is None:
-            raise BundleError(
-                "the bundle has no GGUF LLM for llama.cpp (export it with --formats gguf)"
-            )
-    llm = manifest.find("llm", precision)
-    if llm is None:
-        raise BundleError(
-            f"the bundle has no {precision} GGUF LLM (exported: {', '.join(available) or 'none'})"
-        )
-    if mode == "mtmd":
-        vision = next(iter(manifest.of("mmproj")), None)
-        if vision is None:
-            why = manifest.exporter.get("mmproj_skipped", "it was not exported")
-            raise BundleError(f"the bundle has no mmproj for llama.cpp's mtmd: {why}")
-    elif mode == "hybrid":
-        vision = _vision_graph(manifest, precision, vision_precision, accelerator)
-    else:
-        raise BundleError(f"unknown llama.cpp mode {mode!r} (expected hybrid or mtmd)")
-    context = _vision_context(manifest, vision, accelerator) if mode == "hybrid" else None
-    return GgufSelection(precision, mode, llm, vision, context)
 
 
 def npu_vision(manifest: BundleManifest) -> Artefact | None:
@@ -136,7 +86,7 @@ def npu_vision(manifest: BundleManifest) -> Artefact | None:
     return None
 
 
-def _vision_graph(
+def vision_graph(
     manifest: BundleManifest, precision: str, wanted: str | None, accelerator: str | None
 ) -> Artefact:
     if wanted is not None:
@@ -155,7 +105,7 @@ def _vision_graph(
     return vision
 
 
-def _vision_context(
+def vision_context(
     manifest: BundleManifest, vision: Artefact, accelerator: str | None
 ) -> Artefact | None:
     """The precompiled form of ``vision`` for ``accelerator``: QNN's EPContext model."""
