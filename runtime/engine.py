@@ -91,6 +91,10 @@ class Engine(Protocol):
     def release_vision(self) -> None:
         """Free the vision encoder (memory); the next image loads it again."""
 
+    def release_cache(self) -> None:
+        """Empty the KV cache and free what it holds, where the engine can (the Pipeline
+        does before it loads a released vision encoder again, so the two never add up)."""
+
     def runtime_info(self) -> dict[str, Any]:
         """What runs each part: at least :data:`RUNTIME_KEYS` (the engine, its precision,
         the providers that run the vision encoder and the decoder, the context)."""
@@ -111,11 +115,13 @@ class EngineMemory:
     vision: int  # the vision encoder's peak while it encodes (session and activations)
     vision_kept: int  # what stays of it once released
     vision_where: str  # "session", or "on the QNN HTP, host memory"
+    vision_at_load: int  # the vision session before any image (resident: opened at load)
+    load_transient: int  # what loading holds beyond the steady state (copies while packing)
     kv_label: str  # the KV cache's element type: "fp32", "f16"
     kv_bytes_per_position: int
     kv_positions_multiple: int  # the engine allocates its context rounded up to this
     working_fixed: int  # working memory: arenas, compute buffers, graph copies
-    working_per_position: int
+    working_per_position: int  # what grows with the context (attention scores of a prefill)
     release_makes_room: bool  # False where the KV cache is resident from the load on
 
     def kv_bytes(self, context: int) -> int:

@@ -139,6 +139,11 @@ class LoadedBundle(CachingBackend, PixelEncoder, decode_loop.GeneratingBackend):
             self.vision.close()
         self.vision = None
 
+    def release_cache(self) -> None:
+        """Empty the KV cache; an engine whose cache is resident from the load on (llama.cpp
+        clears it at load) has nothing more to give back."""
+        self.reset()
+
     def encode_pixels(self, pixels):
         if self.vision is None:
             self.vision = self._open_vision()

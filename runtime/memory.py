@@ -180,27 +180,35 @@ def estimate_lines(
     manifest: BundleManifest, memory: EngineMemory, context: int, release: bool
 ) -> list[tuple[str, int]]:
     """The estimated peak at ``context`` positions, line by line, without the margin.
-    Released (where that makes room), the encoder's peak comes before the KV cache fills,
-    and only what stays of it adds to a full cache."""
+
+    The peak is the largest of three moments, each on top of the lines every moment
+    shares (process, tokenizer, weights, working memory): the load (the engine's
+    transient copies; the vision session too, unless it is released), the first image's
+    encode (released: before the KV cache fills) and the filled context (the vision
+    encoder resident, or what stays of it once released; the KV cache; prefill scratch).
+    The filled context's lines are listed; a moment that goes higher adds one line."""
     entries = manifest.model.llm.vocab_size
     fixed, per_entry = TOKENIZER_BYTES
     lines = [memory.fixed[0], (f"tokenizer ({entries:,} entries)", fixed + entries * per_entry)]
     lines += memory.fixed[1:]
     lines.append((f"{memory.backend} working memory", memory.working_memory(context)))
     kv = memory.kv_bytes(context)
-    kv_line = (f"KV cache ({memory.kv_label}, {context} positions)", kv)
-    if not release:
-        return lines + [
-            (f"vision encoder ({memory.vision_where} and activations)", memory.vision),
-            kv_line,
-        ]
-    kept = memory.vision_kept
-    lines += [
-        (f"vision encoder once released ({_mib(memory.vision)} while encoding)", kept),
-        kv_line,
-    ]
-    beyond = memory.vision - kept - kv  # the encoder's peak comes before the cache fills
-    return lines + ([("vision encoder while encoding, beyond that", beyond)] if beyond > 0 else [])
+    if release:
+        vision = memory.vision_kept
+        label = f"vision encoder once released ({_mib(memory.vision)} while encoding)"
+        lines.append((label, vision))
+    else:
+        vision = memory.vision
+        lines.append((f"vision encoder ({memory.vision_where} and activations)", vision))
+    lines.append((f"KV cache ({memory.kv_label}, {context} positions)", kv))
+    at_load = memory.load_transient + (0 if release else memory.vision_at_load)
+    moments = [(at_load, "while loading, beyond that (transient copies)")]
+    if release:
+        moments.append((memory.vision, "while encoding the first image, beyond that"))
+    higher, label = max(moments)
+    if higher > vision + kv:
+        lines.append((label, higher - vision - kv))
+    return lines
 
 
 def estimate(manifest: BundleManifest, memory: EngineMemory, context: int, release: bool) -> int:

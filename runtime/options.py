@@ -39,6 +39,9 @@ class LoadOptions:
     context: int | None = None  # KV cache positions; None: 2048 or the model's limit
     memory_budget: int | None = None  # bytes (text such as "512MB" is parsed); None: no plan
     vision_precision: str | None = None  # None: fp32 on the CPU, QDQ int8 behind an NPU
+    # False: the vision encoder is loaded for each new image and freed after it, never at
+    # load (what the planner chooses when a budget leaves no room for it beside the cache)
+    vision_resident: bool = True
     verify: str = "auto"  # sha256 on first use (auto), on every load (full), sizes only (size)
 
     def __post_init__(self) -> None:
@@ -64,6 +67,10 @@ class LoadOptions:
         if implied and self.backend and implied != self.backend:
             raise OptionsError(
                 f"{self.precision} is a precision of {implied}, not of {self.backend}"
+            )
+        if not isinstance(self.vision_resident, bool):
+            raise OptionsError(
+                f"vision_resident must be True or False, got {self.vision_resident!r}"
             )
         for name, low in (("context", 2), ("threads", 1)):
             value = getattr(self, name)

@@ -44,6 +44,7 @@ from mobilevlm.generation.prompts import Turn, get_template
 from mobilevlm.generation.result import GenerationResult
 from mobilevlm.generation.sampling import GenerationConfig
 from mobilevlm.manifest import BundleManifest
+from mobilevlm.runtime import heap
 from mobilevlm.runtime.engine import Engine
 from mobilevlm.runtime.loader import load_bundle, open_default_bundle
 from mobilevlm.runtime.memory import MemoryPlan, plan_memory
@@ -178,11 +179,13 @@ class Pipeline:
         if options.memory_budget is not None:
             plan = plan_memory(manifest, options.memory_budget, options)
             options = options.replace(
-                backend=plan.backend, precision=plan.precision, context=plan.context
+                backend=plan.backend,
+                precision=plan.precision,
+                context=plan.context,
+                vision_resident=plan.vision_resident,
             )
         model = load_bundle(path, options, manifest)
-        resident = plan.vision_resident if plan else True
-        return cls(model, resident, image_cache_bytes, plan, embeddings_dir)
+        return cls(model, options.vision_resident, image_cache_bytes, plan, embeddings_dir)
 
     def runtime_info(self) -> dict[str, Any]:
         """What runs this pipeline: engine, precision, mode, the execution providers of the
@@ -212,10 +215,14 @@ class Pipeline:
                 self.cache_hits += 1
                 return self._keep(key, embeds)
         self.cache_misses += 1
+        if not self.vision_resident:  # the encoder and a filled cache never add up
+            self.model.release_cache()
+            heap.give_back()
         embeds = np.array(self.model.encode_pixels(pixels), dtype=np.float32)
         self.last_encode_ms = (time.perf_counter() - start) * 1000.0
         if not self.vision_resident:
             self.model.release_vision()
+            heap.give_back()
         if stored is not None:
             _save_atomically(stored, embeds)
         return self._keep(key, embeds)

@@ -78,6 +78,10 @@ def test_prefill_decode_reset_and_the_positions_each_prefill_ran(engine, rgb_ima
     again = engine.prefill_prompt(ids, embeds)
     assert engine.last_prefill == positions
     np.testing.assert_allclose(again, logits, rtol=1e-4, atol=1e-4)
+    engine.release_cache()  # emptied and freed: the same prompt runs whole, alike
+    np.testing.assert_allclose(engine.prefill_prompt(ids, embeds), logits, rtol=1e-4, atol=1e-4)
+    assert engine.last_prefill == positions
+    np.testing.assert_allclose(engine.decode(token), step, rtol=1e-4, atol=1e-4)
 
 
 def test_a_pipeline_runs_every_engine_the_same_way(engine, rgb_image):

@@ -231,13 +231,24 @@ def test_new_image_starts_the_conversation_over(bundle, rgb_image_module, tmp_pa
         chat.set_image(tmp_path / "missing.png")
 
 
-def test_vision_released_after_the_image_when_not_resident(bundle, rgb_image_module):
-    vlm = _pipeline(bundle, "fp32")
-    vlm.vision_resident = False
+@pytest.mark.parametrize("precision", BACKENDS)
+def test_vision_released_after_the_image_when_not_resident(bundle, rgb_image_module, precision):
+    resident = _pipeline(bundle, precision)
+    if precision == "f16":
+        pytest.importorskip("llama_cpp")
+    vlm = Pipeline.load(bundle[1], precision=precision, threads=2, vision_resident=False)
+    assert vlm.model.vision is None  # never loaded with the decoder
     first = vlm.generate(rgb_image_module, PROMPT, max_new_tokens=4)
     assert vlm.model.vision is None
+    assert (
+        first.token_ids == resident.generate(rgb_image_module, PROMPT, max_new_tokens=4).token_ids
+    )
+    chat = vlm.conversation(rgb_image_module)
+    chat.ask(PROMPT, max_new_tokens=3)
+    second = chat.ask("And the square?", max_new_tokens=3)
+    assert second.stats.cached_tokens > 0  # the same image: the cache stays
     other = np.full((30, 30, 3), 200, dtype=np.uint8)
-    vlm.generate(other, PROMPT, max_new_tokens=4)  # loads it again, then releases it
+    vlm.generate(other, PROMPT, max_new_tokens=4)  # cache freed, encoder loaded, released
     assert vlm.model.vision is None
     assert vlm.generate(rgb_image_module, PROMPT, max_new_tokens=4).token_ids == first.token_ids
 

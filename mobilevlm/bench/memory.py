@@ -129,14 +129,17 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     )
     chat = vlm.conversation(_test_image())
     tokenizer, vocab = vlm.model.tokenizer, manifest.model.llm.vocab_size
-    positions, turn = 0, 0
+    positions, turn, words = 0, 0, spec.get("words", 40)
     while positions < vlm.model.context_length:
-        text = _random_text(tokenizer, vocab, spec.get("words", 40), turn)
+        text = _random_text(tokenizer, vocab, words, turn)
         turn += 1
         try:
             result = chat.ask(text, max_new_tokens=spec.get("tokens", 64), stop_strings=("\x01",))
-        except MobileVLMError:  # the next turn does not fit: the context is as full as it gets
-            break
+        except MobileVLMError:  # the turn does not fit: a shorter one may, down to one word
+            if words == 1:
+                break
+            words = max(1, words // 2)
+            continue
         # the last token sampled is not written to the cache
         positions = result.stats.prefill_tokens + result.stats.generated_tokens - 1
         if result.stats.stop_reason == "context_full":

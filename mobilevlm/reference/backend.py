@@ -59,6 +59,9 @@ class TorchBackend(EmbeddingBackend, PixelEncoder, decode_loop.GeneratingBackend
     def release_vision(self) -> None:
         """Nothing to release: the reference's modules stay in the model."""
 
+    def release_cache(self) -> None:
+        self._past = None
+
     def close(self) -> None:
         self._past = None
 

@@ -40,18 +40,18 @@ def engine_memory(
     if repacked:
         fixed.append(("LLM weights repacked by llama.cpp's CPU backend", repacked))
         weights += repacked
-    vision, kept, where = vision_memory(
-        manifest, selection.vision, selection.vision_context, options
-    )
+    vision = vision_memory(manifest, selection.vision, selection.vision_context, options)
     llm = manifest.model.llm
     return EngineMemory(
         backend=LLAMA_CPP,
         precision=selection.precision,
         fixed=tuple(fixed),
         weights=weights,
-        vision=vision,
-        vision_kept=kept,
-        vision_where=where,
+        vision=vision.peak,
+        vision_kept=vision.kept,
+        vision_where=vision.where,
+        vision_at_load=vision.at_load,
+        load_transient=0,
         kv_label="f16",
         kv_bytes_per_position=llm.kv_cache_bytes_per_token(2),
         kv_positions_multiple=CTX_PAD,

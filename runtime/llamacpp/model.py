@@ -216,7 +216,8 @@ class LlamaCppVLM(LoadedBundle):
             root / selection.llm.path, self.context, self.threads, verbose=verbose
         )
         self.decoder = LlamaDecoder(self.llama, self.config.llm.hidden_size, self.context)
-        self.vision = self._open_vision()
+        if options.vision_resident:  # else loaded for each image
+            self.vision = self._open_vision()
 
     def _open_vision(self):
         path = self.root / self.selection.vision.path

@@ -58,7 +58,6 @@ class OnnxDecoder:
         names = {i.name for i in self.session.get_inputs()}
         if not expected <= names:
             raise BundleError(at(path, f"not a decoder graph (inputs {sorted(names)[:5]}...)"))
-        self.cache = KVCache(config, capacity)
         self.binding = self.session.io_binding()
 
         def value(array: np.ndarray):
@@ -73,21 +72,34 @@ class OnnxDecoder:
         self._seqlens_view = self._seqlens.numpy()
         self._total_view = self._total.numpy()
         self._token_view = self._token.numpy()[0]
+        self._bind(KVCache(config, capacity))
+
+    def _bind(self, cache: KVCache) -> None:
+        """Bind every buffer: the fixed ones and ``cache``'s, each layer's present output
+        on its past input (the graph writes new positions in place)."""
+        self.cache = cache
         b = self.binding
+        b.clear_binding_inputs()
+        b.clear_binding_outputs()
         b.bind_ortvalue_output(LOGITS, self._logits)
         b.bind_ortvalue_input(SEQLENS_K, self._seqlens)
         b.bind_ortvalue_input(TOTAL_SEQUENCE_LENGTH, self._total)
-        for layer, (k, v) in enumerate(zip(self.cache.keys, self.cache.values, strict=True)):
+        for layer, (k, v) in enumerate(zip(cache.keys, cache.values, strict=True)):
             past_k, past_v = past_names(layer)
             present_k, present_v = present_names(layer)
             b.bind_ortvalue_input(past_k, k)
             b.bind_ortvalue_input(past_v, v)
             b.bind_ortvalue_output(present_k, k)
             b.bind_ortvalue_output(present_v, v)
-        self._token_bound = False
+        self._token_bound = False  # the one-position input is bound again on the next step
 
     def reset(self) -> None:
         self.cache.reset()
+
+    def release_cache(self) -> None:
+        """Empty the cache and free its buffers: new ones, of the same capacity, become
+        resident only as positions fill again."""
+        self._bind(KVCache(self.config, self.cache.capacity))  # the old ones are unbound
 
     def forward(self, embeds: np.ndarray) -> np.ndarray:
         """Append ``embeds`` (seq, hidden) float32, in runs of at most ``PREFILL_CHUNK``

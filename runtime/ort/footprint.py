@@ -1,33 +1,39 @@
 """What ONNX Runtime costs in memory: this engine's lines of the memory plan.
 
 Measured on this project's machine (2-core AMD EPYC, Linux, glibc, onnxruntime
-1.31.1) with ``python -m mobilevlm.bench.memory --measure BUNDLE``, each part in a
-fresh process; docs/benchmarks.md has the numbers. The vision session's costs are
-also llama.cpp's in hybrid mode, where the same ONNX vision graph runs.
+1.31.1) on the built-in model's bundle, in the process that runs the pipeline (what
+a budget is about): ``python -m mobilevlm.bench.memory --sweep BUNDLE`` checks the
+sum against the peak with the context filled; docs/benchmarks.md has the numbers.
+The vision session's costs are also llama.cpp's in hybrid mode, where the same ONNX
+vision graph runs.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 from mobilevlm.manifest import Artefact, BundleManifest
 from mobilevlm.runtime.engine import EngineMemory
 from mobilevlm.runtime.options import ONNXRUNTIME, LoadOptions
+from mobilevlm.runtime.ort.decoder import PREFILL_CHUNK
 from mobilevlm.runtime.ort.select import EPCONTEXT
 from mobilevlm.runtime.ort.vision import vision_npu
 
 MIB = 2**20
-# VmHWM after importing numpy, tokenizers, onnxruntime and the runtime
-BASE_BYTES = 58 * MIB
-# the vision session: VmHWM growth of creating it and encoding one image: 83 MiB for the
-# 13.3 MiB fp32 EfficientNet-Lite0 at 384 px (74-84 at 320 px), 11 MiB for a tiny ViT at
-# 56 px; beyond its file, a fixed part and activations per input pixel
-VISION_BYTES = (10 * MIB, 420)  # fixed, per pixel
-# ... and the file counts more than once while the session is created (the model proto and
-# its initializers are held together): MobileVLM_V2-1.7B's ViT-L/14-336 peaked at 1,818 MiB
-# for its 1,134 MiB fp32 graph and at 1,090 MiB for its 492 MiB QDQ int8 graph; per precision
+# VmHWM after importing numpy, tokenizers, onnxruntime and the runtime: 58.5 MiB
+BASE_BYTES = 59 * MIB
+# The vision session, created after the decoder and encoding one image: VmRSS grew 79-82
+# MiB for the 13.3 MiB fp32 EfficientNet-Lite0 at 384 px; beyond its file, a fixed part and
+# activations per input pixel (MobileVLM_V2-1.7B's ViT-L/14-336: 1,818 MiB for its 1,134 MiB
+# fp32 graph, 1,090 for its 492 MiB QDQ int8 graph: the file counts more than once while
+# the session is created)
+VISION_BYTES = (10 * MIB, 350)  # fixed, per pixel
 VISION_FILE_FACTOR = {"fp32": 1.6, "int8": 2.1}
-# VmRSS growth that stays after the session is freed (glibc keeps the freed heap): 34-55
-# MiB of the default model's 74-84, 873 of the QDQ ViT-L's 1,090
-VISION_KEPT_SHARE = {"fp32": 0.6, "int8": 0.8}
+# Released (and the heap trimmed: mobilevlm.runtime.heap), 2-8 MiB of the default model's
+# 82 stayed; of the QDQ ViT-L's 1,090, 873 stayed before the heap was trimmed
+VISION_KEPT_SHARE = {"fp32": 0.1, "int8": 0.8}
+VISION_AT_LOAD_FIXED = 4 * MIB  # the session before any image: 17 MiB, its 13.3 MiB file
 # the vision session on QNN's HTP, in host memory: the HTP libraries and the graph's
 # context. The default model's 4.5 MiB w8a8 context (x86-64 simulator, onnxruntime-qnn
 # 2.7.0): 100 MiB at the peak, 84 kept, loading the EPContext model; 150 and 138 compiling
@@ -35,39 +41,62 @@ VISION_KEPT_SHARE = {"fp32": 0.6, "int8": 0.8}
 NPU_VISION_BYTES = {EPCONTEXT: 91 * MIB, "onnx": 142 * MIB}  # fixed, by what is loaded
 NPU_VISION_FILE_FACTOR = 2.0
 NPU_VISION_KEPT_SHARE = 0.85
-# working memory (arenas, packed weights, graph copies): the measured peak less every other
-# line, one answer at 512, 2048 and 4096 positions: 18-26 MiB at int4 and int8, 39-52 at
-# fp32 (it grows with the weights it packs)
-WORKING_FIXED, WORKING_WEIGHTS_SHARE = 24 * MIB, 0.055
+# Working memory of the decoder once loaded, beyond its weights: 35.5 MiB for the int4 and
+# int8 (MatMulNBits) decoders, 2.5 for fp32, whose initializers are used as read (a tiny
+# fp32 model's whole process peaked 8 MiB above its other lines)
+QUANTIZED_WORKING = (28 * MIB, 0.055)  # fixed, share of the weights
+FLOAT_WORKING = 8 * MIB
+# Loading holds more than it keeps: VmHWM of the load less the steady state. MatMulNBits
+# decoders: 90 MiB (int4, 108 MiB of weights), 128 (int8, 146): packed copies of the
+# weights beside the originals (packed on the intra-op threads); fp32: 108, an fp32 copy
+# of the output projection (49,152 x 576)
+QUANTIZED_LOAD_SHARE = 0.88  # of the weights
+# A prefill run's attention scores: per position of the context, each intra-op thread
+# holds a chunk's scores (30 MiB at 8,192 positions, 2 threads)
+SCORE_BYTES = 8
+
+
+@dataclass(frozen=True)
+class VisionMemory:
+    peak: int  # while it encodes
+    kept: int  # what stays once it is released
+    at_load: int  # before any image
+    where: str  # "session", or "on the QNN HTP, host memory"
 
 
 def vision_memory(
     manifest: BundleManifest, vision: Artefact, context: Artefact | None, options: LoadOptions
-) -> tuple[int, int, str]:
-    """The vision session's peak while it encodes, what stays of it once released, and
-    where it runs ("session", or the NPU's host memory). llama.cpp's mmproj (mtmd) is
-    counted as a session too."""
+) -> VisionMemory:
+    """The vision session's costs (llama.cpp's mmproj, in mtmd mode, counted alike)."""
     npu = vision.details.get("npu")
     if npu is not None and npu == vision_npu(options):
         loaded = context or vision  # the precompiled model, where exported
         session = NPU_VISION_BYTES[loaded.format] + int(NPU_VISION_FILE_FACTOR * loaded.bytes)
-        return session, int(session * NPU_VISION_KEPT_SHARE), "on the QNN HTP, host memory"
+        kept = int(session * NPU_VISION_KEPT_SHARE)
+        return VisionMemory(session, kept, kept, "on the QNN HTP, host memory")
     fixed, per_pixel = VISION_BYTES
-    factor = VISION_FILE_FACTOR.get(vision.precision, 1.0)  # the mmproj: loaded once
-    session = int(factor * vision.bytes) + per_pixel * manifest.model.preprocess.image_size**2
-    kept = fixed + int(session * VISION_KEPT_SHARE.get(vision.precision, 0.6))
-    return fixed + session, kept, "session"
+    factor = VISION_FILE_FACTOR.get(vision.precision, 1.0)
+    peak = fixed + int(factor * vision.bytes) + per_pixel * manifest.model.preprocess.image_size**2
+    kept = int(peak * VISION_KEPT_SHARE.get(vision.precision, 0.8))
+    return VisionMemory(peak, kept, VISION_AT_LOAD_FIXED + vision.bytes, "session")
 
 
 def engine_memory(manifest: BundleManifest, selection, options: LoadOptions) -> EngineMemory:
     """ONNX Runtime's lines for ``selection``: the decoder's external data is read (or
-    mapped and packed), the token embedding table is read row by row from its file (so it
-    stays in the page cache, not resident), the KV cache is fp32 and fills as positions
-    do, and releasing the vision encoder after the image prefill makes room for it."""
+    packed), the token embedding table is read row by row from its file (so it stays in
+    the page cache, not resident), the KV cache is fp32 and fills as positions do, and
+    the vision encoder's release leaves room for it."""
     weights = selection.decoder.bytes
-    vision, kept, where = vision_memory(
-        manifest, selection.vision, selection.vision_context, options
-    )
+    llm = manifest.model.llm
+    if selection.precision == "fp32":
+        working = FLOAT_WORKING
+        load_transient = llm.vocab_size * llm.hidden_size * 4
+    else:
+        fixed, share = QUANTIZED_WORKING
+        working = int(fixed + share * weights)
+        load_transient = int(QUANTIZED_LOAD_SHARE * weights)
+    vision = vision_memory(manifest, selection.vision, selection.vision_context, options)
+    threads = options.threads or os.cpu_count() or 1
     return EngineMemory(
         backend=ONNXRUNTIME,
         precision=selection.precision,
@@ -76,13 +105,15 @@ def engine_memory(manifest: BundleManifest, selection, options: LoadOptions) -> 
             (f"LLM weights ({selection.precision} decoder)", weights),
         ),
         weights=weights,
-        vision=vision,
-        vision_kept=kept,
-        vision_where=where,
+        vision=vision.peak,
+        vision_kept=vision.kept,
+        vision_where=vision.where,
+        vision_at_load=vision.at_load,
+        load_transient=load_transient,
         kv_label="fp32",
-        kv_bytes_per_position=manifest.model.llm.kv_cache_bytes_per_token(4),
+        kv_bytes_per_position=llm.kv_cache_bytes_per_token(4),
         kv_positions_multiple=1,
-        working_fixed=int(WORKING_FIXED + WORKING_WEIGHTS_SHARE * weights),
-        working_per_position=0,
+        working_fixed=working,
+        working_per_position=threads * PREFILL_CHUNK * SCORE_BYTES,
         release_makes_room=True,
     )

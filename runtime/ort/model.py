@@ -64,7 +64,9 @@ class OnnxVLM(LoadedBundle):
         super().__init__(root, manifest, selection, options)
         self.providers = resolve_providers(options.providers)
         self.threads = options.threads
-        self.vision: OnnxVisionEncoder | None = self._open_vision()
+        self.vision: OnnxVisionEncoder | None = None
+        if options.vision_resident:  # else loaded for each image, after the decoder
+            self.vision = self._open_vision()
         self.decoder = OnnxDecoder(
             root / selection.decoder.path,
             self.config.llm,
@@ -94,6 +96,11 @@ class OnnxVLM(LoadedBundle):
 
     def _open_vision(self) -> OnnxVisionEncoder:
         return open_vision_encoder(self.root, self.selection, self.options)
+
+    def release_cache(self) -> None:
+        """Empty the KV cache and free its buffers (they fill again from nothing)."""
+        self.decoder.release_cache()
+        self._history = []
 
     def embed_tokens(self, ids: Sequence[int]) -> np.ndarray:
         return self.table[list(ids)]
