@@ -116,6 +116,7 @@ class EngineMemory:
     vision_kept: int  # what stays of it once released
     vision_where: str  # "session", or "on the QNN HTP, host memory"
     vision_at_load: int  # the vision session before any image (resident: opened at load)
+    vision_create: int  # the vision session while it is created (files read, initializers)
     load_transient: int  # what loading holds beyond the steady state (copies while packing)
     kv_label: str  # the KV cache's element type: "fp32", "f16"
     kv_bytes_per_position: int

@@ -208,11 +208,10 @@ def describe_run(
 ) -> dict[str, Any]:
     """What runs, as ``--json`` reports it: the engine, its precision (and llama.cpp's
     mode), the vision graph's precision, and the providers of the vision graph and decoder."""
-    mode = getattr(selection, "mode", None)
     return {
         "backend": backend,
         "precision": selection.precision,
-        **({"mode": mode} if mode else {}),
+        **({"mode": selection.mode} if selection.mode else {}),
         "vision_precision": selection.vision.precision,
         "vision_provider": vision_provider,
         "decoder_provider": decoder_provider,

@@ -181,12 +181,13 @@ def estimate_lines(
 ) -> list[tuple[str, int]]:
     """The estimated peak at ``context`` positions, line by line, without the margin.
 
-    The peak is the largest of three moments, each on top of the lines every moment
-    shares (process, tokenizer, weights, working memory): the load (the engine's
-    transient copies; the vision session too, unless it is released), the first image's
-    encode (released: before the KV cache fills) and the filled context (the vision
-    encoder resident, or what stays of it once released; the KV cache; prefill scratch).
-    The filled context's lines are listed; a moment that goes higher adds one line."""
+    The peak is the largest of these moments, each on top of the lines they share
+    (process, tokenizer, weights, working memory with its prefill scratch): the filled
+    context (the vision encoder resident with its activations, or what stays of it once
+    released; the KV cache); the load (the engine's transient copies, beside the vision
+    session when it is resident); the vision session's creation (resident: before the
+    decoder is loaded; released: for each new image, the KV cache freed first). The
+    filled context's lines are listed; a moment that goes higher adds one line."""
     entries = manifest.model.llm.vocab_size
     fixed, per_entry = TOKENIZER_BYTES
     lines = [memory.fixed[0], (f"tokenizer ({entries:,} entries)", fixed + entries * per_entry)]
@@ -201,10 +202,17 @@ def estimate_lines(
         vision = memory.vision
         lines.append((f"vision encoder ({memory.vision_where} and activations)", vision))
     lines.append((f"KV cache ({memory.kv_label}, {context} positions)", kv))
-    at_load = memory.load_transient + (0 if release else memory.vision_at_load)
-    moments = [(at_load, "while loading, beyond that (transient copies)")]
-    if release:
-        moments.append((memory.vision, "while encoding the first image, beyond that"))
+    if release:  # loaded after the decoder for each image, the KV cache freed first
+        moments = [
+            (memory.load_transient, "while loading, beyond that (transient copies)"),
+            (max(memory.vision, memory.vision_create), "while encoding an image, beyond that"),
+        ]
+    else:  # created first, before the decoder's weights are read
+        before_decoder = memory.vision_create - memory.weights - memory.working_memory(context)
+        moments = [
+            (memory.load_transient + memory.vision_at_load, "while loading, beyond that"),
+            (before_decoder, "while the vision session is created, beyond that"),
+        ]
     higher, label = max(moments)
     if higher > vision + kv:
         lines.append((label, higher - vision - kv))

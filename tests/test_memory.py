@@ -49,8 +49,11 @@ def bundle(tiny_models, tmp_path_factory):
     return path
 
 
-def _scaled(manifest: BundleManifest, weights: float, vision: float, positions: int):
-    """The tiny bundle with default-model-like sizes: the planner reads only sizes."""
+def _scaled(
+    manifest: BundleManifest, weights: float, vision: float, positions: int, image_size: int = 0
+):
+    """The tiny bundle with default-model-like sizes: the planner reads only sizes (and
+    the image size, which sets the vision encoder's activations)."""
 
     def scale(a):
         factor = vision if a.component == "vision" else weights
@@ -61,6 +64,9 @@ def _scaled(manifest: BundleManifest, weights: float, vision: float, positions: 
         manifest.model.llm, max_position_embeddings=positions, num_hidden_layers=30
     )
     model = dataclasses.replace(manifest.model, llm=llm)
+    if image_size:
+        preprocess = dataclasses.replace(model.preprocess, image_size=image_size)
+        model = dataclasses.replace(model, preprocess=preprocess)
     return dataclasses.replace(
         manifest, model=model, artefacts=tuple(map(scale, manifest.artefacts))
     )
@@ -113,7 +119,8 @@ def test_mtmd_plans_llama_cpp_and_needs_an_mmproj(bundle):
 
 
 def test_the_vision_encoder_is_released_when_that_buys_context(bundle):
-    manifest = _scaled(BundleManifest.read(bundle), weights=300, vision=3000, positions=8192)
+    # a ViT at 384 px: its activations (hundreds of MiB) are what a release gives back
+    manifest = _scaled(BundleManifest.read(bundle), 300, 10, positions=8192, image_size=384)
     roomy = plan_memory(manifest, 2 * 10**9, backend="onnxruntime", precision="int4")
     assert roomy.vision_resident and roomy.context == 8192
     memory = engine_type("onnxruntime").memory(manifest, "int4", LoadOptions())
@@ -191,3 +198,16 @@ def test_peak_rss_stays_under_the_budget_default_model(budget, precision, within
     # the estimate (before the plan's safety margin) is close to the measured peak
     estimate, peak = run["plan"]["estimate"], run["peak"]
     assert abs(estimate - peak) <= within * peak, (estimate, peak, run["plan"])
+
+
+def test_a_budget_refuses_an_export_of_the_built_in_model_it_cannot_hold(tmp_path, monkeypatch):
+    """The budget covers the whole command: a first use that would export the built-in
+    model (9 GiB at its peak) under a smaller budget is refused, naming what to run."""
+    from mobilevlm.runtime.loader import open_default_bundle
+
+    monkeypatch.setenv("MOBILEVLM_CACHE", str(tmp_path))
+    with pytest.raises(BudgetError, match=r"run `mobilevlm info --precision int8` once first"):
+        open_default_bundle(LoadOptions(precision="int8", memory_budget="3GB"))
+    assert not (tmp_path / "bundles").exists()  # nothing exported, nothing half-written
+    argv = ["run", "--precision", "int8", "--memory-budget", "3GB", "--prompt", "hi"]
+    assert cli.main(argv) == 2

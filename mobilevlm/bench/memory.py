@@ -327,6 +327,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--contexts", default="auto,512,2048,8192", help="with --sweep ('auto': the planner's)"
     )
+    parser.add_argument(
+        "--steps",
+        default=",".join(map(str, SWEEP_STEPS)),
+        help="with --sweep: budgets as multiples of the smallest accepted",
+    )
     parser.add_argument("--json-out", metavar="FILE", help="with --sweep: the rows as JSON")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -355,6 +360,7 @@ def main(argv: list[str] | None = None) -> None:
             args.sweep,
             [p for p in args.precisions.split(",") if p],
             [None if c == "auto" else int(c) for c in args.contexts.split(",") if c],
+            tuple(float(step) for step in args.steps.split(",") if step),
             on_row=lambda row: print(sweep_line(row), flush=True),
         )
         held = sum(r["within_budget"] and r["plan_close"] for r in rows)

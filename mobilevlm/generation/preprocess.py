@@ -28,6 +28,7 @@ _RESAMPLE = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 _ALPHA_BACKGROUND = (255, 255, 255)
+EXIF_ORIENTATION = 0x0112  # 1: upright; exif_transpose removes the tag once applied
 
 
 # the largest image decoded (a 64-megapixel photo); Pillow's own bomb check is at 89M
@@ -43,6 +44,8 @@ def load_image(image: ImageInput) -> Image.Image:
     white; 16-bit grayscale is scaled to 8 bits.
     """
     if isinstance(image, Image.Image):
+        if image.mode == "RGB" and image.getexif().get(EXIF_ORIENTATION, 1) == 1:
+            return image  # upright RGB already (what this function returns): no copy
         return _to_rgb(ImageOps.exif_transpose(image))
     if isinstance(image, np.ndarray):
         return _from_array(image)

@@ -51,6 +51,7 @@ def engine_memory(
         vision_kept=vision.kept,
         vision_where=vision.where,
         vision_at_load=vision.at_load,
+        vision_create=vision.create,
         load_transient=0,
         kv_label="f16",
         kv_bytes_per_position=llm.kv_cache_bytes_per_token(2),

@@ -23,17 +23,19 @@ from mobilevlm.runtime.ort.vision import vision_npu
 MIB = 2**20
 # VmHWM after importing numpy, tokenizers, onnxruntime and the runtime: 58.5 MiB
 BASE_BYTES = 59 * MIB
-# The vision session, created after the decoder and encoding one image: VmRSS grew 79-82
-# MiB for the 13.3 MiB fp32 EfficientNet-Lite0 at 384 px; beyond its file, a fixed part and
-# activations per input pixel (MobileVLM_V2-1.7B's ViT-L/14-336: 1,818 MiB for its 1,134 MiB
-# fp32 graph, 1,090 for its 492 MiB QDQ int8 graph: the file counts more than once while
-# the session is created)
-VISION_BYTES = (10 * MIB, 350)  # fixed, per pixel
-VISION_FILE_FACTOR = {"fp32": 1.6, "int8": 2.1}
+# The vision session: while it is created the file counts more than once (the model proto
+# and its initializers held together): MobileVLM_V2-1.7B's ViT-L/14-336 peaked at 1,818 MiB
+# for its 1,134 MiB fp32 graph, 1,090 for its 492 MiB QDQ int8 graph
+VISION_CREATE = (10 * MIB, {"fp32": 1.6, "int8": 2.1})  # fixed, file factor per precision
+# ... then it holds its file and a few MiB (17 MiB for the default model's 13.3 MiB graph)
+VISION_AT_LOAD_FIXED = 4 * MIB
+# ... and while it encodes, activations per input pixel, by tower: the default model's
+# EfficientNet-Lite0 at 384 px grew 79-82 MiB in all (62 of activations); the ViT-L/14-336
+# held 1,369 MiB beside a full KV cache (231 of activations: its 577 tokens x 1024 wide)
+VISION_ACTIVATIONS_PER_PIXEL = {"efficientnet_lite": 440, "clip_vit": 2150}
 # Released (and the heap trimmed: mobilevlm.runtime.heap), 2-8 MiB of the default model's
 # 82 stayed; of the QDQ ViT-L's 1,090, 873 stayed before the heap was trimmed
 VISION_KEPT_SHARE = {"fp32": 0.1, "int8": 0.8}
-VISION_AT_LOAD_FIXED = 4 * MIB  # the session before any image: 17 MiB, its 13.3 MiB file
 # the vision session on QNN's HTP, in host memory: the HTP libraries and the graph's
 # context. The default model's 4.5 MiB w8a8 context (x86-64 simulator, onnxruntime-qnn
 # 2.7.0): 100 MiB at the peak, 84 kept, loading the EPContext model; 150 and 138 compiling
@@ -61,6 +63,7 @@ class VisionMemory:
     peak: int  # while it encodes
     kept: int  # what stays once it is released
     at_load: int  # before any image
+    create: int  # while the session is created
     where: str  # "session", or "on the QNN HTP, host memory"
 
 
@@ -73,12 +76,14 @@ def vision_memory(
         loaded = context or vision  # the precompiled model, where exported
         session = NPU_VISION_BYTES[loaded.format] + int(NPU_VISION_FILE_FACTOR * loaded.bytes)
         kept = int(session * NPU_VISION_KEPT_SHARE)
-        return VisionMemory(session, kept, kept, "on the QNN HTP, host memory")
-    fixed, per_pixel = VISION_BYTES
-    factor = VISION_FILE_FACTOR.get(vision.precision, 1.0)
-    peak = fixed + int(factor * vision.bytes) + per_pixel * manifest.model.preprocess.image_size**2
+        return VisionMemory(session, kept, kept, session, "on the QNN HTP, host memory")
+    fixed, factors = VISION_CREATE
+    create = fixed + int(factors.get(vision.precision, 1.0) * vision.bytes)  # mmproj: once
+    at_load = VISION_AT_LOAD_FIXED + vision.bytes
+    per_pixel = VISION_ACTIVATIONS_PER_PIXEL.get(manifest.model.vision.type, 2150)
+    peak = at_load + per_pixel * manifest.model.preprocess.image_size**2
     kept = int(peak * VISION_KEPT_SHARE.get(vision.precision, 0.8))
-    return VisionMemory(peak, kept, VISION_AT_LOAD_FIXED + vision.bytes, "session")
+    return VisionMemory(peak, kept, at_load, create, "session")
 
 
 def engine_memory(manifest: BundleManifest, selection, options: LoadOptions) -> EngineMemory:
@@ -109,6 +114,7 @@ def engine_memory(manifest: BundleManifest, selection, options: LoadOptions) -> 
         vision_kept=vision.kept,
         vision_where=vision.where,
         vision_at_load=vision.at_load,
+        vision_create=vision.create,
         load_transient=load_transient,
         kv_label="fp32",
         kv_bytes_per_position=llm.kv_cache_bytes_per_token(4),

@@ -12,6 +12,7 @@ llama.cpp's hybrid mode picks its vision graph the same way
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from mobilevlm.errors import BundleError
 from mobilevlm.manifest import NPU_VISION_PRECISIONS, Artefact, BundleManifest
@@ -39,6 +40,7 @@ class Selection:
     embeddings: Artefact
     decoder: Artefact
     vision_context: Artefact | None = None  # the vision graph precompiled for the NPU
+    mode: ClassVar[None] = None  # llama.cpp's selections name their image path
 
     @property
     def artefacts(self) -> tuple[Artefact, ...]:

@@ -8,7 +8,7 @@ final class Settings {
     String precision; // null: the fastest the bundle has
     int threads; // 0: ONNX Runtime's default (one per core)
     int context = 1024; // KV cache positions, allocated at load
-    int maxNewTokens = 256; // the Python side's default
+    int maxNewTokens = 128; // the Python side's default
     double temperature; // 0: greedy, the Python side's default
 
     static Settings read(SharedPreferences prefs) {

@@ -50,9 +50,9 @@ public final class GenerationConfig {
         }
     }
 
-    /** The Python defaults: 256 new tokens, greedy. */
+    /** The Python defaults (DEFAULT_MAX_NEW_TOKENS): 128 new tokens, greedy. */
     public static GenerationConfig defaults() {
-        return new GenerationConfig(256, 0.0, 0, 1.0, 1.0, null, List.of(), false);
+        return new GenerationConfig(128, 0.0, 0, 1.0, 1.0, null, List.of(), false);
     }
 
     public boolean greedy() {
