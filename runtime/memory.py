@@ -1,24 +1,22 @@
 """The memory budget planner: what to load so that the process stays under a budget.
 
 The estimate of a process's peak resident memory (``VmHWM``, what ``ru_maxrss``
-reports for a process of its own) is a sum, line by line:
+reports for a process of its own) is the lines every moment shares, plus the
+largest of the moments (:func:`estimate_lines`):
 
 - the process: Python, numpy, tokenizers and the backend's library imported;
 - the tokenizer, per vocabulary entry (the Rust tokenizer's vocabulary and merges);
-- the LLM's weights: the decoder's external data (ONNX Runtime reads it, or maps it
-  and packs a copy) or the GGUF file (llama.cpp maps it; every page is read each
-  token, so it is resident all the same);
-- nothing for ONNX Runtime's token embedding table: it is read row by row from its
-  file (:mod:`mobilevlm.runtime.ort.embeddings`), so it stays in the page cache;
-- the backend's working memory: arenas, compute buffers, graph copies; on ONNX
-  Runtime a part proportional to the weights, on llama.cpp a part per position of the
-  context (its attention buffers);
-- the vision encoder's session with its activations while it encodes (hybrid: the
-  ONNX graph; mtmd: the mmproj); released after the image prefill, part of it stays
-  (heap the allocator does not give back);
-- the KV cache for the whole context: fp32 on ONNX Runtime, allocated at load but
-  resident only as positions fill; f16 on llama.cpp, its context padded up to a
-  multiple of 256 and cleared (so resident) at load;
+- the LLM's weights: the decoder's external data (ONNX Runtime reads it and packs
+  it) or the GGUF file (llama.cpp maps it; every page is read each token, so it is
+  resident all the same); nothing for ONNX Runtime's token embedding table, read
+  row by row from its file (:mod:`mobilevlm.runtime.ort.embeddings`);
+- the backend's working memory, and what grows with the context (a prompt's
+  attention scores: ONNX Runtime runs prompts in chunks of 256 positions);
+- then the largest of: the filled context (the vision encoder resident with its
+  activations, or what stays of it once released; the KV cache, fp32 on ONNX
+  Runtime and resident as positions fill, f16 on llama.cpp, padded and resident
+  from the load); the load (the engine's transient copies); the vision session's
+  creation (released: for each new image, after the KV cache is freed);
 - a margin (``MARGIN``) for run-to-run variation.
 
 Each engine states its own lines (:meth:`EngineType.memory
@@ -35,10 +33,11 @@ a budget never changes what would run without one unless it must. The first that
 fits with at least ``min_context`` positions (the image tokens, a prompt and a short
 answer) wins, then gets the largest context that fits, up to the model's limit.
 The vision encoder stays resident when that leaves ``PREFERRED_CONTEXT`` positions
-(or the context asked for); otherwise, on ONNX Runtime, it is released after the
-image prefill when that buys a longer context (the KV cache's pages fill only after
-the encoder has gone). llama.cpp's KV cache is resident from the start, so there the
-encoder's release would gain nothing. llama.cpp's GGUF weights are memory-mapped; ONNX
+(or the context asked for); otherwise, on ONNX Runtime, it is released when that
+buys a longer context: loaded for each new image, after the KV cache has been freed,
+and freed once the image is encoded (``LoadOptions.vision_resident``). llama.cpp's
+KV cache is resident from the start, so there the encoder's release would gain
+nothing. llama.cpp's GGUF weights are memory-mapped; ONNX
 Runtime's embedding table is read from its file a row at a time.
 
 Sizes: "MB" and "GB" are powers of 10 (512MB = 512,000,000 bytes), "MiB", "GiB",

@@ -14,13 +14,16 @@ cache. Calls on one pipeline are serialized by a lock: a second thread waits
 until the running generation ends (an unfinished :meth:`stream` holds the
 pipeline until it is exhausted or closed). :meth:`cancel` stops the running
 generation after its current token, from any thread; the pipeline stays
-usable. Image embeddings are cached by image content (decoded pixels), up to
-``image_cache_bytes``, so asking again about the same image skips the
+usable. Image embeddings are cached by image content (the pixels the encoder
+takes, after preprocessing), up to ``image_cache_bytes``, so asking again about
+the same image skips the
 vision encoder; with ``embeddings_dir`` they are also kept on disk, keyed by
 the bundle's vision graph and the pixels, so that another process (the CLI,
 a restarted server) does not encode the same image again. A
 :class:`Conversation` also keeps the KV cache of its earlier turns, so a new
-turn prefills only its own tokens.
+turn prefills only its own tokens. Loaded with ``vision_resident=False`` (what a
+tight memory budget plans), the vision encoder is loaded for each new image and
+freed after it, the KV cache freed before it, so the two never add up.
 """
 
 from __future__ import annotations

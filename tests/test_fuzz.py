@@ -228,7 +228,7 @@ def test_any_damaged_manifest_loads_or_is_refused_with_a_bundle_error(bundle_cop
             return
         (work / MANIFEST_FILE).write_text(text)
         for opener in (open_bundle, open_gguf_bundle):
-            _survives(opener, work, None, None)
+            _survives(opener, work)
 
     run()
     _ran_them_all("manifests")
