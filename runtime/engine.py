@@ -104,6 +104,17 @@ class Engine(Protocol):
 
 
 @dataclass(frozen=True)
+class VisionMemory:
+    """What the vision encoder's session costs, by moment."""
+
+    peak: int  # while it encodes (session and activations)
+    kept: int  # what stays once it is released
+    at_load: int  # before any image (resident: opened at load)
+    create: int  # while the session is created (files read, initializers)
+    where: str  # "session", or "on the QNN HTP, host memory"
+
+
+@dataclass(frozen=True)
 class EngineMemory:
     """An engine's lines of the memory plan for one precision of one bundle, everything
     the estimate needs but the context (:mod:`mobilevlm.runtime.memory` sums them)."""
@@ -112,11 +123,7 @@ class EngineMemory:
     precision: str
     fixed: tuple[tuple[str, int], ...]  # (what, bytes): the library, the weights, ...
     weights: int  # the LLM's weights, as loaded
-    vision: int  # the vision encoder's peak while it encodes (session and activations)
-    vision_kept: int  # what stays of it once released
-    vision_where: str  # "session", or "on the QNN HTP, host memory"
-    vision_at_load: int  # the vision session before any image (resident: opened at load)
-    vision_create: int  # the vision session while it is created (files read, initializers)
+    vision: VisionMemory
     load_transient: int  # what loading holds beyond the steady state (copies while packing)
     kv_label: str  # the KV cache's element type: "fp32", "f16"
     kv_bytes_per_position: int

@@ -193,23 +193,24 @@ def estimate_lines(
     lines += memory.fixed[1:]
     lines.append((f"{memory.backend} working memory", memory.working_memory(context)))
     kv = memory.kv_bytes(context)
+    session = memory.vision
     if release:
-        vision = memory.vision_kept
-        label = f"vision encoder once released ({_mib(memory.vision)} while encoding)"
+        vision = session.kept
+        label = f"vision encoder once released ({_mib(session.peak)} while encoding)"
         lines.append((label, vision))
     else:
-        vision = memory.vision
-        lines.append((f"vision encoder ({memory.vision_where} and activations)", vision))
+        vision = session.peak
+        lines.append((f"vision encoder ({session.where} and activations)", vision))
     lines.append((f"KV cache ({memory.kv_label}, {context} positions)", kv))
     if release:  # loaded after the decoder for each image, the KV cache freed first
         moments = [
             (memory.load_transient, "while loading, beyond that (transient copies)"),
-            (max(memory.vision, memory.vision_create), "while encoding an image, beyond that"),
+            (max(session.peak, session.create), "while encoding an image, beyond that"),
         ]
     else:  # created first, before the decoder's weights are read
-        before_decoder = memory.vision_create - memory.weights - memory.working_memory(context)
+        before_decoder = session.create - memory.weights - memory.working_memory(context)
         moments = [
-            (memory.load_transient + memory.vision_at_load, "while loading, beyond that"),
+            (memory.load_transient + session.at_load, "while loading, beyond that"),
             (before_decoder, "while the vision session is created, beyond that"),
         ]
     higher, label = max(moments)

@@ -108,7 +108,7 @@ def test_every_engine_class_answers_the_loader_and_the_planner(bundle, backend, 
     assert set(RUNTIME_KEYS) - {"context"} <= set(described)
     memory = engine_class.memory(manifest, precision, options)
     assert isinstance(memory, EngineMemory) and memory.backend == backend
-    assert memory.weights > 0 and memory.vision >= memory.vision_kept > 0
+    assert memory.weights > 0 and memory.vision.peak >= memory.vision.kept > 0
     assert memory.kv_bytes(100) >= 100 * memory.kv_bytes_per_position > 0
     assert engine_class.vision_npu(options) is None  # the CPU asks for no NPU form
     loaded = engine_class.load(path, options, manifest)

@@ -40,18 +40,13 @@ def engine_memory(
     if repacked:
         fixed.append(("LLM weights repacked by llama.cpp's CPU backend", repacked))
         weights += repacked
-    vision = vision_memory(manifest, selection.vision, selection.vision_context, options)
     llm = manifest.model.llm
     return EngineMemory(
         backend=LLAMA_CPP,
         precision=selection.precision,
         fixed=tuple(fixed),
         weights=weights,
-        vision=vision.peak,
-        vision_kept=vision.kept,
-        vision_where=vision.where,
-        vision_at_load=vision.at_load,
-        vision_create=vision.create,
+        vision=vision_memory(manifest, selection.vision, selection.vision_context, options),
         load_transient=0,
         kv_label="f16",
         kv_bytes_per_position=llm.kv_cache_bytes_per_token(2),

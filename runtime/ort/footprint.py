@@ -11,10 +11,9 @@ vision graph runs.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from mobilevlm.manifest import Artefact, BundleManifest
-from mobilevlm.runtime.engine import EngineMemory
+from mobilevlm.runtime.engine import EngineMemory, VisionMemory
 from mobilevlm.runtime.options import ONNXRUNTIME, LoadOptions
 from mobilevlm.runtime.ort.decoder import PREFILL_CHUNK
 from mobilevlm.runtime.ort.select import EPCONTEXT
@@ -58,15 +57,6 @@ QUANTIZED_LOAD_SHARE = 0.88  # of the weights
 SCORE_BYTES = 8
 
 
-@dataclass(frozen=True)
-class VisionMemory:
-    peak: int  # while it encodes
-    kept: int  # what stays once it is released
-    at_load: int  # before any image
-    create: int  # while the session is created
-    where: str  # "session", or "on the QNN HTP, host memory"
-
-
 def vision_memory(
     manifest: BundleManifest, vision: Artefact, context: Artefact | None, options: LoadOptions
 ) -> VisionMemory:
@@ -100,7 +90,6 @@ def engine_memory(manifest: BundleManifest, selection, options: LoadOptions) -> 
         fixed, share = QUANTIZED_WORKING
         working = int(fixed + share * weights)
         load_transient = int(QUANTIZED_LOAD_SHARE * weights)
-    vision = vision_memory(manifest, selection.vision, selection.vision_context, options)
     threads = options.threads or os.cpu_count() or 1
     return EngineMemory(
         backend=ONNXRUNTIME,
@@ -110,11 +99,7 @@ def engine_memory(manifest: BundleManifest, selection, options: LoadOptions) -> 
             (f"LLM weights ({selection.precision} decoder)", weights),
         ),
         weights=weights,
-        vision=vision.peak,
-        vision_kept=vision.kept,
-        vision_where=vision.where,
-        vision_at_load=vision.at_load,
-        vision_create=vision.create,
+        vision=vision_memory(manifest, selection.vision, selection.vision_context, options),
         load_transient=load_transient,
         kv_label="fp32",
         kv_bytes_per_position=llm.kv_cache_bytes_per_token(4),
