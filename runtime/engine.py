@@ -30,6 +30,7 @@ from PIL import Image
 
 from mobilevlm.config import ModelConfig
 from mobilevlm.generation.tokenizer import Tokenizer
+from mobilevlm.runtime.options import LLAMA_CPP, ONNXRUNTIME
 
 if TYPE_CHECKING:
     from mobilevlm.manifest import BundleManifest
@@ -167,12 +168,17 @@ class EngineType(Protocol):
     def memory(cls, manifest: BundleManifest, precision: str, options: LoadOptions) -> EngineMemory:
         """Its lines of the memory plan for ``precision`` (BundleError: not exported)."""
 
+    @classmethod
+    def vision_npu(cls, options: LoadOptions) -> str | None:
+        """The NPU whose form of the vision graph ``options`` ask for, as the manifest
+        names it ("qnn": what ``export --npu`` must have written), or None."""
+
 
 # the engines in the runtime's order without a budget: ONNX Runtime first (it prefills
 # 2.2x and decodes 1.15x as fast as llama.cpp on the CPU, docs/benchmarks.md)
 _ENGINES = {
-    "onnxruntime": "mobilevlm.runtime.ort.model:OnnxVLM",
-    "llama.cpp": "mobilevlm.runtime.llamacpp.model:LlamaCppVLM",
+    ONNXRUNTIME: "mobilevlm.runtime.ort.model:OnnxVLM",
+    LLAMA_CPP: "mobilevlm.runtime.llamacpp.model:LlamaCppVLM",
 }
 
 
