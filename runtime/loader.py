@@ -11,6 +11,7 @@ time an option needs what it does not hold yet.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from mobilevlm.generation import decode_loop
 from mobilevlm.generation.backend import CachingBackend, PixelEncoder
 from mobilevlm.generation.tokenizer import Tokenizer
 from mobilevlm.manifest import GGUF_PRECISIONS, MANIFEST_FILE, PRECISIONS, BundleManifest
-from mobilevlm.runtime.engine import Engine, engine_type
+from mobilevlm.runtime.engine import Engine, EngineMemory, engine_type
 from mobilevlm.runtime.options import LLAMA_CPP, ONNXRUNTIME, LoadOptions
 from mobilevlm.runtime.verify import verify_files
 
@@ -41,11 +42,13 @@ class LoadedBundle(CachingBackend, PixelEncoder, decode_loop.GeneratingBackend):
     """What a loaded bundle is on every engine (the :class:`~mobilevlm.runtime.engine.Engine`
     contract's common part): its directory, manifest, selected artefacts, the options it
     was loaded with, model config, tokenizer and the context its KV cache holds. An
-    engine provides ``select(manifest, options)`` (its artefacts for ``options``) and
-    ``describe_selection(selection, options)`` (what would run, without loading)."""
+    engine provides ``select(manifest, options)`` (its artefacts for ``options``),
+    ``describe_selection(selection, options)`` (what would run, without loading) and
+    ``footprint(manifest, selection, options)`` (what that costs in memory)."""
 
     backend = ""  # the engine's name, as LoadOptions.backend spells it
     preference: tuple[str, ...] = ()  # the precisions it runs, the fastest first
+    footprint: Callable[[BundleManifest, Any, LoadOptions], EngineMemory]
 
     @classmethod
     def select(cls, manifest: BundleManifest, options: LoadOptions) -> Any:
@@ -92,6 +95,12 @@ class LoadedBundle(CachingBackend, PixelEncoder, decode_loop.GeneratingBackend):
     ) -> dict[str, Any]:
         _, selection = cls.check(path, options, manifest)
         return cls.describe_selection(selection, options)
+
+    @classmethod
+    def memory(cls, manifest: BundleManifest, precision: str, options: LoadOptions) -> EngineMemory:
+        """The engine's lines of the memory plan for what ``precision`` selects."""
+        selection = cls.select(manifest, options.replace(precision=precision))
+        return cls.footprint(manifest, selection, options)
 
     def __init__(
         self, root: Path, manifest: BundleManifest, selection, options: LoadOptions

@@ -60,10 +60,10 @@ class TorchBackend(EmbeddingBackend, PixelEncoder, decode_loop.GeneratingBackend
         """Nothing to release: the reference's modules stay in the model."""
 
     def release_cache(self) -> None:
-        self._past = None
+        self.reset()  # the past tensors are all it holds
 
     def close(self) -> None:
-        self._past = None
+        self.reset()
 
     @torch.inference_mode()
     def embed_tokens(self, ids: Sequence[int]) -> np.ndarray:

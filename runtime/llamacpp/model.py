@@ -29,7 +29,6 @@ from PIL import Image
 
 from mobilevlm.errors import BundleError, ContextOverflowError, MissingDependencyError, at
 from mobilevlm.manifest import BundleManifest
-from mobilevlm.runtime.engine import EngineMemory
 from mobilevlm.runtime.llamacpp import footprint
 from mobilevlm.runtime.llamacpp.select import GGUF_PREFERENCE, GgufSelection, select_gguf
 from mobilevlm.runtime.loader import LoadedBundle, describe_run
@@ -167,6 +166,7 @@ class LlamaCppVLM(LoadedBundle):
 
     backend = LLAMA_CPP
     preference = GGUF_PREFERENCE
+    footprint = staticmethod(footprint.engine_memory)
     MTMD_PROVIDER = "llama.cpp mtmd (CPU)"  # what encodes the image in mtmd mode
     DECODER_PROVIDER = "llama.cpp (CPU)"  # the CPU build's only device
 
@@ -196,11 +196,6 @@ class LlamaCppVLM(LoadedBundle):
     @classmethod
     def vision_npu(cls, options: LoadOptions) -> str | None:
         return None if options.mode == "mtmd" else vision_npu(options)
-
-    @classmethod
-    def memory(cls, manifest: BundleManifest, precision: str, options: LoadOptions) -> EngineMemory:
-        selection = cls.select(manifest, options.replace(precision=precision))
-        return footprint.engine_memory(manifest, selection, options)
 
     def __init__(
         self,

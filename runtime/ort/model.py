@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from mobilevlm.manifest import BundleManifest
-from mobilevlm.runtime.engine import EngineMemory
 from mobilevlm.runtime.loader import LoadedBundle, describe_run
 from mobilevlm.runtime.options import ONNXRUNTIME, LoadOptions
 from mobilevlm.runtime.ort import footprint
@@ -30,6 +29,7 @@ class OnnxVLM(LoadedBundle):
 
     backend = ONNXRUNTIME
     preference = PRECISION_PREFERENCE
+    footprint = staticmethod(footprint.engine_memory)
 
     @classmethod
     def exported(cls, manifest: BundleManifest) -> list[str]:
@@ -50,13 +50,6 @@ class OnnxVLM(LoadedBundle):
     @classmethod
     def vision_npu(cls, options: LoadOptions) -> str | None:
         return vision_npu(options)
-
-    @classmethod
-    def memory(cls, manifest: BundleManifest, precision: str, options: LoadOptions) -> EngineMemory:
-        selection = select(
-            manifest, precision, options.vision_precision, accelerator(options.providers)
-        )
-        return footprint.engine_memory(manifest, selection, options)
 
     def __init__(
         self, root: Path, manifest: BundleManifest, selection: Selection, options: LoadOptions
