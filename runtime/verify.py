@@ -9,34 +9,23 @@ that changed.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from pathlib import Path
 
 from mobilevlm.errors import BundleError, at
-from mobilevlm.files import cache_root, sha256_file
+from mobilevlm.files import file_stamp, read_hashes, sha256_file, write_hashes
 from mobilevlm.manifest import Artefact
 
 log = logging.getLogger(__name__)
 
 VERIFY_MODES = ("auto", "full", "size")
-VERIFIED_FILE = "verified-files.json"
-
-
-def _load_verified(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 def verify_files(root: Path, artefacts: tuple[Artefact, ...], mode: str = "auto") -> None:
     """Raise :class:`BundleError` naming the first missing, truncated or corrupted file."""
     if mode not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {mode!r}")
-    record_path = cache_root() / VERIFIED_FILE
-    record = _load_verified(record_path) if mode == "auto" else {}
+    record = read_hashes() if mode == "auto" else {}
     changed = False
     for artefact in artefacts:
         for entry in artefact.files:
@@ -57,7 +46,7 @@ def verify_files(root: Path, artefacts: tuple[Artefact, ...], mode: str = "auto"
                 continue
             key = str(file.resolve())
             seen = record.get(key)
-            stamp = {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": entry.sha256}
+            stamp = file_stamp(stat, entry.sha256)
             if seen == stamp:
                 continue
             log.info("checking sha256 of %s", file)
@@ -65,14 +54,4 @@ def verify_files(root: Path, artefacts: tuple[Artefact, ...], mode: str = "auto"
                 raise BundleError(at(file, "sha256 differs from the manifest (corrupted)"))
             record[key], changed = stamp, True
     if changed and mode == "auto":
-        _save_verified(record_path, record)
-
-
-def _save_verified(path: Path, record: dict) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
-        tmp.replace(path)
-    except OSError as exc:  # a read-only cache only costs a re-hash next time
-        log.warning("cannot record verified files in %s: %s", path, exc)
+        write_hashes(record)
