@@ -17,6 +17,7 @@ model (:mod:`mobilevlm.export.qnn_vision`).
 
 from __future__ import annotations
 
+import gc
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -29,9 +30,17 @@ from mobilevlm.config import ClipVisionConfig
 from mobilevlm.errors import BundleError, at
 from mobilevlm.export import quantize
 from mobilevlm.export.calibration import calibration_images, calibration_split
-from mobilevlm.export.onnx_bundle import ONNX_PRECISIONS, onnx_artefact, write_onnx_llm
+from mobilevlm.export.onnx_bundle import (
+    ONNX_PRECISIONS,
+    onnx_artefact,
+    write_embeddings,
+    write_float_decoder,
+    write_quantized_decoder,
+)
 from mobilevlm.export.onnx_vision import export_vision
+from mobilevlm.export.profile import StageProfile
 from mobilevlm.manifest import (
+    COMPONENTS,
     DEFAULT_MODEL_SOURCE,
     GGUF_PRECISIONS,
     MANIFEST_FILE,
@@ -43,6 +52,7 @@ from mobilevlm.manifest import (
 )
 from mobilevlm.reference.checkpoint import atomic_directory
 from mobilevlm.reference.model import MobileVLM
+from mobilevlm.runtime.heap import give_back
 from mobilevlm.runtime.ort import qnn
 
 FORMATS = ("onnx", "gguf")
@@ -120,14 +130,27 @@ def export_bundle(
     progress: bool | None = None,
     npu: str | None = None,
     soc: str | None = None,
+    profile: StageProfile | None = None,
+    consume: bool = False,
 ) -> BundleManifest:
     """Export ``model`` (made float32 in place) into the bundle directory ``target``,
     replacing an older bundle there. ``precisions`` None: every precision of each format.
     ``npu``: add the vision graph for that NPU (``qnn``), compiled for ``soc`` (default
     :data:`~mobilevlm.runtime.ort.qnn.DEFAULT_SOC`) and calibrated on ``calibration_dir``
-    (required unless the model is the built-in one)."""
+    (required unless the model is the built-in one). ``profile``: where the caller's earlier
+    stages (the model's assembly) were timed; its record, with the export's own stages,
+    goes into ``bundle.json``.
+
+    The stages that read the model's weights run first (the reference's answers for the
+    parity checks, the LLM's float files, then the vision encoder's graphs); the rest reads
+    only files. ``consume``: the caller has no further use for ``model``, whose LLM and then
+    vision weights are released as soon as no stage needs them, so that the quantizers
+    and the parity checks never run beside a float copy of the model (at a 1.4B LLM's size,
+    5 GiB)."""
     from tqdm.auto import tqdm
 
+    profile = profile or StageProfile()
+    profile.stage("inputs")
     target = Path(target)
     precisions = check_request(target, precisions, formats, npu, soc)
     onnx_precisions = [p for p in PRECISIONS if p in precisions]
@@ -139,16 +162,24 @@ def export_bundle(
     if npu is not None:
         check_npu_calibration(calibration_dir, source)
         npu_images = calibration_split(model.config.preprocess, calibration_dir)
-
-    steps = ["vision"]
-    if onnx_precisions:
-        steps += ["embeddings", "decoder"] + [
-            f"decoder {p}" for p in onnx_precisions if p != "fp32"
-        ]
+    mmproj_skipped = None
     if gguf_precisions:
-        from mobilevlm.export.gguf_bundle import gguf_steps
+        from mobilevlm.export import gguf_bundle
 
-        steps += gguf_steps(model, gguf_precisions)
+        mmproj_skipped = gguf_bundle.mmproj_skipped(model)
+
+    steps = ["parity reference"] if check_parity else []
+    if onnx_precisions:
+        steps += ["embeddings", "decoder"]
+    if gguf_precisions:
+        steps.append("llm f16")
+    steps.append("vision")
+    if gguf_precisions and mmproj_skipped is None:
+        steps.append("mmproj")
+    if npu is not None:
+        steps.append("vision qnn graph")
+    steps += [f"decoder {p}" for p in onnx_precisions if p != "fp32"]
+    steps += [f"llm {p}" for p in gguf_precisions if p != "f16"]
     if calibration is not None:
         steps.append("vision int8")
     if npu is not None:
@@ -165,26 +196,66 @@ def export_bundle(
             bar.update()
         started.append(name)
         bar.set_postfix_str(name)
+        gc.collect()  # what the previous step let go of, back to the system before the next
+        give_back()
+        profile.stage(name)
 
     artefacts: list[Artefact] = []
-    extra: dict = {}
+    exporter: dict = {}
+    answers = continuations = None
     with (
         atomic_directory(target) as out,
-        tempfile.TemporaryDirectory() as scratch,
+        tempfile.TemporaryDirectory() as tmp,
         torch.inference_mode(),
     ):
+        scratch = Path(tmp)
+        if check_parity:
+            step("parity reference")
+            if onnx_precisions:
+                from mobilevlm.export.parity import parity_prompts, reference_answers
+                from mobilevlm.reference.backend import TorchBackend
+
+                answers = reference_answers(TorchBackend(model), parity_prompts())
+            if gguf_precisions:
+                continuations = gguf_bundle.reference_continuations(model)
+
+        if onnx_precisions:
+            step("embeddings")
+            artefacts += write_embeddings(model, out, onnx_precisions)
+            step("decoder")
+            fp32_decoder, made = write_float_decoder(model, out, scratch, onnx_precisions)
+            artefacts += made
+        if gguf_precisions:
+            step("llm f16")
+            f16, f16_details, made = gguf_bundle.write_f16_llm(model, out, scratch, gguf_precisions)
+            artefacts += made
+        if consume:
+            _release(model.language_model)
+
         step("vision")
         export_vision(model, out / "vision.onnx")
         artefacts.append(
             onnx_artefact(out, "vision", "fp32", "vision.onnx", {"exporter": "torch.onnx"})
         )
-        if onnx_precisions:
-            artefacts += write_onnx_llm(model, out, Path(scratch), onnx_precisions, step)
-        if gguf_precisions:
-            from mobilevlm.export.gguf_bundle import write_gguf_artefacts
+        if gguf_precisions and mmproj_skipped is None:
+            step("mmproj")
+            artefacts += gguf_bundle.write_mmproj_artefact(model, out)
+        if npu is not None:
+            step("vision qnn graph")
+            static_vision = export_vision(model, scratch / "vision_static.onnx", for_npu=True)
+        if consume:
+            _release(model.vision_tower, model.projector)
 
-            made, extra = write_gguf_artefacts(model, out, Path(scratch), gguf_precisions, step)
-            artefacts += made
+        for precision in onnx_precisions:
+            if precision != "fp32":
+                step(f"decoder {precision}")
+                artefacts.append(
+                    write_quantized_decoder(fp32_decoder, out, precision, model.config.llm)
+                )
+        for precision in gguf_precisions:
+            if precision != "f16":
+                step(f"llm {precision}")
+                artefacts.append(gguf_bundle.write_quantized_llm(f16, out, precision, f16_details))
         if calibration is not None:
             step("vision int8")
             transformer = isinstance(model.config.vision, ClipVisionConfig)
@@ -196,38 +267,46 @@ def export_bundle(
             from mobilevlm.export.qnn_vision import write_qnn_vision
 
             artefacts += write_qnn_vision(
-                model, out, Path(scratch), *npu_images, soc or qnn.DEFAULT_SOC, step
+                static_vision, out, scratch, *npu_images, soc or qnn.DEFAULT_SOC, step
             )
 
         (out / TOKENIZER_FILE).write_text(model.tokenizer.to_str(), encoding="utf-8")
+        artefacts.sort(key=lambda a: COMPONENTS.index(a.component))  # stable: precisions in order
         exporter = {
             "mobilevlm": __version__,
             "onnxruntime": _version("onnxruntime"),
             **({"llama_cpp_python": _version("llama_cpp")} if gguf_precisions else {}),
             "source": source,
             **({"random_weights": True} if random_weights else {}),
-            **extra,
+            **({"mmproj_skipped": mmproj_skipped} if mmproj_skipped else {}),
         }
-        manifest = BundleManifest(model.config, tuple(artefacts), exporter=exporter)
-        manifest.write(out)
+        BundleManifest(model.config, tuple(artefacts), exporter=exporter).write(out)
         if check_parity:
             step("parity")
             report = {}
-            if onnx_precisions:
+            if answers is not None:
                 from mobilevlm.export.parity import bundle_parity
 
-                report = bundle_parity(model, out)
-            if gguf_precisions:
-                from mobilevlm.export.gguf_bundle import gguf_parity
-
-                report["gguf"] = gguf_parity(model, out, artefacts)
-            manifest = BundleManifest(
-                model.config, manifest.artefacts, exporter={**exporter, "parity": report}
-            )
-            manifest.write(out)
+                report = bundle_parity(answers, out)
+            if continuations is not None:
+                report["gguf"] = gguf_bundle.gguf_parity(
+                    continuations, out, artefacts, model.config.llm.hidden_size
+                )
+            exporter["parity"] = report
+        exporter["profile"] = profile.finish()
+        manifest = BundleManifest(model.config, tuple(artefacts), exporter=exporter)
+        manifest.write(out)
         bar.update()
     bar.close()
     return manifest
+
+
+def _release(*modules: torch.nn.Module) -> None:
+    """Free the weights of ``modules`` (moved to the meta device: shapes without storage)."""
+    for module in modules:
+        module.to("meta")
+    gc.collect()
+    give_back()
 
 
 def _version(module: str) -> str:

@@ -25,7 +25,7 @@ from mobilevlm.export.gguf_llm import (
 )
 from mobilevlm.export.gguf_mmproj import mmproj_problems, write_mmproj
 from mobilevlm.generation.decode_loop import prompt_ids
-from mobilevlm.manifest import GGUF_PRECISIONS, Artefact, BundleFile
+from mobilevlm.manifest import Artefact, BundleFile
 from mobilevlm.reference.model import MobileVLM
 
 log = logging.getLogger(__name__)
@@ -36,82 +36,90 @@ PARITY_PROMPTS = ("What shapes are in the picture?", "Describe the colors you se
 PARITY_TOKENS = 16
 
 
-def gguf_steps(model: MobileVLM, precisions: Sequence[str]) -> list[str]:
-    """Progress-bar steps of :func:`write_gguf_artefacts`."""
-    steps = ["llm f16"] + [f"llm {p}" for p in precisions if p != "f16"]
-    return steps + (["mmproj"] if not mmproj_problems(model.config) else [])
+F16 = LLM_FILE.format(precision="f16")
 
 
-def write_gguf_artefacts(
-    model: MobileVLM,
-    out: Path,
-    scratch: Path,
-    precisions: Sequence[str],
-    step: Callable[[str], None] = lambda name: None,
-) -> tuple[list[Artefact], dict]:
-    """Write the GGUF files into ``out``; returns their artefacts and what the manifest's
-    exporter section records (mmproj_skipped: why there is no mmproj)."""
-    precisions = [p for p in GGUF_PRECISIONS if p in precisions]
+def write_f16_llm(
+    model: MobileVLM, out: Path, scratch: Path, precisions: Sequence[str]
+) -> tuple[Path, dict, list[Artefact]]:
+    """The f16 LLM from the model's tensors, its tokenizer proved inside llama.cpp: in the
+    bundle when f16 is exported, else in ``scratch`` for llama.cpp's quantizer. Returns
+    its path, its details and its artefacts (none when it is scratch)."""
     state = {k: v.detach().float().numpy() for k, v in model.language_model.state_dict().items()}
-    artefacts: list[Artefact] = []
-    step("llm f16")
-    f16 = (out if "f16" in precisions else scratch) / LLM_FILE.format(precision="f16")
-    made = write_llm_gguf(model.config, state, model.tokenizer, f16)
-    check_tokenizer(f16, model.tokenizer)
+    path = (out if "f16" in precisions else scratch) / F16
+    made = write_llm_gguf(model.config, state, model.tokenizer, path)
+    check_tokenizer(path, model.tokenizer)
     made["tokenizer_round_trip"] = "checked in llama.cpp"
-    if "f16" in precisions:
-        artefacts.append(_artefact(out, "llm", "f16", f16.name, made))
-    for precision in precisions:
-        if precision == "f16":
-            continue
-        step(f"llm {precision}")
-        name = LLM_FILE.format(precision=precision)
-        details = quantize_llm(f16, out / name, precision)
-        details["repacked_bytes"] = repacked_bytes(out / name)  # the memory planner counts it
-        artefacts.append(_artefact(out, "llm", precision, name, {**made, **details}))
+    return path, made, [_artefact(out, "llm", "f16", F16, made)] if "f16" in precisions else []
 
-    extra: dict = {}
+
+def write_quantized_llm(f16: Path, out: Path, precision: str, made: dict) -> Artefact:
+    """The LLM at ``precision`` (q8_0, q4_k_m) by llama.cpp's quantizer from the f16 file."""
+    name = LLM_FILE.format(precision=precision)
+    details = quantize_llm(f16, out / name, precision)
+    details["repacked_bytes"] = repacked_bytes(out / name)  # the memory planner counts it
+    return _artefact(out, "llm", precision, name, {**made, **details})
+
+
+def write_mmproj_artefact(model: MobileVLM, out: Path) -> list[Artefact]:
+    """The mmproj, when :func:`mmproj_problems` finds none."""
+    details = write_mmproj(model, out / MMPROJ_FILE)
+    return [_artefact(out, "mmproj", "f16", MMPROJ_FILE, details)]
+
+
+def mmproj_skipped(model: MobileVLM) -> str | None:
+    """Why the bundle has no mmproj (llama.cpp's mtmd cannot run the model), or None."""
     problems = mmproj_problems(model.config)
-    if problems:
-        extra["mmproj_skipped"] = "; ".join(problems)
-        log.warning(
-            "no mmproj: llama.cpp's mtmd cannot run this model (%s); the bundle's ONNX vision "
-            "graph feeds llama.cpp instead (hybrid mode)",
-            extra["mmproj_skipped"],
-        )
-    else:
-        step("mmproj")
-        details = write_mmproj(model, out / MMPROJ_FILE)
-        artefacts.append(_artefact(out, "mmproj", "f16", MMPROJ_FILE, details))
-    return artefacts, extra
+    if not problems:
+        return None
+    reason = "; ".join(problems)
+    log.warning(
+        "no mmproj: llama.cpp's mtmd cannot run this model (%s); the bundle's ONNX vision "
+        "graph feeds llama.cpp instead (hybrid mode)",
+        reason,
+    )
+    return reason
 
 
 def _artefact(root: Path, component: str, precision: str, name: str, details: dict) -> Artefact:
     return Artefact(component, precision, "gguf", (BundleFile.describe(root, name),), details)
 
 
-def gguf_parity(model: MobileVLM, root: Path, artefacts: Sequence[Artefact]) -> dict:
-    """Each GGUF LLM in llama.cpp against the torch reference on text prompts, teacher-forced
-    along the reference's greedy continuation: ``{precision: {"top1_agreement": fraction}}``
-    (the fraction of positions where both pick the same next token)."""
+def reference_continuations(model: MobileVLM) -> list[tuple[list[int], list[int]]]:
+    """The torch reference's greedy continuation of each text prompt (with the prompt's
+    ids), computed while its weights are in memory, for :func:`gguf_parity`."""
     from mobilevlm.reference.backend import TorchBackend
-    from mobilevlm.runtime.llamacpp.model import LlamaDecoder, open_llama
 
     reference = TorchBackend(model)
     prompts = [
         prompt_ids(model.config, model.tokenizer, q, with_image=False) for q in PARITY_PROMPTS
     ]
-    expected = [_greedy(reference.prefill_prompt(ids, None), reference.decode) for ids in prompts]
+    return [
+        (ids, _greedy(reference.prefill_prompt(ids, None), reference.decode)) for ids in prompts
+    ]
+
+
+def gguf_parity(
+    continuations: Sequence[tuple[list[int], list[int]]],
+    root: Path,
+    artefacts: Sequence[Artefact],
+    hidden_size: int,
+) -> dict:
+    """Each GGUF LLM in llama.cpp against the torch reference's ``continuations`` of text
+    prompts, teacher-forced: ``{precision: {"top1_agreement": fraction}}`` (the fraction
+    of positions where both pick the same next token)."""
+    from mobilevlm.runtime.llamacpp.model import LlamaDecoder, open_llama
+
     report = {}
     for artefact in artefacts:
         if artefact.component != "llm":
             continue
-        context = max(len(ids) for ids in prompts) + PARITY_TOKENS + 1
+        context = max(len(ids) for ids, _ in continuations) + PARITY_TOKENS + 1
         llama = open_llama(root / artefact.path, context, batch=context)
-        decoder = LlamaDecoder(llama, model.config.llm.hidden_size)
+        decoder = LlamaDecoder(llama, hidden_size)
         agree = 0
         try:
-            for ids, want in zip(prompts, expected, strict=True):
+            for ids, want in continuations:
                 decoder.truncate(0)
                 decoder.tokens(ids)
                 got = [int(np.argmax(decoder.logits()))]
@@ -120,7 +128,7 @@ def gguf_parity(model: MobileVLM, root: Path, artefacts: Sequence[Artefact]) -> 
         finally:
             decoder.close()
             llama.close()
-        total = PARITY_TOKENS * len(prompts)
+        total = PARITY_TOKENS * len(continuations)
         report[artefact.precision] = {"top1_agreement": round(agree / total, 4)}
     return report
 

@@ -26,6 +26,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -80,25 +81,45 @@ def _check_supported(llm: LLMConfig) -> None:
         )
 
 
-def gguf_tensors(llm: LLMConfig, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """llama.cpp tensor names -> arrays (f16 matrices, f32 vectors) from a LlamaForCausalLM
-    state dict in float32."""
+@dataclass(frozen=True)
+class PendingTensor:
+    """A GGUF tensor to be made from a float32 source when it is written: converted one at
+    a time, a 1.4B LLM's f16 tensors never sit in memory together (2.7 GB at once)."""
+
+    source: np.ndarray
+    heads: int | None = None  # q/k rows to reorder into llama.cpp's rotary layout
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float32 if self.source.ndim == 1 else np.float16)
+
+    @property
+    def nbytes(self) -> int:
+        return self.source.size * self.dtype.itemsize
+
+    def make(self) -> np.ndarray:
+        array = self.source if self.heads is None else _rotary_order(self.source, self.heads)
+        return array.astype(self.dtype)
+
+
+def gguf_tensors(llm: LLMConfig, state: dict[str, np.ndarray]) -> dict[str, PendingTensor]:
+    """llama.cpp tensor names -> tensors (f16 matrices, f32 vectors) of a LlamaForCausalLM
+    state dict in float32, in the file's order."""
     head_dim = llm.head_dim or llm.hidden_size // llm.num_attention_heads
 
-    def get(name: str) -> np.ndarray:
+    def get(name: str, heads: bool = False) -> PendingTensor:
         try:
-            return state[name]
+            source = state[name]
         except KeyError:
             raise UnsupportedModelError(f"the LLM has no tensor {name!r}") from None
+        return PendingTensor(source, source.shape[0] // head_dim if heads else None)
 
     out = {"token_embd.weight": get("model.embed_tokens.weight")}
     for i in range(llm.num_hidden_layers):
         src, dst = f"model.layers.{i}.", f"blk.{i}."
         out[dst + "attn_norm.weight"] = get(src + "input_layernorm.weight")
-        q = get(src + "self_attn.q_proj.weight")
-        k = get(src + "self_attn.k_proj.weight")
-        out[dst + "attn_q.weight"] = _rotary_order(q, q.shape[0] // head_dim)
-        out[dst + "attn_k.weight"] = _rotary_order(k, k.shape[0] // head_dim)
+        out[dst + "attn_q.weight"] = get(src + "self_attn.q_proj.weight", heads=True)
+        out[dst + "attn_k.weight"] = get(src + "self_attn.k_proj.weight", heads=True)
         out[dst + "attn_v.weight"] = get(src + "self_attn.v_proj.weight")
         out[dst + "attn_output.weight"] = get(src + "self_attn.o_proj.weight")
         out[dst + "ffn_norm.weight"] = get(src + "post_attention_layernorm.weight")
@@ -108,10 +129,7 @@ def gguf_tensors(llm: LLMConfig, state: dict[str, np.ndarray]) -> dict[str, np.n
     out["output_norm.weight"] = get("model.norm.weight")
     if not llm.tie_word_embeddings:  # tied: llama.cpp reuses token_embd for the output
         out["output.weight"] = get("lm_head.weight")
-    return {
-        name: (a.astype(np.float32) if a.ndim == 1 else a.astype(np.float16))
-        for name, a in out.items()
-    }
+    return out
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -288,11 +306,13 @@ def write_llm_gguf(
             writer.add_pad_token_id(llm.pad_token_id)
         writer.add_chat_template(chat_template(config))
 
-        for tensor_name, array in tensors.items():
-            writer.add_tensor(tensor_name, array)
+        for tensor_name, tensor in tensors.items():
+            writer.add_tensor_info(tensor_name, tensor.source.shape, tensor.dtype, tensor.nbytes)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        writer.write_ti_data_to_file()
+        for tensor in tensors.values():
+            writer.write_tensor_data(tensor.make())
     except BaseException:
         writer.close()
         tmp.unlink(missing_ok=True)

@@ -1,14 +1,20 @@
-"""The ONNX half of a bundle: decoder graphs per precision and the embedding tables."""
+"""The ONNX half of a bundle: decoder graphs per precision and the embedding tables.
+
+What reads the torch model (the tables, the fp32 graph) is apart from what reads only
+the fp32 graph's file (the quantized decoders), so an export can let the model's weights
+go before it quantizes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from mobilevlm.config import LLMConfig
 from mobilevlm.export import quantize
+from mobilevlm.export.external_data import ExternalData, data_file_name
 from mobilevlm.export.onnx_decoder import build_decoder
 from mobilevlm.manifest import Artefact, BundleFile
 from mobilevlm.reference.model import MobileVLM
@@ -16,16 +22,10 @@ from mobilevlm.reference.model import MobileVLM
 ONNX_PRECISIONS = ("fp32", "int8", "int4")  # fp16: not faster on x86 CPUs (see docs)
 
 
-def _external_data_name(graph: str) -> str:
-    return f"{graph}.data"
-
-
 def onnx_artefact(
     root: Path, component: str, precision: str, graph: str, details: dict
 ) -> Artefact:
-    files = [graph] + (
-        [_external_data_name(graph)] if (root / _external_data_name(graph)).exists() else []
-    )
+    files = [graph] + ([data_file_name(graph)] if (root / data_file_name(graph)).exists() else [])
     return Artefact(
         component, precision, "onnx", tuple(BundleFile.describe(root, f) for f in files), details
     )
@@ -36,14 +36,14 @@ def save_decoder(model: MobileVLM, path: Path) -> None:
     lm = model.language_model
     weights = {k: v.detach().float().numpy() for k, v in lm.state_dict().items()}
     rotary = lm.model.rotary_emb
-    location = _external_data_name(path.name)
+    location = data_file_name(path.name)
     with open(path.parent / location, "wb") as external:
         graph = build_decoder(
             model.config.llm,
             weights,
             rotary.inv_freq.float().numpy(),
             float(rotary.attention_scaling),
-            external=(external, location),
+            external=ExternalData(external, location),
         )
     onnx.save_model(graph, str(path))
 
@@ -57,16 +57,13 @@ def embedding_tables(precisions: Sequence[str]) -> list[tuple[str, type]]:
     return tables
 
 
-def write_onnx_llm(
-    model: MobileVLM,
-    out: Path,
-    scratch: Path,
-    precisions: Sequence[str],
-    step: Callable[[str], None],
-) -> list[Artefact]:
-    """The embedding tables and the decoder graph at each ONNX precision."""
+DECODER = "decoder.onnx"
+DECODER_DETAILS = {"builder": "mobilevlm.export.onnx_decoder", "attention": "GroupQueryAttention"}
+
+
+def write_embeddings(model: MobileVLM, out: Path, precisions: Sequence[str]) -> list[Artefact]:
+    """The token embedding tables the ONNX precisions gather from."""
     artefacts = []
-    step("embeddings")
     table = model.language_model.get_input_embeddings().weight.detach().float().numpy()
     for precision, dtype in embedding_tables(precisions):
         name = f"embeddings_{precision}.npy"
@@ -74,22 +71,26 @@ def write_onnx_llm(
         artefacts.append(
             Artefact("embeddings", precision, "npy", (BundleFile.describe(out, name),))
         )
-
-    step("decoder")
-    fp32_dir = out if "fp32" in precisions else scratch
-    save_decoder(model, fp32_dir / "decoder.onnx")
-    details = {"builder": "mobilevlm.export.onnx_decoder", "attention": "GroupQueryAttention"}
-    if "fp32" in precisions:
-        artefacts.append(onnx_artefact(out, "decoder", "fp32", "decoder.onnx", details))
-    for precision in precisions:
-        if precision == "fp32":
-            continue
-        step(f"decoder {precision}")
-        name = f"decoder_{precision}.onnx"
-        fp32_graph = fp32_dir / "decoder.onnx"
-        if precision == "int8":
-            made = quantize.quantize_decoder_int8(fp32_graph, out / name)
-        else:
-            made = quantize.quantize_decoder_int4(fp32_graph, out / name, model.config.llm)
-        artefacts.append(onnx_artefact(out, "decoder", precision, name, {**details, **made}))
     return artefacts
+
+
+def write_float_decoder(model: MobileVLM, out: Path, scratch: Path, precisions: Sequence[str]):
+    """The fp32 decoder graph: in the bundle when fp32 is exported, else in ``scratch`` for
+    the quantizers. Returns its path and its artefacts (none when it is scratch)."""
+    path = (out if "fp32" in precisions else scratch) / DECODER
+    save_decoder(model, path)
+    if "fp32" not in precisions:
+        return path, []
+    return path, [onnx_artefact(out, "decoder", "fp32", DECODER, DECODER_DETAILS)]
+
+
+def write_quantized_decoder(
+    fp32_graph: Path, out: Path, precision: str, config: LLMConfig
+) -> Artefact:
+    """The decoder at ``precision`` (int8, int4), quantized from the fp32 graph's file."""
+    name = f"decoder_{precision}.onnx"
+    if precision == "int8":
+        made = quantize.quantize_decoder_int8(fp32_graph, out / name)
+    else:
+        made = quantize.quantize_decoder_int4(fp32_graph, out / name, config)
+    return onnx_artefact(out, "decoder", precision, name, {**DECODER_DETAILS, **made})

@@ -26,13 +26,12 @@ once, in :mod:`mobilevlm.runtime.ort.graph_io`, which the runtime reads too.
 
 from __future__ import annotations
 
-from typing import BinaryIO
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from mobilevlm.config import LLMConfig
+from mobilevlm.export.external_data import ExternalData
 from mobilevlm.runtime.ort.graph_io import (
     INPUT_EMBEDS,
     LOGITS,
@@ -45,8 +44,6 @@ from mobilevlm.runtime.ort.graph_io import (
 OPSET = 17
 MS_DOMAIN = "com.microsoft"
 LM_HEAD = "lm_head"  # the lm_head MatMul's node name (the int4 recipes keep it 8-bit)
-EXTERNAL_MIN_BYTES = 1024
-EXTERNAL_ALIGNMENT = 4096  # page-aligned offsets, so ONNX Runtime can memory-map them
 
 
 def rotary_caches(
@@ -67,32 +64,21 @@ def rotary_caches(
 class _Graph:
     """Collects nodes and initializers; names every value after the node that makes it.
 
-    With ``external`` (an open binary file and its name beside the graph), every weight
-    of at least ``EXTERNAL_MIN_BYTES`` goes straight to that file as it is made and the
-    graph only references it, so a 1.4B-parameter decoder is emitted holding one weight
-    at a time rather than a second copy of the model (which ran a 23 GiB machine out of
-    memory)."""
+    With ``external``, every weight that is not small goes straight to its file as it is
+    made and the graph only references it, so a 1.4B-parameter decoder is emitted holding
+    one weight at a time rather than a second copy of the model (which ran a 23 GiB
+    machine out of memory)."""
 
-    def __init__(self, external: tuple[BinaryIO, str] | None = None) -> None:
+    def __init__(self, external: ExternalData | None = None) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.external = external
 
     def weight(self, name: str, array: np.ndarray) -> str:
-        array = np.ascontiguousarray(array)
-        if self.external is None or array.nbytes < EXTERNAL_MIN_BYTES:
-            self.initializers.append(numpy_helper.from_array(array, name))
-            return name
-        file, location = self.external
-        offset = -file.tell() % EXTERNAL_ALIGNMENT + file.tell()
-        file.seek(offset)
-        array.tofile(file)
-        tensor = TensorProto(name=name, dims=array.shape, data_location=TensorProto.EXTERNAL)
-        tensor.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
-        for key, value in (("location", location), ("offset", offset), ("length", array.nbytes)):
-            entry = tensor.external_data.add()
-            entry.key, entry.value = key, str(value)
-        self.initializers.append(tensor)
+        if self.external is None:
+            self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        else:
+            self.initializers.append(self.external.array(name, array))
         return name
 
     def op(
@@ -122,10 +108,10 @@ def build_decoder(
     weights: dict[str, np.ndarray],
     inv_freq: np.ndarray,
     attention_scaling: float = 1.0,
-    external: tuple[BinaryIO, str] | None = None,
+    external: ExternalData | None = None,
 ) -> onnx.ModelProto:
     """The decoder graph of a ``LlamaForCausalLM`` state dict (float32 numpy, HF key names);
-    ``external``: (open file, its name) that receives the weights as they are made."""
+    ``external``: where the weights are written as they are made."""
     if config.hidden_act != "silu":
         raise ValueError(f"hidden_act {config.hidden_act!r} is not supported (LLaMA uses silu)")
     heads, kv_heads, head_dim = (

@@ -21,8 +21,6 @@ from mobilevlm.generation.decode_loop import prompt_ids
 from mobilevlm.generation.preprocess import ImageInput
 from mobilevlm.generation.splice import splice
 from mobilevlm.manifest import BundleManifest
-from mobilevlm.reference.backend import TorchBackend
-from mobilevlm.reference.model import MobileVLM
 
 TEACHER_TOKENS = 24
 GREEDY_TOKENS = 32
@@ -70,30 +68,53 @@ class Comparison:
         return {k: round(v, 6) if isinstance(v, float) else v for k, v in vars(self).items()}
 
 
-def compare(
+@dataclass
+class ReferenceAnswer:
+    """The torch reference's side of one parity prompt, computed while its weights are in
+    memory, so that the exported graphs can be compared after they are gone."""
+
+    image: ImageInput
+    ids: list[int]
+    image_embeds: np.ndarray
+    tokens: list[int]  # the reference's greedy tokens; their head is the teacher-forced set
+    logits: np.ndarray  # teacher-forced along ``tokens``: (teacher_tokens + 1, vocab)
+
+
+def reference_answers(
     reference: LanguageBackend,
-    candidate: LanguageBackend,
     prompts: Sequence[tuple[ImageInput, str]],
     teacher_tokens: int = TEACHER_TOKENS,
     greedy: int = GREEDY_TOKENS,
-) -> Comparison:
-    """Compare ``candidate`` with ``reference`` on each (image, question) prompt."""
-    rel_errors, cosines, agree, identical = [], [], [], []
+) -> list[ReferenceAnswer]:
+    """The reference's answer to each (image, question) prompt."""
+    answers = []
     for image, question in prompts:
         ids = prompt_ids(reference.config, reference.tokenizer, question)
-        ref_image = reference.encode_image(image)
-        got_image = candidate.encode_image(image)
-        rel_errors.append(relative_error(got_image, ref_image))
-        ref_embeds = splice(ids, ref_image, reference.embed_tokens)
-        got_embeds = splice(ids, got_image, candidate.embed_tokens)
-        teacher = greedy_tokens(reference, ref_embeds, max(teacher_tokens, greedy))
-        ref_logits = teacher_forced_logits(reference, ref_embeds, teacher[:teacher_tokens])
-        got_logits = teacher_forced_logits(candidate, got_embeds, teacher[:teacher_tokens])
-        cosines.append(cosine(got_logits, ref_logits).min())
-        agree.append(np.mean(got_logits.argmax(-1) == ref_logits.argmax(-1)))
+        image_embeds = reference.encode_image(image)
+        embeds = splice(ids, image_embeds, reference.embed_tokens)
+        tokens = greedy_tokens(reference, embeds, max(teacher_tokens, greedy))
+        logits = teacher_forced_logits(reference, embeds, tokens[:teacher_tokens])
+        answers.append(ReferenceAnswer(image, ids, image_embeds, tokens, logits))
+    return answers
+
+
+def compare(
+    answers: Sequence[ReferenceAnswer], candidate: LanguageBackend, greedy: int = GREEDY_TOKENS
+) -> Comparison:
+    """``candidate`` against the reference's ``answers``: the first ``greedy`` tokens."""
+    rel_errors, cosines, agree, identical = [], [], [], []
+    for answer in answers:
+        got_image = candidate.encode_image(answer.image)
+        rel_errors.append(relative_error(got_image, answer.image_embeds))
+        got_embeds = splice(answer.ids, got_image, candidate.embed_tokens)
+        teacher = answer.tokens[: len(answer.logits) - 1]
+        got_logits = teacher_forced_logits(candidate, got_embeds, teacher)
+        cosines.append(cosine(got_logits, answer.logits).min())
+        agree.append(np.mean(got_logits.argmax(-1) == answer.logits.argmax(-1)))
         got = greedy_tokens(candidate, got_embeds, greedy)
         same = next(
-            (i for i, (a, b) in enumerate(zip(got, teacher, strict=False)) if a != b), greedy
+            (i for i, (a, b) in enumerate(zip(got, answer.tokens, strict=False)) if a != b),
+            greedy,
         )
         identical.append(same)
     return Comparison(
@@ -110,14 +131,18 @@ def parity_prompts(count: int = 2) -> list[tuple[ImageInput, str]]:
     return [(s.image(), s.question.question) for s in samples]
 
 
-def bundle_parity(model: MobileVLM, bundle: str | Path, threads: int | None = None) -> dict:
-    """Every exported precision of ``bundle`` against ``model``: a dict for bundle.json."""
+def bundle_parity(
+    answers: Sequence[ReferenceAnswer], bundle: str | Path, threads: int | None = None
+) -> dict:
+    """Every exported precision of ``bundle`` against the reference's ``answers``: a dict
+    for bundle.json."""
     from mobilevlm.runtime.ort.model import OnnxVLM
 
-    reference = TorchBackend(model)
-    prompts = parity_prompts()
     report = {}
     for precision in BundleManifest.read(bundle).precisions:
         candidate = OnnxVLM.load(bundle, precision=precision, threads=threads, verify="size")
-        report[precision] = compare(reference, candidate, prompts).to_dict()
+        try:
+            report[precision] = compare(answers, candidate).to_dict()
+        finally:
+            candidate.close()  # one precision's sessions in memory at a time
     return report

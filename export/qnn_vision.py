@@ -2,7 +2,8 @@
 
 The steps are ONNX Runtime's own for QNN: a static-shape fp32 graph without
 contrib-op fusions (:func:`~mobilevlm.export.onnx_vision.export_vision` with
-``for_npu``), ``qnn_preprocess_model``, QDQ quantization with
+``for_npu``, exported by the caller while the model's weights are in memory),
+``qnn_preprocess_model``, QDQ quantization with
 ``get_qnn_qdq_config`` calibrated on real images, then one session on the QNN
 provider with CPU fallback disabled and ``ep.context_enable`` set, which writes
 the compiled context binary for the named SoC. Activations are 8 or 16 bits,
@@ -22,11 +23,9 @@ import numpy as np
 
 from mobilevlm.errors import MissingDependencyError, ProviderError
 from mobilevlm.export.onnx_bundle import onnx_artefact
-from mobilevlm.export.onnx_vision import export_vision
 from mobilevlm.export.parity import cosine
-from mobilevlm.export.quantize import Calibration, quiet_root_logger
+from mobilevlm.export.quantize import STRIDED, Calibration, quiet_root_logger
 from mobilevlm.manifest import Artefact, BundleFile
-from mobilevlm.reference.model import MobileVLM
 from mobilevlm.runtime.ort import qnn
 from mobilevlm.runtime.ort.graph_io import PIXEL_VALUES
 from mobilevlm.runtime.ort.providers import QNN, create_session, resolve_providers
@@ -61,6 +60,7 @@ def _quantize(prepared: Path, target: Path, images: Sequence[np.ndarray], activa
         # accuracy (image-token cosine 0.77 against 0.99 per channel, w8a16)
         per_channel=True,
     )
+    config.extra_options.update(STRIDED)
     quantize(str(prepared), str(target), config)
 
 
@@ -79,7 +79,7 @@ def _compile_context(graph: Path, context: Path, soc: qnn.Soc) -> None:
 
 @quiet_root_logger()
 def write_qnn_vision(
-    model: MobileVLM,
+    static: Path,
     out: Path,
     scratch: Path,
     calibration: Sequence[np.ndarray],
@@ -87,7 +87,8 @@ def write_qnn_vision(
     soc_name: str,
     step: Callable[[str], None],
 ) -> list[Artefact]:
-    """The QDQ vision graph for QNN's HTP and its EPContext model for ``soc_name``, with the
+    """The QDQ vision graph for QNN's HTP and its EPContext model for ``soc_name``, from
+    ``static`` (:func:`~mobilevlm.export.onnx_vision.export_vision` ``for_npu``), with the
     parity measured on ``heldout`` (preprocessed images) recorded in their details."""
     from onnxruntime.quantization.execution_providers.qnn import qnn_preprocess_model
 
@@ -98,8 +99,7 @@ def write_qnn_vision(
             f"installed here: {qnn.INSTALL_NPU_EXTRA}"
         )
     step("vision qnn")
-    static, prepared = scratch / "vision_static.onnx", scratch / "vision_prepared.onnx"
-    export_vision(model, static, for_npu=True)
+    prepared = scratch / "vision_prepared.onnx"
     if not qnn_preprocess_model(str(static), str(prepared)):
         shutil.copyfile(static, prepared)  # nothing to change: the graph is already in form
 

@@ -1,4 +1,4 @@
-"""Giving freed memory back to the operating system.
+"""The process's heap: giving freed memory back to the operating system, reading its size.
 
 glibc keeps what a process frees in its heap for later allocations, so a released
 vision session or KV cache would stay in the resident set (57 of the default model's
@@ -28,3 +28,29 @@ def give_back() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes: VmHWM, whose high-water mark belongs to
+    the current program (``ru_maxrss`` keeps the forking parent's across exec, so a child
+    of a large process would report the parent's peak); ``ru_maxrss`` where there is no
+    /proc."""
+    try:
+        return _status_bytes("VmHWM:")
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def current_rss() -> int:
+    """This process's resident memory now, in bytes (Linux's /proc)."""
+    return _status_bytes("VmRSS:")
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"no {field} in /proc/self/status")

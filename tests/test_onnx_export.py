@@ -11,7 +11,7 @@ import pytest
 from mobilevlm.errors import BundleError
 from mobilevlm.export import onnx_bundle
 from mobilevlm.export.bundle_export import export_bundle
-from mobilevlm.export.parity import compare, parity_prompts
+from mobilevlm.export.parity import compare, parity_prompts, reference_answers
 from mobilevlm.files import sha256_file
 from mobilevlm.generation.sampling import GenerationConfig
 from mobilevlm.manifest import MANIFEST_FILE, BundleManifest
@@ -40,9 +40,8 @@ def bundles(tiny_models, tmp_path_factory):
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_fp32_bundle_matches_torch(bundles, geometry):
     model, _, path = bundles[geometry]
-    result = compare(
-        TorchBackend(model), OnnxVLM.load(path, precision="fp32"), parity_prompts(2), greedy=32
-    )
+    answers = reference_answers(TorchBackend(model), parity_prompts(2))
+    result = compare(answers, OnnxVLM.load(path, precision="fp32"), greedy=32)
     assert result.image_embeds_rel_error < 1e-4
     assert result.logits_cosine_min >= 0.9999
     assert result.greedy_tokens_identical == 32
@@ -53,9 +52,8 @@ def test_efficientnet_tower_exports_with_parity(tmp_path, torch_threads):
 
     model = build_tiny_efficientnet_model()
     export_bundle(model.eval(), tmp_path / "b", ["fp32"], check_parity=False)
-    result = compare(
-        TorchBackend(model), OnnxVLM.load(tmp_path / "b", precision="fp32"), parity_prompts(1)
-    )
+    answers = reference_answers(TorchBackend(model), parity_prompts(1))
+    result = compare(answers, OnnxVLM.load(tmp_path / "b", precision="fp32"))
     assert result.image_embeds_rel_error < 1e-4 and result.logits_cosine_min >= 0.9999
 
 

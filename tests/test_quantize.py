@@ -11,6 +11,7 @@ from mobilevlm.default_model import SMOLLM2_135M
 from mobilevlm.export import quantize
 from mobilevlm.export.onnx_bundle import save_decoder
 from mobilevlm.export.onnx_vision import export_vision
+from mobilevlm.runtime.ort.graph_io import PIXEL_VALUES
 
 
 def test_the_built_in_llm_keeps_8_bit_attention_and_a_1_4b_llm_gets_the_q4_k_m_like_mix():
@@ -77,3 +78,77 @@ def test_a_vit_tower_gets_a_dynamic_int8_graph_close_to_fp32(tiny_models, tmp_pa
 
     fp32, int8 = run("vision.onnx"), run("int8.onnx")
     assert np.dot(fp32, int8) / np.linalg.norm(fp32) / np.linalg.norm(int8) > 0.99
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_weights_quantized_one_at_a_time_equal_onnxruntime_s_whole_model_quantizer(
+    tiny_models, tmp_path
+):
+    """The int4 mix written weight by weight from the float graph's data file holds the
+    same nodes and the same bytes as MatMulNBitsQuantizer run over the loaded model."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    model = tiny_models(projector="ldpnetv2")
+    source = tmp_path / "decoder.onnx"
+    save_decoder(model, source)
+    quantize.quantize_decoder_int4(source, tmp_path / "int4.onnx", model.config.llm)
+
+    whole = onnx.load(str(source))
+    recipe, layers = quantize.int4_recipe(model.config.llm), model.config.llm.num_hidden_layers
+    eight = [n.name for n in whole.graph.node if recipe.eight_bit(n.name, layers)]
+    for bits, select in ((4, {"nodes_to_exclude": eight}), (8, {})):
+        config = DefaultWeightOnlyQuantConfig(
+            block_size=recipe.block_size, is_symmetric=True, accuracy_level=4, bits=bits
+        )
+        library = MatMulNBitsQuantizer(whole, algo_config=config, **select)
+        library.process()
+        whole = library.model.model
+
+    streamed = onnx.load(str(tmp_path / "int4.onnx"))
+    assert [(n.op_type, n.name, list(n.input)) for n in streamed.graph.node] == [
+        (n.op_type, n.name, list(n.input)) for n in whole.graph.node
+    ]
+    expected, got = _initializers(whole), _initializers(streamed)
+    assert got.keys() == expected.keys()
+    for name, array in expected.items():
+        np.testing.assert_array_equal(got[name], array, err_msg=name)
+    # every large tensor lives in the data file, page-aligned for memory mapping
+    offsets = [
+        int(next(e.value for e in t.external_data if e.key == "offset"))
+        for t in onnx.load(str(tmp_path / "int4.onnx"), load_external_data=False).graph.initializer
+        if t.external_data
+    ]
+    assert offsets and all(offset % 4096 == 0 for offset in offsets)
+
+
+def test_calibration_a_stride_at_a_time_gives_the_whole_set_s_min_max_ranges(
+    tiny_models, tmp_path
+):
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    model = tiny_models(projector="ldpnetv2")
+    export_vision(model, tmp_path / "vision.onnx", for_npu=True)
+    size = model.config.preprocess.image_size
+    rng = np.random.default_rng(0)
+    images = [rng.standard_normal((3, size, size)).astype(np.float32) for _ in range(6)]
+    scales = []
+    for name, extra in (("whole", {}), ("strided", quantize.STRIDED)):
+        quantize_static(
+            tmp_path / "vision.onnx",
+            tmp_path / f"{name}.onnx",
+            quantize.Calibration(PIXEL_VALUES, images),
+            quant_format=QuantFormat.QDQ,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options=extra,
+        )
+        initializers = _initializers(onnx.load(str(tmp_path / f"{name}.onnx")))
+        scales.append({k: v for k, v in initializers.items() if k.endswith("_scale")})
+    assert scales[0] and scales[0].keys() == scales[1].keys()
+    for name, value in scales[0].items():
+        np.testing.assert_array_equal(scales[1][name], value, err_msg=name)

@@ -12,33 +12,9 @@ from typing import Any
 
 from mobilevlm.errors import MobileVLMError
 from mobilevlm.manifest import BundleManifest
+from mobilevlm.runtime.heap import current_rss, peak_rss
 from mobilevlm.runtime.memory import MIB, candidates, estimate, parse_size
 from mobilevlm.runtime.options import LLAMA_CPP, LoadOptions
-
-
-def peak_rss() -> int:
-    """This process's peak resident memory in bytes: VmHWM, whose high-water mark belongs to
-    the current program (``ru_maxrss`` keeps the forking parent's across exec, so a child
-    of a large process would report the parent's peak); ``ru_maxrss`` where there is no
-    /proc."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-
-def _rss() -> int:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("no VmRSS in /proc/self/status")
 
 
 def _mapped_rss(suffix: str) -> int:
@@ -87,16 +63,16 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     if LoadOptions(precision=spec.get("precision")).implied_backend == LLAMA_CPP:
         import llama_cpp  # noqa: F401
     if spec["kind"] == "tokenizer":
-        before = _rss()
+        before = current_rss()
         tokenizer = Tokenizer.from_file(f"{bundle}/{manifest.tokenizer}")
-        return {"tokenizer": _rss() - before, "entries": tokenizer.vocab_size}
+        return {"tokenizer": current_rss() - before, "entries": tokenizer.vocab_size}
     if spec["kind"] == "vision":
         from mobilevlm.generation.preprocess import preprocess
         from mobilevlm.runtime.ort.providers import resolve_providers
         from mobilevlm.runtime.ort.vision import OnnxVisionEncoder
 
         pixels = preprocess(_test_image(), manifest.model.preprocess)
-        base, resident = peak_rss(), _rss()
+        base, resident = peak_rss(), current_rss()
         context = spec.get("context_path")  # an NPU's precompiled model, loaded first
         encoder = OnnxVisionEncoder(
             f"{bundle}/{spec['path']}",
@@ -107,7 +83,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         peak = peak_rss() - base
         del encoder
         gc.collect()
-        return {"vision": peak, "kept": _rss() - resident}
+        return {"vision": peak, "kept": current_rss() - resident}
     if spec["kind"] == "question":
         base = peak_rss()
         vlm = Pipeline.load(bundle, precision=spec["precision"], context=spec["context"])

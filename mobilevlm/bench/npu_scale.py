@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from mobilevlm import shapes_vqa
+    from mobilevlm.export.onnx_vision import export_vision
     from mobilevlm.export.qnn_vision import write_qnn_vision
     from mobilevlm.generation.preprocess import preprocess
     from mobilevlm.reference.model import MobileVLM
@@ -70,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{steps[name]:7.1f} s] {name}", flush=True)
 
     with tempfile.TemporaryDirectory() as scratch, torch.inference_mode():
+        static = export_vision(model, Path(scratch) / "vision_static.onnx", for_npu=True)
         artefacts = write_qnn_vision(
-            model, out, Path(scratch), calibration, heldout, args.soc, step
+            static, out, Path(scratch), calibration, heldout, args.soc, step
         )
     step("done")
     graph = graph_placement(

@@ -45,6 +45,7 @@ def prepare(work: Path) -> Path:
         return bundle
     from mobilevlm import shapes_vqa
     from mobilevlm.export.bundle_export import export_bundle
+    from mobilevlm.export.profile import StageProfile
     from mobilevlm.reference.model import MobileVLM
     from mobilevlm.reference.random_weights import random_init_, tiny_tokenizer
 
@@ -52,6 +53,7 @@ def prepare(work: Path) -> Path:
     calibration.mkdir(parents=True, exist_ok=True)
     for i in range(CALIBRATION_IMAGES):
         shapes_vqa.sample("train", i).image().save(calibration / f"{i}.png")
+    profile = StageProfile("assembly")
     config = v2_1_7b_config()
     print("building the random MobileVLM_V2-1.7B-shaped model ...", flush=True)
     model = MobileVLM(config, tiny_tokenizer(config.llm.vocab_size))
@@ -66,6 +68,8 @@ def prepare(work: Path) -> Path:
         random_weights=True,
         check_parity=False,
         progress=True,
+        profile=profile,
+        consume=True,
     )
     return bundle
 

@@ -22,11 +22,11 @@ import sys
 import time
 from typing import Any
 
-from mobilevlm.bench.memory import peak_rss
 from mobilevlm.bench.variants import LLAMA_CPP_PYTHON, TORCH, TRANSFORMERS, parse_variant
 from mobilevlm.generation.result import GenerationStats
 from mobilevlm.generation.sampling import GenerationConfig
 from mobilevlm.manifest import DEFAULT_MODEL_SOURCE
+from mobilevlm.runtime.heap import peak_rss
 from mobilevlm.runtime.options import LLAMA_CPP
 
 WARMUP = GenerationConfig(max_new_tokens=4, ignore_eos=True)

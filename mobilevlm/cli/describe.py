@@ -57,7 +57,20 @@ def describe_bundle(root: str | Path, manifest: BundleManifest) -> str:
     if "mmproj_skipped" in manifest.exporter:
         lines.append(f"  no mmproj    {manifest.exporter['mmproj_skipped']}")
         lines.append("               llama.cpp runs this bundle in hybrid mode (ONNX vision)")
+    if "profile" in manifest.exporter:
+        lines.append(_export_cost(manifest.exporter["profile"]))
     return "\n".join(lines)
+
+
+def _export_cost(profile: dict) -> str:
+    """The export's time and peak resident memory, and the stage that set the peak."""
+    stages = profile.get("stages") or [{"name": "?", "peak_mib": 0}]
+    heaviest = max(stages, key=lambda s: s["peak_mib"])
+    return (
+        f"  exported in {profile['seconds']:.0f} s, peak memory "
+        f"{profile['peak_rss_mib'] / 1024:.2f} GiB (heaviest stage: {heaviest['name']}, "
+        f"{heaviest['peak_mib'] / 1024:.2f} GiB)"
+    )
 
 
 def _npu_note(details: dict) -> str:

@@ -90,6 +90,7 @@ def main(args: argparse.Namespace) -> int:
             check_request,
             export_bundle,
         )
+        from mobilevlm.export.profile import StageProfile
         from mobilevlm.reference import has_random_weights
     except ImportError as exc:
         raise MissingDependencyError(
@@ -99,6 +100,7 @@ def main(args: argparse.Namespace) -> int:
     check_request(args.output, precisions, formats, args.npu, args.soc)  # before the model loads
     if args.npu:
         check_npu_calibration(args.calibration_images, source)
+    profile = StageProfile("assembly")
     model = load_reference_model(args.checkpoint, args.vision_tower, args.threads)
     manifest = export_bundle(
         model,
@@ -111,6 +113,8 @@ def main(args: argparse.Namespace) -> int:
         random_weights=args.checkpoint is not None and has_random_weights(args.checkpoint),
         npu=args.npu,
         soc=args.soc,
+        profile=profile,
+        consume=True,
     )
     if args.json:
         print(json.dumps(manifest.to_dict()))

@@ -24,6 +24,7 @@ def export_default_bundle(
     try:
         from mobilevlm.default_model.assemble import load_default_model
         from mobilevlm.export.bundle_export import export_bundle
+        from mobilevlm.export.profile import StageProfile
     except ImportError as exc:
         raise MissingDependencyError(
             f"building the built-in model's bundle needs the [export] extra ({exc.name} is "
@@ -34,6 +35,7 @@ def export_default_bundle(
         for name, members in (("onnx", PRECISIONS), ("gguf", GGUF_PRECISIONS))
         if set(precisions) & set(members)
     ]
+    profile = StageProfile("assembly")
     export_bundle(
         load_default_model(),
         target,
@@ -42,5 +44,7 @@ def export_default_bundle(
         source=DEFAULT_MODEL_SOURCE,
         progress=progress,
         npu=npu,
+        profile=profile,
+        consume=True,
     )
     return target
