@@ -178,9 +178,7 @@ def mmproj_tensors(model: MobileVLM, ftype: str = "f16") -> dict[str, np.ndarray
             f"mmproj precisions are {', '.join(MMPROJ_FTYPES)}, not {ftype!r}"
         )
     state = {  # the vision side's: an export may have released the LLM's weights already
-        k: v.detach().float().cpu().numpy()
-        for k, v in model.state_dict().items()
-        if not v.is_meta
+        k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items() if not v.is_meta
     }
     try:
         tensors = {

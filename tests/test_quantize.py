@@ -127,9 +127,7 @@ def test_weights_quantized_one_at_a_time_equal_onnxruntime_s_whole_model_quantiz
     assert offsets and all(offset % 4096 == 0 for offset in offsets)
 
 
-def test_calibration_a_stride_at_a_time_gives_the_whole_set_s_min_max_ranges(
-    tiny_models, tmp_path
-):
+def test_calibration_a_stride_at_a_time_gives_the_whole_set_s_min_max_ranges(tiny_models, tmp_path):
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
     model = tiny_models(projector="ldpnetv2")
