@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -194,6 +195,11 @@ def test_export_writes_onnx_and_gguf_side_by_side(gguf_exported, capsys):
     for line in ("decoder    fp32", "llm        f16", "mmproj     f16", "vision     fp32"):
         assert line in out
     assert "top-1 agreement" in out
+    assert re.search(r"exported in \d+ s, peak memory \d+\.\d\d GiB", out), out
+    profile = json.loads((bundle / "bundle.json").read_text())["exporter"]["profile"]
+    stages = {s["name"]: s for s in profile["stages"]}
+    assert {"assembly", "decoder", "llm f16", "vision", "parity"} <= stages.keys()
+    assert 0 < max(s["peak_mib"] for s in stages.values()) <= profile["peak_rss_mib"]
 
 
 def test_run_on_llama_cpp_answers_like_onnx_runtime_in_hybrid_mode(gguf_exported, capsys):

@@ -159,3 +159,23 @@ def test_calibration_directory_without_images_is_a_clear_error(tiny_models, tmp_
             calibration_dir=tmp_path / "calib",
         )
     assert not (tmp_path / "b").exists()
+
+
+def test_an_export_that_consumes_the_model_writes_the_same_bundle_and_frees_its_weights(
+    tmp_path, torch_threads
+):
+    """``consume``: the stages reordered so the weights go as soon as no stage reads them;
+    every file byte for byte what an export that keeps the model writes, the same parity."""
+    from tiny_models import build_tiny_model
+
+    kept, consumed = build_tiny_model(), build_tiny_model()
+    precisions, formats = ["fp32", "int4", "f16", "q8_0"], ["onnx", "gguf"]
+    a = export_bundle(kept, tmp_path / "a", precisions, formats=formats)
+    b = export_bundle(consumed, tmp_path / "b", precisions, formats=formats, consume=True)
+    assert all(p.device.type == "meta" for p in consumed.parameters())
+    assert all(p.device.type == "cpu" for p in kept.parameters())
+    files = [[(f.path, f.sha256) for x in m.artefacts for f in x.files] for m in (a, b)]
+    assert files[0] == files[1] and len(files[0]) > 6
+    assert a.exporter["parity"] == b.exporter["parity"]
+    stages = [s["name"] for s in b.exporter["profile"]["stages"]]
+    assert stages[:3] == ["inputs", "parity reference", "embeddings"] and stages[-1] == "parity"
