@@ -69,7 +69,7 @@ bench-eval: $(BUNDLE)/bundle.json
 		--report docs/bench
 
 # a random model at MobileVLM_V2-1.7B's geometry exported int4 / q4_k_m, against llama.cpp's
-# mtmd and llama-cpp-python on the same files (export ~10 min once, ~15 GB at its peak)
+# mtmd and llama-cpp-python on the same files (export ~3 min once, 7.2 GiB at its peak)
 bench-scale: $(STAMP)
 	$(PY) -m mobilevlm.bench.scale --report docs/bench-scale
 

@@ -170,7 +170,7 @@ def export_bundle(
 
     steps = ["parity reference"] if check_parity else []
     if onnx_precisions:
-        steps += ["embeddings", "decoder"]
+        steps += ["decoder", "embeddings"]
     if gguf_precisions:
         steps.append("llm f16")
     steps.append("vision")
@@ -220,11 +220,11 @@ def export_bundle(
                 continuations = gguf_bundle.reference_continuations(model)
 
         if onnx_precisions:
-            step("embeddings")
-            artefacts += write_embeddings(model, out, onnx_precisions)
             step("decoder")
             fp32_decoder, made = write_float_decoder(model, out, scratch, onnx_precisions)
             artefacts += made
+            step("embeddings")
+            artefacts += write_embeddings(model, out, onnx_precisions)
         if gguf_precisions:
             step("llm f16")
             f16, f16_details, made = gguf_bundle.write_f16_llm(model, out, scratch, gguf_precisions)

@@ -59,10 +59,7 @@ class ExternalData:
     def _write(self, data: np.ndarray | bytes) -> int:
         offset = -self.file.tell() % ALIGNMENT + self.file.tell()
         self.file.seek(offset)
-        if isinstance(data, np.ndarray):
-            data.tofile(self.file)
-        else:
-            self.file.write(data)
+        self.file.write(data)  # not ndarray.tofile: a full disk is then "File too large"
         return offset
 
     def _refer(self, tensor: TensorProto, offset: int, length: int | None = None) -> None:
