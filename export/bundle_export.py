@@ -201,7 +201,6 @@ def export_bundle(
         profile.stage(name)
 
     artefacts: list[Artefact] = []
-    exporter: dict = {}
     answers = continuations = None
     with (
         atomic_directory(target) as out,
@@ -239,7 +238,7 @@ def export_bundle(
         )
         if gguf_precisions and mmproj_skipped is None:
             step("mmproj")
-            artefacts += gguf_bundle.write_mmproj_artefact(model, out)
+            artefacts.append(gguf_bundle.write_mmproj_artefact(model, out))
         if npu is not None:
             step("vision qnn graph")
             static_vision = export_vision(model, scratch / "vision_static.onnx", for_npu=True)

@@ -47,7 +47,7 @@ class ExternalData:
             return
         offset = self._write(tensor.raw_data)
         tensor.ClearField("raw_data")
-        self._refer(tensor, offset, self.file.tell() - offset)
+        self._refer(tensor, offset)
 
     def moved(self, tensor: TensorProto, base_dir: Path) -> TensorProto:
         """A copy of ``tensor`` (external data in ``base_dir`` or inline) whose bytes are in
@@ -62,8 +62,9 @@ class ExternalData:
         self.file.write(data)  # not ndarray.tofile: a full disk is then "File too large"
         return offset
 
-    def _refer(self, tensor: TensorProto, offset: int, length: int | None = None) -> None:
-        length = self.file.tell() - offset if length is None else length
+    def _refer(self, tensor: TensorProto, offset: int) -> None:
+        """``tensor`` made a reference to the bytes from ``offset`` to the file's end."""
+        length = self.file.tell() - offset
         tensor.data_location = TensorProto.EXTERNAL
         del tensor.external_data[:]
         for key, value in (("location", self.location), ("offset", offset), ("length", length)):

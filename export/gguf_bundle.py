@@ -61,10 +61,10 @@ def write_quantized_llm(f16: Path, out: Path, precision: str, made: dict) -> Art
     return _artefact(out, "llm", precision, name, {**made, **details})
 
 
-def write_mmproj_artefact(model: MobileVLM, out: Path) -> list[Artefact]:
+def write_mmproj_artefact(model: MobileVLM, out: Path) -> Artefact:
     """The mmproj, when :func:`mmproj_problems` finds none."""
     details = write_mmproj(model, out / MMPROJ_FILE)
-    return [_artefact(out, "mmproj", "f16", MMPROJ_FILE, details)]
+    return _artefact(out, "mmproj", "f16", MMPROJ_FILE, details)
 
 
 def mmproj_skipped(model: MobileVLM) -> str | None:
