@@ -20,6 +20,14 @@ MIB = 2**20
 SAMPLE_SECONDS = 0.005
 
 
+def _rss() -> int:
+    """The resident set now; without /proc (macOS), the peak so far stands in for it."""
+    try:
+        return current_rss()
+    except OSError:
+        return peak_rss()
+
+
 @dataclass
 class Stage:
     name: str
@@ -46,7 +54,7 @@ class StageProfile:
 
     def _sample(self) -> None:
         while not self._stop.wait(SAMPLE_SECONDS):
-            rss = current_rss()
+            rss = _rss()
             with self._lock:
                 self._sampled = max(self._sampled, rss)
 
@@ -55,7 +63,7 @@ class StageProfile:
             return
         now, mark = time.perf_counter(), peak_rss()
         with self._lock:
-            peak = max(self._sampled, current_rss())
+            peak = max(self._sampled, _rss())
             self._sampled = 0
         if mark > self._mark:  # the process's high-water mark was set during this stage
             peak = mark
@@ -63,13 +71,12 @@ class StageProfile:
         stage = self.stages[-1]
         stage.seconds = round(now - self._stage_started, 2)
         stage.peak_mib = round(peak / MIB, 1)
-        stage.end_mib = round(current_rss() / MIB, 1)
-        self._stage_started = now
+        stage.end_mib = round(_rss() / MIB, 1)
 
     def stage(self, name: str) -> None:
         self._end_stage()
         with self._lock:
-            self._sampled = current_rss()
+            self._sampled = _rss()
         self._stage_started = time.perf_counter()
         self.stages.append(Stage(name))
 

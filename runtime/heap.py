@@ -39,8 +39,10 @@ def peak_rss() -> int:
         return _status_bytes("VmHWM:")
     except OSError:
         import resource
+        import sys
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        unit = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
 
 
 def current_rss() -> int:

@@ -64,13 +64,14 @@ def describe_bundle(root: str | Path, manifest: BundleManifest) -> str:
 
 def _export_cost(profile: dict) -> str:
     """The export's time and peak resident memory, and the stage that set the peak."""
-    stages = profile.get("stages") or [{"name": "?", "peak_mib": 0}]
-    heaviest = max(stages, key=lambda s: s["peak_mib"])
-    return (
+    line = (
         f"  exported in {profile['seconds']:.0f} s, peak memory "
-        f"{profile['peak_rss_mib'] / 1024:.2f} GiB (heaviest stage: {heaviest['name']}, "
-        f"{heaviest['peak_mib'] / 1024:.2f} GiB)"
+        f"{profile['peak_rss_mib'] / 1024:.2f} GiB"
     )
+    if not profile.get("stages"):
+        return line
+    heaviest = max(profile["stages"], key=lambda s: s["peak_mib"])
+    return line + f" (heaviest stage: {heaviest['name']}, {heaviest['peak_mib'] / 1024:.2f} GiB)"
 
 
 def _npu_note(details: dict) -> str:
