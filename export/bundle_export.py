@@ -301,11 +301,10 @@ def export_bundle(
 
 
 def _release(*modules: torch.nn.Module) -> None:
-    """Free the weights of ``modules`` (moved to the meta device: shapes without storage)."""
+    """Free the weights of ``modules`` (moved to the meta device: shapes without storage);
+    the next step hands the pages back to the system."""
     for module in modules:
         module.to("meta")
-    gc.collect()
-    give_back()
 
 
 def _version(module: str) -> str:

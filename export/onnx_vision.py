@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from mobilevlm.config import ClipVisionConfig
+from mobilevlm.export.quantize import quiet_loggers
 from mobilevlm.reference.model import MobileVLM
 from mobilevlm.runtime.ort.graph_io import IMAGE_EMBEDS, PIXEL_VALUES
 
@@ -91,14 +92,14 @@ def _fuse_transformer(path: Path, config: ClipVisionConfig) -> None:
     options = FusionOptions("clip")
     options.enable_shape_inference = False
     # the skip-layer-norm fusion warns that shape inference is off, as asked
-    logging.getLogger("fusion_skiplayernorm").setLevel(logging.ERROR)
-    optimized = optimize_model(
-        str(path),
-        model_type="clip",
-        num_heads=config.num_attention_heads,
-        hidden_size=config.hidden_size,
-        opt_level=0,  # fusions only; the session applies its own optimizations at load
-        optimization_options=options,
-    )
+    with quiet_loggers("fusion_skiplayernorm"):
+        optimized = optimize_model(
+            str(path),
+            model_type="clip",
+            num_heads=config.num_attention_heads,
+            hidden_size=config.hidden_size,
+            opt_level=0,  # fusions only; the session applies its own optimizations at load
+            optimization_options=options,
+        )
     log.info("vision graph fusions: %s", optimized.get_fused_operator_statistics())
     optimized.save_model_to_file(str(path))

@@ -61,9 +61,9 @@ class StageProfile:
     def _end_stage(self) -> None:
         if not self.stages:
             return
-        now, mark = time.perf_counter(), peak_rss()
+        now, mark, rss = time.perf_counter(), peak_rss(), _rss()
         with self._lock:
-            peak = max(self._sampled, _rss())
+            peak = max(self._sampled, rss)
             self._sampled = 0
         if mark > self._mark:  # the process's high-water mark was set during this stage
             peak = mark
@@ -71,7 +71,7 @@ class StageProfile:
         stage = self.stages[-1]
         stage.seconds = round(now - self._stage_started, 2)
         stage.peak_mib = round(peak / MIB, 1)
-        stage.end_mib = round(_rss() / MIB, 1)
+        stage.end_mib = round(rss / MIB, 1)
 
     def stage(self, name: str) -> None:
         self._end_stage()
@@ -85,9 +85,8 @@ class StageProfile:
         self._end_stage()
         self._stop.set()
         self._sampler.join()
-        self.stages, stages = [], self.stages
         return {
             "seconds": round(time.perf_counter() - self._started, 1),
             "peak_rss_mib": round(peak_rss() / MIB, 1),
-            "stages": [asdict(s) for s in stages],
+            "stages": [asdict(s) for s in self.stages],
         }

@@ -65,10 +65,9 @@ NBITS_LOGGER = "onnxruntime.quantization.matmul_nbits_quantizer"
 
 
 @contextmanager
-def quiet_root_logger():
-    """onnxruntime.quantization warns through the root logger about every node it skips,
-    and its MatMulNBits quantizer logs each node at INFO through a logger of its own."""
-    loggers = [logging.getLogger(), logging.getLogger(NBITS_LOGGER)]
+def quiet_loggers(*names: str):
+    """The loggers ``names`` ("": the root) at ERROR while the block runs."""
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
@@ -77,6 +76,12 @@ def quiet_root_logger():
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+
+def quiet_root_logger():
+    """onnxruntime.quantization warns through the root logger about every node it skips,
+    and its MatMulNBits quantizer logs each node at INFO through a logger of its own."""
+    return quiet_loggers("", NBITS_LOGGER)
 
 
 def _weight_only(
