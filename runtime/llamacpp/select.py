@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from mobilevlm.errors import BundleError
 from mobilevlm.manifest import Artefact, BundleManifest
-from mobilevlm.runtime.ort.select import vision_context, vision_graph
+from mobilevlm.runtime.ort.select import exported_artefact, vision_context, vision_graph
 
 GGUF_PREFERENCE = ("q4_k_m", "q8_0", "f16")
 
@@ -41,18 +41,15 @@ def select_gguf(
 ) -> GgufSelection:
     """The GGUF LLM at ``precision`` (None: the fastest exported) and the image path of
     ``mode``: the ONNX vision graph chosen as :func:`select` does, or the mmproj."""
-    available = manifest.gguf_precisions
-    if precision is None:
-        precision = next((p for p in GGUF_PREFERENCE if p in available), None)
-        if precision is None:
-            raise BundleError(
-                "the bundle has no GGUF LLM for llama.cpp (export it with --formats gguf)"
-            )
-    llm = manifest.find("llm", precision)
-    if llm is None:
-        raise BundleError(
-            f"the bundle has no {precision} GGUF LLM (exported: {', '.join(available) or 'none'})"
-        )
+    llm = exported_artefact(
+        manifest,
+        "llm",
+        precision,
+        GGUF_PREFERENCE,
+        "the bundle has no GGUF LLM for llama.cpp (export it with --formats gguf)",
+        "GGUF LLM",
+    )
+    precision = llm.precision
     if mode == "mtmd":
         vision = next(iter(manifest.of("mmproj")), None)
         if vision is None:

@@ -48,6 +48,30 @@ class Selection:
         return (self.vision, self.embeddings, self.decoder, *context)
 
 
+def exported_artefact(
+    manifest: BundleManifest,
+    component: str,
+    precision: str | None,
+    preference: tuple[str, ...],
+    none_exported: str,
+    what: str,
+) -> Artefact:
+    """The bundle's ``component`` at ``precision`` (None: the first of ``preference`` it
+    holds); a BundleError saying ``none_exported`` when it holds none, or naming ``what``
+    and the precisions it holds when it lacks ``precision``."""
+    available = [a.precision for a in manifest.of(component)]
+    if precision is None:
+        precision = next((p for p in preference if p in available), None)
+        if precision is None:
+            raise BundleError(none_exported)
+    found = manifest.find(component, precision)
+    if found is None:
+        raise BundleError(
+            f"the bundle has no {precision} {what} (exported: {', '.join(available) or 'none'})"
+        )
+    return found
+
+
 def select(
     manifest: BundleManifest,
     precision: str | None = None,
@@ -57,19 +81,16 @@ def select(
     """Artefacts for ``precision`` (None: the fastest exported). The vision graph is
     ``vision_precision`` when given; else, behind an ``accelerator`` (the provider first in
     line, when it is not the CPU), its form for it (module docstring); else fp32."""
-    available = manifest.precisions
-    if precision is None:
-        precision = next((p for p in PRECISION_PREFERENCE if p in available), None)
-        if precision is None:
-            raise BundleError(
-                "the bundle has no ONNX decoder graph (it holds GGUF files: use the llama.cpp "
-                "backend, or export with --formats onnx)"
-            )
-    decoder = manifest.find("decoder", precision)
-    if decoder is None:
-        raise BundleError(
-            f"the bundle has no {precision} decoder (exported: {', '.join(available) or 'none'})"
-        )
+    decoder = exported_artefact(
+        manifest,
+        "decoder",
+        precision,
+        PRECISION_PREFERENCE,
+        "the bundle has no ONNX decoder graph (it holds GGUF files: use the llama.cpp "
+        "backend, or export with --formats onnx)",
+        "decoder",
+    )
+    precision = decoder.precision
     vision = vision_graph(manifest, precision, vision_precision, accelerator)
     embeddings = manifest.find("embeddings", "fp32" if precision == "fp32" else "fp16")
     embeddings = embeddings or next(iter(manifest.of("embeddings")), None)
