@@ -11,7 +11,7 @@ DEMO_PROMPT ?= What color is the circle?
 export MOBILEVLM_CACHE := $(CURDIR)/.cache/mobilevlm
 
 .PHONY: install demo test test-slow fuzz bench bench-eval bench-scale bench-llm bench-vision lint clean \
-	jdk-deps java-deps android-core android-golden android-test
+	browser-deps screenshot jdk-deps java-deps android-core android-golden android-test
 
 # torch first, pinned: that takes the local CPU build; an unpinned torch pulls
 # gigabytes of CUDA packages. llama-cpp-python compiles llama.cpp (minutes, once;
@@ -33,15 +33,27 @@ demo: $(STAMP)
 	@echo "Q: $(DEMO_PROMPT)  [$(DEMO_IMAGE)]"
 	@$(VENV)/bin/mobilevlm run --image $(DEMO_IMAGE) --prompt "$(DEMO_PROMPT)"
 
-test: $(STAMP) android-golden
+test: $(STAMP) android-golden browser-deps
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 	@$(MAKE) --no-print-directory android-test
 
+# Debian's Chromium, which the chat page's browser test drives headless through Playwright
+# (tests/test_chat_page.py; Playwright's own browser download is never used)
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 \
+		|| $(SUDO) apt-get install -y chromium \
+		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
+
+# the chat page answering, as the README shows it
+screenshot: $(STAMP) browser-deps
+	MOBILEVLM_SCREENSHOT=docs/chat-page.png $(PY) -m pytest tests/test_chat_page.py -q -k answers
+
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
-# the fuzz tests of `make test` with 10,000 generated inputs per category (minutes; seeded:
+# the fuzz tests of `make test` with 10,000 generated inputs per category, raw request bodies
+# to a running server among them (minutes; seeded:
 # FUZZ_SEED=N for another draw); docs/reliability.md has the figures
 FUZZ_EXAMPLES ?= 10000
 FUZZ_SEED ?= 20261203

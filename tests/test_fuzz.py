@@ -8,6 +8,7 @@ MOBILEVLM_FUZZ_SEED) and prints what each category tried.
 
 from __future__ import annotations
 
+import base64
 import copy
 import io
 import json
@@ -24,6 +25,7 @@ from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.database import DirectoryBasedExampleDatabase  # noqa: E402
 
+from mobilevlm import shapes_vqa  # noqa: E402
 from mobilevlm.config import PreprocessConfig  # noqa: E402
 from mobilevlm.errors import MobileVLMError  # noqa: E402
 from mobilevlm.generation.preprocess import load_image, preprocess  # noqa: E402
@@ -130,6 +132,147 @@ def test_the_server_request_parser_takes_the_same_inputs():
 
     run()
     _ran_them_all("server requests")
+
+
+# ------------------------------------------------------------------------------ raw HTTP bodies
+
+SHAPES = (REPO / "examples" / "shapes.png").read_bytes()
+QUESTION = "What color is the circle?"
+
+
+SHAPES_URL = "data:image/png;base64," + base64.b64encode(SHAPES).decode()
+
+
+def _chat(image_url: str = SHAPES_URL, question: str = QUESTION, **fields) -> bytes:
+    parts = [{"type": "image_url", "image_url": {"url": image_url}}]
+    parts.append({"type": "text", "text": question})
+    message = {"role": "user", "content": parts}
+    body = {"messages": [message], "max_tokens": 4, "temperature": 0, **fields}
+    return json.dumps(body).encode()
+
+
+CHAT = _chat()
+
+
+def _edited(data: bytes, edits: list[tuple[int, int]]) -> bytes:
+    data = bytearray(data)
+    for at, value in edits:
+        data[at % len(data)] = value
+    return bytes(data)
+
+
+def _nested(depth: int, kind: str, where: str) -> bytes:
+    opening, closing = {"list": (b"[", b"]"), "object": (b'{"a": ', b"}")}[kind]
+    inner = opening * depth + b"1" + closing * depth
+    return inner if where == "body" else b'{"messages": ' + inner + b', "max_tokens": 4}'
+
+
+HOSTILE = [
+    b'{"messages": [], "seed": ' + b"9" * 5000 + b"}",  # past int()'s digit limit
+    b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1e999}',
+    CHAT.decode().encode("utf-16"),
+    b'{"messages": [{"role": "user", "content": "' + b"x" * 200_000 + b'"}], "max_tokens": 4}',
+    b'{"messages": [{"role": "user", "content": "\\ud800"}], "max_tokens": 4}',
+    _chat("data:image/png;base64,!!!not base64"),
+    _chat("data:image/png;base64," + base64.b64encode(b"not a png").decode()),
+    _chat("http://example.com/cat.png"),
+    _chat("/etc/passwd"),
+    b"\x00" * 64,
+    b"null",
+    b'"messages"',
+]
+RAW_BODY = st.one_of(
+    st.builds(
+        _chat,
+        question=st.text(max_size=40),
+        stream=st.booleans(),
+        max_tokens=st.integers(1, 8),
+        temperature=st.floats(0, 2),
+    ),
+    st.binary(max_size=300),
+    st.integers(0, len(CHAT)).map(lambda cut: CHAT[:cut]),
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8).map(
+        lambda edits: _edited(CHAT, edits)
+    ),
+    st.builds(
+        _nested,
+        st.integers(1, 100_000),
+        st.sampled_from(["list", "object"]),
+        st.sampled_from(["body", "messages"]),
+    ),  # fmt: skip
+    JSON.map(lambda value: json.dumps(value).encode()),
+    st.lists(MESSAGE, max_size=3).map(
+        lambda messages: json.dumps({"messages": messages, "max_tokens": 4}).encode()
+    ),
+    st.sampled_from(HOSTILE),
+)
+RAW_HEADERS = st.fixed_dictionaries(
+    {},
+    optional={
+        "Content-Type": st.sampled_from(["application/json", "text/plain", "", "image/png",
+                                         "multipart/form-data; boundary=x",
+                                         "application/json; charset=utf-16"]),
+        "Authorization": st.sampled_from(["Bearer wrong", "Basic dXNlcjpwYXNz", "Bearer", "",
+                                          "bearer fuzz-key", "Bearer " + "k" * 1000]
+                                         + ["Bearer fuzz-key"] * 6),
+    },
+)  # fmt: skip
+FUZZ_KEY = "fuzz-key"
+
+
+@pytest.fixture(scope="module")
+def chat_server(torch_threads):
+    pytest.importorskip("uvicorn")
+    from serving import Running
+
+    from mobilevlm.runtime.pipeline import Pipeline
+
+    running = Running(Pipeline.load(precision="int4"), api_key=FUZZ_KEY, max_body=1 << 20)
+    yield running
+    running.stop()
+
+
+def _check_answer(status: int, answer: bytes) -> None:
+    """Below 500; an error is OpenAI's error object; an answer is a completion or a stream."""
+    assert status < 500, (status, answer[:300])
+    if answer.startswith(b"data: "):
+        events = answer.decode().strip().split("\n\n")
+        assert events[-1] == "data: [DONE]" and status == 200
+        return
+    reply = json.loads(answer)
+    if status >= 400:
+        error = reply["error"]
+        assert isinstance(error["message"], str) and error["message"] and error["type"], reply
+    else:
+        assert reply["choices"][0]["message"]["role"] == "assistant", reply
+
+
+def test_any_raw_request_body_gets_an_answer_or_an_error_object(chat_server):
+    """Bodies as bytes: random, cut, overwritten, nested 100,000 deep, any JSON value,
+    hostile numbers and encodings, with wrong content types and keys; then the server
+    still answers the question right."""
+    from serving import post_raw
+
+    url = chat_server.url + "/v1/chat/completions"
+    statuses: dict[int, int] = {}
+
+    @seed(SEED)
+    @FUZZ
+    @given(RAW_BODY, RAW_HEADERS)
+    def run(body, headers):
+        _tried("raw request bodies")
+        status, answer = post_raw(url, body, {"Authorization": f"Bearer {FUZZ_KEY}", **headers})
+        statuses[status] = statuses.get(status, 0) + 1
+        _check_answer(status, answer)
+
+    run()
+    _ran_them_all("raw request bodies")
+    if LONG_RUN:
+        print("statuses:", dict(sorted(statuses.items())))
+    status, answer = post_raw(url, CHAT, {"Authorization": f"Bearer {FUZZ_KEY}"})
+    text = json.loads(answer)["choices"][0]["message"]["content"]
+    assert status == 200 and shapes_vqa.is_correct(text, "red", "color"), text
 
 
 # ------------------------------------------------------------------------------ images

@@ -5,13 +5,9 @@ so the answers are real Shapes-VQA answers."""
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import json
-import socket
-import threading
 import time
-import urllib.error
 import urllib.request
 
 import pytest
@@ -20,65 +16,13 @@ from conftest import REPO
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
+from serving import KEY, Running, data_url, free_port, get_json, post, post_raw  # noqa: E402
+
 from mobilevlm import shapes_vqa  # noqa: E402
 from mobilevlm.runtime.pipeline import Pipeline  # noqa: E402
-from mobilevlm.serve.app import ServerSettings, build_app  # noqa: E402
 
-KEY = "test-key"
 IMAGE = REPO / "examples" / "shapes.png"
 QUESTION = "What color is the circle?"
-
-
-def _data_url(data: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(data).decode()
-
-
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=30) as reply:
-        return json.loads(reply.read())
-
-
-def post(url: str, body: bytes, headers: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as reply:
-            return reply.status, json.loads(reply.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Running:
-    """A server on a free loopback port, in a thread of this process."""
-
-    def __init__(self, pipeline: Pipeline, **settings) -> None:
-        self.port = _free_port()
-        app = build_app(pipeline, ServerSettings("default", **settings))
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def client(self, key: str = KEY) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=120)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive()
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +40,7 @@ def server(pipeline):
 def ask(question: str = QUESTION, image: bytes | None = None) -> list[dict]:
     parts = [{"type": "text", "text": question}]
     if image is not None:
-        parts.insert(0, {"type": "image_url", "image_url": {"url": _data_url(image)}})
+        parts.insert(0, {"type": "image_url", "image_url": {"url": data_url(image)}})
     return [{"role": "user", "content": parts}]
 
 
@@ -216,7 +160,7 @@ def test_the_command_serves_and_exits_cleanly_on_sigterm(torch_threads):
     import subprocess
     import sys
 
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "mobilevlm.cli", "serve", "--port", str(port)]
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=os.environ)
     try:
@@ -230,9 +174,12 @@ def test_the_command_serves_and_exits_cleanly_on_sigterm(torch_threads):
                 assert time.monotonic() < deadline, "the server did not come up"
                 time.sleep(0.2)
         assert health["runtime"]["backend"] == "onnxruntime" and health["queue"] == 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as reply:
+            assert b"<title>MobileVLM chat</title>" in reply.read()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-        assert f"http://127.0.0.1:{port}/v1" in proc.stderr.read()
+        said = proc.stderr.read()
+        assert f"http://127.0.0.1:{port}/v1" in said and f"page: http://127.0.0.1:{port}/" in said
     finally:
         proc.kill()
 
@@ -264,3 +211,52 @@ def test_local_image_paths_only_under_the_image_dir(pipeline, server):
             complete(running.client(), by_path("../README.md"))
     finally:
         running.stop()
+
+
+def _is_error_object(status: int, answer: bytes) -> bool:
+    error = json.loads(answer)["error"]
+    return isinstance(error["message"], str) and bool(error["message"]) and error["type"]
+
+
+@pytest.mark.parametrize(
+    "body, problem",
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nests 100000 levels"),  # was a RecursionError: 500
+        (b'{"messages": ' + b'{"a": ' * 40 + b"1" + b"}" * 41, "nests 41 levels"),
+        (b'{"messages": [], "seed": ' + b"9" * 5000 + b"}", "not JSON"),  # int() digit limit
+        (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', "not JSON"),
+        (b"\xff\xfe{", "not JSON"),
+        (b'["messages"]', "JSON object"),
+        (b"", "JSON object"),
+    ],
+)
+def test_a_body_that_is_not_a_json_object_is_a_400_error_object(server, body, problem):
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    status, answer = post_raw(server.url + "/v1/chat/completions", body, headers)
+    assert status == 400 and _is_error_object(status, answer)
+    assert problem in json.loads(answer)["error"]["message"]
+
+
+def test_unknown_paths_and_methods_are_error_objects_and_the_page_is_at_the_root(server):
+    status, answer = post_raw(server.url + "/v1/completions", b"{}", {})
+    assert status == 404 and _is_error_object(status, answer)
+    status, answer = post_raw(server.url + "/v1/models", b"{}", {})
+    assert status == 405 and _is_error_object(status, answer)
+    with urllib.request.urlopen(server.url + "/", timeout=30) as reply:
+        page = reply.read().decode()
+        assert reply.headers["Content-Type"].startswith("text/html")
+    assert "/v1/chat/completions" in page and "http://" not in page.replace(
+        "http://www.w3.org", ""
+    )  # everything it needs is in the page: nothing fetched from elsewhere
+    health = get_json(server.url + "/health")
+    assert health["auth_required"] is True and health["max_body"] == 1 << 20
+
+
+def test_the_answer_carries_its_timings(server):
+    reply = complete(server.client(), ask(image=IMAGE.read_bytes()), max_tokens=4)
+    timings = reply.model_extra["timings"]
+    assert timings["image_tokens"] > 0 and timings["time_to_first_token_ms"] > 0
+    assert timings["generated_tokens"] == reply.usage.completion_tokens
+    chunks = list(complete(server.client(), ask(image=IMAGE.read_bytes()), stream=True))
+    finish = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finish[0].model_extra["timings"]["cached_tokens"] > 0  # the same prompt again

@@ -1,4 +1,5 @@
-"""``mobilevlm serve``: an OpenAI-compatible chat endpoint (with images) over one bundle."""
+"""``mobilevlm serve``: an OpenAI-compatible chat endpoint (with images) and a chat page in
+the browser, over one bundle."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ INSTALL_SERVE_EXTRA = "pip install 'mobilevlm-runtime[serve]'"
 def add_parser(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser(
         "serve",
-        help="serve the OpenAI chat-completions API (text and images) over one bundle",
-        description="Load one bundle (default: the built-in model's) and answer OpenAI-style "
+        help="serve a chat page and the OpenAI chat-completions API (text and images)",
+        description="Load one bundle (default: the built-in model's), open a chat page at / "
+        "(pick or drop an image, ask, follow up) and answer OpenAI-style "
         "POST /v1/chat/completions (image_url parts as data: URLs; local paths only under "
         "--image-dir; stream with server-sent events), GET /v1/models and GET /health. One "
         "generation runs at a time; others wait their turn, up to --max-queue, then get 429. "
@@ -33,7 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="TCP port (8080)")
     serve.add_argument(
-        "--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on /v1 requests"
+        "--api-key",
+        metavar="KEY",
+        help="require 'Authorization: Bearer KEY' on /v1 requests (the page asks for it)",
     )
     serve.add_argument(
         "--max-queue", type=int, default=16, metavar="N", help="requests waiting (16)"
@@ -76,11 +80,13 @@ def main(args: argparse.Namespace) -> int:
         warn_random_weights(args.bundle)
     name = args.bundle.name if args.bundle is not None else "mobilevlm-default"
     settings = ServerSettings(name, args.api_key, args.max_queue, max_body, args.image_dir)
-    where = f"http://{args.host}:{args.port}/v1"
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    where = f"http://{host}:{args.port}"
     if args.host not in LOOPBACK:
         print(f"warning: listening on {args.host}, reachable from other machines", file=sys.stderr)
-    print(f"serving {name} at {where} (one generation at a time, {args.max_queue} waiting)",
-          file=sys.stderr, flush=True)  # fmt: skip
+    print(f"serving {name} at {where}/v1 (one generation at a time, {args.max_queue} waiting)",
+          file=sys.stderr)  # fmt: skip
+    print(f"chat page: {where}/", file=sys.stderr, flush=True)
     config = uvicorn.Config(
         build_app(pipeline, settings),
         host=args.host,

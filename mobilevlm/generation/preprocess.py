@@ -80,7 +80,12 @@ def _open(source, name) -> Image.Image:
         SyntaxError,
         ValueError,
     ) as exc:
-        raise ImageError(at(name, f"cannot read image ({exc.__class__.__name__}: {exc})")) from exc
+        why = (
+            "not an image format this runtime reads"  # Pillow's message names a file object
+            if isinstance(exc, UnidentifiedImageError)
+            else f"{exc.__class__.__name__}: {exc}"
+        )
+        raise ImageError(at(name, f"cannot read image ({why})")) from exc
 
 
 def _from_array(array: np.ndarray) -> Image.Image:

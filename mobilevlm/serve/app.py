@@ -20,12 +20,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from mobilevlm.errors import ContextOverflowError, ImageError, MobileVLMError, PromptError
@@ -155,15 +157,34 @@ async def _read_body(request: Request, limit: int) -> Any:
             chunks.append(piece)
     if size > limit or (declared is not None and declared.isdigit() and int(declared) > limit):
         raise too_large
-    try:
-        return json.loads(b"".join(chunks) or b"null")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise protocol.bad_request(f"the request body is not JSON ({exc})") from None
+    return await asyncio.to_thread(protocol.parse_body, b"".join(chunks))  # 20 MB: a second
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such path, wrong method) as OpenAI error objects."""
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    what = f"{request.method} {request.url.path}: {exc.detail.lower()}"
+    return _error_response(ApiError(exc.status_code, what, code=code))
+
+
+async def _crash(request: Request, exc: Exception) -> Response:
+    """A bug, still answered in OpenAI's shape (the traceback goes to the log)."""
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    error = ApiError(500, f"internal error: {type(exc).__name__}", kind="server_error")
+    return _error_response(error)
+
+
+def chat_page() -> str:
+    """The chat page served at ``/``: one file shipped in the package."""
+    return (resources.files("mobilevlm.serve") / "chat.html").read_text(encoding="utf-8")
 
 
 def build_app(pipeline: Pipeline, settings: ServerSettings | None = None) -> Starlette:
-    """The ASGI app: /v1/chat/completions, /v1/models and /health over ``pipeline``."""
+    """The ASGI app: the chat page at /, /v1/chat/completions, /v1/models and /health
+    over ``pipeline``."""
     settings = settings or ServerSettings()
+    page = chat_page()
     state: dict[str, Any] = {"scheduler": None, "running": None, "started": time.time()}
 
     def scheduler() -> Scheduler:
@@ -244,10 +265,15 @@ def build_app(pipeline: Pipeline, settings: ServerSettings | None = None) -> Sta
                 "running": state["running"] is not None,
                 "queue": queue.waiting,
                 "max_queue": settings.max_queue,
+                "max_body": settings.max_body,
+                "auth_required": settings.api_key is not None,
                 "runtime": pipeline.runtime_info(),
                 "memory_plan": pipeline.plan.to_dict() if pipeline.plan else None,
             }
         )
+
+    async def index(request: Request) -> Response:
+        return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -259,11 +285,13 @@ def build_app(pipeline: Pipeline, settings: ServerSettings | None = None) -> Sta
 
     return Starlette(
         routes=[
+            Route("/", index, methods=["GET"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
         ],
         lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _crash},
     )
 
 
@@ -304,7 +332,7 @@ async def _events(
         else:
             result = event[1]
             finish = protocol.finish_reason(result)
-            yield sse(protocol.chunk(chat_request, model, {}, finish))
+            yield sse(protocol.chunk(chat_request, model, {}, finish, result))
             if chat_request.include_usage:
                 yield sse(protocol.chunk(chat_request, model, None, result=result))
         yield "data: [DONE]\n\n"

@@ -7,11 +7,15 @@ whose message names the field, which the app sends as OpenAI's error object.
 
 from __future__ import annotations
 
+import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from mobilevlm.errors import PromptError
 from mobilevlm.generation.result import GenerationResult
@@ -19,6 +23,7 @@ from mobilevlm.generation.sampling import GenerationConfig
 from mobilevlm.runtime.messages import ParsedChat, parse_messages
 
 DEFAULT_MAX_TOKENS = 256
+MAX_JSON_DEPTH = 32  # a chat body nests 6 levels; Python's json recurses once per level
 MAX_STOP_STRINGS = 4  # as OpenAI's API
 FINISH_REASONS = {"eos": "stop", "stop_string": "stop", "max_new_tokens": "length"}
 FINISH_REASONS.update({"context_full": "length", "cancelled": "stop"})
@@ -55,6 +60,35 @@ class ApiError(Exception):
 
 def bad_request(message: str, param: str | None = None) -> ApiError:
     return ApiError(400, message, param=param)
+
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, escapes included
+
+
+def json_depth(data: bytes) -> int:
+    """How deep ``data``'s arrays and objects nest, brackets inside strings not counted
+    (a linear scan: a 20 MB body of brackets is measured, never recursed into)."""
+    marks = np.frombuffer(_STRING.sub(b'""', data), dtype=np.uint8)
+    opens = (marks == ord("[")) | (marks == ord("{"))
+    closes = (marks == ord("]")) | (marks == ord("}"))
+    steps = opens.astype(np.int32) - closes
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def _not_a_number(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_body(data: bytes) -> Any:
+    """A request body as JSON (RFC 8259: no NaN or Infinity), nested at most
+    ``MAX_JSON_DEPTH`` levels; anything else is a 400 that says why."""
+    depth = json_depth(data)
+    if depth > MAX_JSON_DEPTH:
+        raise bad_request(f"the request body nests {depth} levels deep (at most {MAX_JSON_DEPTH})")
+    try:
+        return json.loads(data or b"null", parse_constant=_not_a_number)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError too
+        raise bad_request(f"the request body is not JSON ({exc})") from None
 
 
 @dataclass
@@ -153,6 +187,13 @@ def usage(result: GenerationResult) -> dict[str, Any]:
     }
 
 
+def timings(result: GenerationResult) -> dict[str, Any]:
+    """Where the answer's time went (as llama.cpp's server adds ``timings``): the image
+    encode, the time to first token, decode tokens/s, cached prompt tokens; OpenAI's
+    clients ignore the field, the chat page shows it."""
+    return result.stats.to_dict()
+
+
 def finish_reason(result: GenerationResult) -> str:
     return FINISH_REASONS.get(result.stats.stop_reason, "stop")
 
@@ -171,6 +212,7 @@ def completion(request: ChatRequest, model: str, result: GenerationResult) -> di
             }
         ],
         "usage": usage(result),
+        "timings": timings(result),
     }
 
 
@@ -181,7 +223,8 @@ def chunk(
     finish: str | None = None,
     result: GenerationResult | None = None,
 ) -> dict[str, Any]:
-    """One ``chat.completion.chunk``; ``delta`` None: the usage-only last chunk."""
+    """One ``chat.completion.chunk``; ``delta`` None: the usage-only last chunk; the chunk
+    with the finish reason carries the timings."""
     body: dict[str, Any] = {
         "id": request.id,
         "object": "chat.completion.chunk",
@@ -190,5 +233,7 @@ def chunk(
         "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
     if request.include_usage:
-        body["usage"] = usage(result) if result is not None else None
+        body["usage"] = usage(result) if result is not None and delta is None else None
+    if finish is not None and result is not None:
+        body["timings"] = timings(result)
     return body
