@@ -114,7 +114,7 @@ def test_the_page_answers_about_an_image_streams_and_keeps_it_for_follow_ups(pag
     expect(page.locator("#empty")).to_be_visible()
 
 
-def test_a_wrong_key_and_a_broken_image_show_the_servers_errors(page, tmp_path):
+def test_a_wrong_key_a_broken_image_and_a_long_prompt_show_the_servers_errors(page, tmp_path):
     use_key(page, "wrong")
     ask(page, "What color is the circle?")
     expect(page.locator(".error")).to_contain_text("wrong API key", timeout=ANSWER_S)
@@ -124,7 +124,11 @@ def test_a_wrong_key_and_a_broken_image_show_the_servers_errors(page, tmp_path):
     page.set_input_files("#file", str(broken))
     ask(page, "What color is the circle?")
     expect(page.locator(".error")).to_have_count(2, timeout=ANSWER_S)
-    expect(page.locator(".error").nth(1)).to_contain_text("image")
+    expect(page.locator(".error").nth(1)).to_contain_text("cannot read image")
+    page.click("#reset")
+    ask(page, "shape " * 3000)
+    expect(page.locator(".error")).to_have_count(1, timeout=ANSWER_S)  # the others cleared
+    expect(page.locator(".error")).to_contain_text("context")
     expect(page.locator(".assistant")).to_have_count(0)
 
 

@@ -140,24 +140,30 @@ def _as_api_error(exc: Exception) -> ApiError:
 DRAIN_FACTOR = 8  # a body over the limit is read and dropped up to this many times it
 
 
-async def _read_body(request: Request, limit: int) -> Any:
-    """The JSON body, or 413 once it is known to be over ``limit`` bytes. What is over is
-    read and dropped (up to ``DRAIN_FACTOR`` times the limit, never kept), so that the
-    client, still sending, receives the answer instead of a reset connection."""
-    too_large = ApiError(413, f"the request body is over {limit:,} bytes", code="body_too_large")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > DRAIN_FACTOR * limit:
-        raise too_large
+async def _receive(request: Request, keep: int, limit: int) -> tuple[bytes, int]:
+    """The body's first ``keep`` bytes and its size. What is over is read and dropped (up to
+    ``DRAIN_FACTOR`` times ``limit``, never kept), so that a client still sending receives
+    the answer (413, 401) instead of a reset connection."""
     chunks, size = [], 0
     async for piece in request.stream():
         size += len(piece)
         if size > DRAIN_FACTOR * limit:
             break
-        if size <= limit:
+        if size <= keep:
             chunks.append(piece)
+    return b"".join(chunks), size
+
+
+async def _read_body(request: Request, limit: int) -> Any:
+    """The JSON body, or 413 once it is known to be over ``limit`` bytes."""
+    too_large = ApiError(413, f"the request body is over {limit:,} bytes", code="body_too_large")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > DRAIN_FACTOR * limit:
+        raise too_large
+    data, size = await _receive(request, limit, limit)
     if size > limit or (declared is not None and declared.isdigit() and int(declared) > limit):
         raise too_large
-    return await asyncio.to_thread(protocol.parse_body, b"".join(chunks))  # 20 MB: a second
+    return await asyncio.to_thread(protocol.parse_body, data)  # 20 MB: a second
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -206,6 +212,10 @@ def build_app(pipeline: Pipeline, settings: ServerSettings | None = None) -> Sta
     async def chat_completions(request: Request) -> Response:
         try:
             authorize(request)
+        except ApiError as error:
+            await _receive(request, 0, settings.max_body)  # dropped, unread
+            return _error_response(error)
+        try:
             body = await _read_body(request, settings.max_body)
             chat_request = protocol.parse_request(body, settings.image_dir)
             if chat_request.chat.image is not None:  # a broken image fails before the queue

@@ -24,6 +24,7 @@ from mobilevlm.runtime.messages import ParsedChat, parse_messages
 
 DEFAULT_MAX_TOKENS = 256
 MAX_JSON_DEPTH = 32  # a chat body nests 6 levels; Python's json recurses once per level
+MAX_JSON_VALUES = 100_000  # arrays, objects and commas: a chat of 10,000 turns has 30,000
 MAX_STOP_STRINGS = 4  # as OpenAI's API
 FINISH_REASONS = {"eos": "stop", "stop_string": "stop", "max_new_tokens": "length"}
 FINISH_REASONS.update({"context_full": "length", "cancelled": "stop"})
@@ -65,14 +66,25 @@ def bad_request(message: str, param: str | None = None) -> ApiError:
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, escapes included
 
 
-def json_depth(data: bytes) -> int:
-    """How deep ``data``'s arrays and objects nest, brackets inside strings not counted
-    (a linear scan: a 20 MB body of brackets is measured, never recursed into)."""
+def structure_problem(data: bytes) -> str | None:
+    """What makes ``data`` too deep or too many values for a request, before it is parsed
+    (brackets and commas inside strings not counted). A linear scan in 1 MiB blocks, a few
+    MiB of memory for any body: 20 MB of ``[`` is never recursed into, and 20 MB of
+    ``[],`` never becomes 7 million Python lists (half a gigabyte)."""
     marks = np.frombuffer(_STRING.sub(b'""', data), dtype=np.uint8)
-    opens = (marks == ord("[")) | (marks == ord("{"))
-    closes = (marks == ord("]")) | (marks == ord("}"))
-    steps = opens.astype(np.int32) - closes
-    return int(np.cumsum(steps).max(initial=0))
+    depth = values = 0
+    for start in range(0, len(marks), 1 << 20):
+        block = marks[start : start + (1 << 20)]
+        opens = (block == ord("[")) | (block == ord("{"))
+        closes = (block == ord("]")) | (block == ord("}"))
+        running = depth + np.cumsum(opens.view(np.int8) - closes.view(np.int8), dtype=np.int64)
+        if running.max() > MAX_JSON_DEPTH:
+            return f"nests deeper than {MAX_JSON_DEPTH} levels"
+        values += int(np.count_nonzero(opens)) + int(np.count_nonzero(block == ord(",")))
+        if values > MAX_JSON_VALUES:
+            return f"holds more than {MAX_JSON_VALUES:,} values"
+        depth = int(running[-1])
+    return None
 
 
 def _not_a_number(name: str) -> Any:
@@ -81,10 +93,11 @@ def _not_a_number(name: str) -> Any:
 
 def parse_body(data: bytes) -> Any:
     """A request body as JSON (RFC 8259: no NaN or Infinity), nested at most
-    ``MAX_JSON_DEPTH`` levels; anything else is a 400 that says why."""
-    depth = json_depth(data)
-    if depth > MAX_JSON_DEPTH:
-        raise bad_request(f"the request body nests {depth} levels deep (at most {MAX_JSON_DEPTH})")
+    ``MAX_JSON_DEPTH`` levels, of at most ``MAX_JSON_VALUES`` values; anything else is a
+    400 that says why."""
+    problem = structure_problem(data)
+    if problem is not None:
+        raise bad_request(f"the request body {problem}")
     try:
         return json.loads(data or b"null", parse_constant=_not_a_number)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError too
