@@ -126,7 +126,7 @@ def test_a_wrong_key_a_broken_image_and_a_long_prompt_show_the_servers_errors(pa
     expect(page.locator(".error")).to_have_count(2, timeout=ANSWER_S)
     expect(page.locator(".error").nth(1)).to_contain_text("cannot read image")
     page.click("#reset")
-    ask(page, "shape " * 3000)
+    ask(page, "shape " * 9000)  # over the 8,192 positions the budget planned
     expect(page.locator(".error")).to_have_count(1, timeout=ANSWER_S)  # the others cleared
     expect(page.locator(".error")).to_contain_text("context")
     expect(page.locator(".assistant")).to_have_count(0)
