@@ -52,9 +52,9 @@ screenshot: $(STAMP) browser-deps
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
-# the fuzz tests of `make test` with 10,000 generated inputs per category, raw request bodies
-# to a running server among them (minutes; seeded:
-# FUZZ_SEED=N for another draw); docs/reliability.md has the figures
+# the fuzz tests of `make test` with 10,000 generated inputs per category, raw request
+# bodies to a running server among them (minutes; seeded: FUZZ_SEED=N for another draw);
+# docs/reliability.md has the figures
 FUZZ_EXAMPLES ?= 10000
 FUZZ_SEED ?= 20261203
 fuzz: $(STAMP)

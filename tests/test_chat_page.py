@@ -6,6 +6,7 @@ picture in the README)."""
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 
@@ -130,6 +131,25 @@ def test_a_wrong_key_a_broken_image_and_a_long_prompt_show_the_servers_errors(pa
     expect(page.locator(".error")).to_have_count(1, timeout=ANSWER_S)  # the others cleared
     expect(page.locator(".error")).to_contain_text("context")
     expect(page.locator(".assistant")).to_have_count(0)
+
+
+def test_an_image_dropped_on_the_page_is_attached(page):
+    use_key(page)
+    encoded = base64.b64encode(IMAGE.read_bytes()).decode()
+    dropped = page.evaluate_handle(
+        """(encoded) => {
+            const bytes = Uint8Array.from(atob(encoded), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], "dropped.png", {type: "image/png"}));
+            return transfer;
+        }""",
+        encoded,
+    )
+    page.dispatch_event("main", "drop", {"dataTransfer": dropped})
+    expect(page.locator("#imagename")).to_have_text("dropped.png")
+    ask(page, "What color is the circle?")
+    expect(page.locator(".assistant .stats")).to_have_count(1, timeout=ANSWER_S)
+    assert shapes_vqa.is_correct(answers(page)[0], "red", "color"), answers(page)
 
 
 def test_shift_enter_is_a_new_line_and_the_page_fits_a_phone(page):

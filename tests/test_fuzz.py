@@ -137,10 +137,9 @@ def test_the_server_request_parser_takes_the_same_inputs():
 # ------------------------------------------------------------------------------ raw HTTP bodies
 
 SHAPES = (REPO / "examples" / "shapes.png").read_bytes()
-QUESTION = "What color is the circle?"
-
-
 SHAPES_URL = "data:image/png;base64," + base64.b64encode(SHAPES).decode()
+QUESTION = "What color is the circle?"
+FUZZ_KEY = "fuzz-key"
 
 
 def _chat(image_url: str = SHAPES_URL, question: str = QUESTION, **fields) -> bytes:
@@ -200,7 +199,7 @@ RAW_BODY = st.one_of(
         st.integers(1, 100_000),
         st.sampled_from(["list", "object"]),
         st.sampled_from(["body", "messages"]),
-    ),  # fmt: skip
+    ),
     JSON.map(lambda value: json.dumps(value).encode()),
     st.lists(MESSAGE, max_size=3).map(
         lambda messages: json.dumps({"messages": messages, "max_tokens": 4}).encode()
@@ -214,11 +213,10 @@ RAW_HEADERS = st.fixed_dictionaries(
                                          "multipart/form-data; boundary=x",
                                          "application/json; charset=utf-16"]),
         "Authorization": st.sampled_from(["Bearer wrong", "Basic dXNlcjpwYXNz", "Bearer", "",
-                                          "bearer fuzz-key", "Bearer " + "k" * 1000]
-                                         + ["Bearer fuzz-key"] * 6),
+                                          f"bearer {FUZZ_KEY}", "Bearer " + "k" * 1000]
+                                         + [f"Bearer {FUZZ_KEY}"] * 6),  # mostly the key
     },
 )  # fmt: skip
-FUZZ_KEY = "fuzz-key"
 
 
 @pytest.fixture(scope="module")
