@@ -43,6 +43,12 @@ def post(url: str, body: bytes, headers: dict) -> tuple[int, dict]:
     return status, json.loads(answer)
 
 
+def is_error_object(answer: bytes) -> bool:
+    """Whether ``answer`` is OpenAI's error object: a message and a type."""
+    error = json.loads(answer)["error"]
+    return isinstance(error["message"], str) and bool(error["message"]) and bool(error["type"])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

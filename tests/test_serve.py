@@ -16,7 +16,16 @@ from conftest import REPO
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
-from serving import KEY, Running, data_url, free_port, get_json, post, post_raw  # noqa: E402
+from serving import (  # noqa: E402
+    KEY,
+    Running,
+    data_url,
+    free_port,
+    get_json,
+    is_error_object,
+    post,
+    post_raw,
+)
 
 from mobilevlm import shapes_vqa  # noqa: E402
 from mobilevlm.runtime.pipeline import Pipeline  # noqa: E402
@@ -213,11 +222,6 @@ def test_local_image_paths_only_under_the_image_dir(pipeline, server):
         running.stop()
 
 
-def _is_error_object(status: int, answer: bytes) -> bool:
-    error = json.loads(answer)["error"]
-    return isinstance(error["message"], str) and bool(error["message"]) and error["type"]
-
-
 @pytest.mark.parametrize(
     "body, problem",
     [
@@ -234,15 +238,15 @@ def _is_error_object(status: int, answer: bytes) -> bool:
 def test_a_body_that_is_not_a_json_object_is_a_400_error_object(server, body, problem):
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     status, answer = post_raw(server.url + "/v1/chat/completions", body, headers)
-    assert status == 400 and _is_error_object(status, answer)
+    assert status == 400 and is_error_object(answer)
     assert problem in json.loads(answer)["error"]["message"]
 
 
 def test_unknown_paths_and_methods_are_error_objects_and_the_page_is_at_the_root(server):
     status, answer = post_raw(server.url + "/v1/completions", b"{}", {})
-    assert status == 404 and _is_error_object(status, answer)
+    assert status == 404 and is_error_object(answer)
     status, answer = post_raw(server.url + "/v1/models", b"{}", {})
-    assert status == 405 and _is_error_object(status, answer)
+    assert status == 405 and is_error_object(answer)
     with urllib.request.urlopen(server.url + "/", timeout=30) as reply:
         page = reply.read().decode()
         assert reply.headers["Content-Type"].startswith("text/html")
