@@ -175,10 +175,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _crash(request: Request, exc: Exception) -> Response:
-    """A bug, still answered in OpenAI's shape (the traceback goes to the log)."""
-    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    error = ApiError(500, f"internal error: {type(exc).__name__}", kind="server_error")
-    return _error_response(error)
+    """An exception that escaped a route, answered as a generation's would be (a bug: 500
+    in OpenAI's shape, the traceback in the log)."""
+    return _error_response(_as_api_error(exc))
 
 
 def chat_page() -> str:
