@@ -227,9 +227,16 @@ def versions() -> dict[str, str]:
     return found
 
 
-def worker(job: dict[str, Any], on_row: Callable[[dict], None] | None = None) -> dict:
-    """Run one job in a fresh process; its ``result`` row (WorkerError when it failed)."""
-    command = [sys.executable, "-m", "mobilevlm.bench.worker", json.dumps(job)]
+def worker(
+    job: dict[str, Any],
+    on_row: Callable[[dict], None] | None = None,
+    command: Sequence[str] = (),
+    name: str | None = None,
+) -> dict:
+    """Run one job in a fresh process, by default this project's worker in this Python (a
+    peer's worker in its own environment gives its ``command``); its ``result`` row
+    (WorkerError when it failed, named by ``name``, else the job's variant)."""
+    command = [*(command or (sys.executable, "-m", "mobilevlm.bench.worker")), json.dumps(job)]
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
     # stderr to a file: llama.cpp's logs could fill a pipe nobody reads while stdout is read
     with (
@@ -252,7 +259,7 @@ def worker(job: dict[str, Any], on_row: Callable[[dict], None] | None = None) ->
         stderr = log.read()
     if result is None:
         last = error or (stderr.strip().splitlines() or ["no output"])[-1]
-        raise WorkerError(f"{job['variant']}: {last}")
+        raise WorkerError(f"{name or job['variant']}: {last}")
     return result
 
 

