@@ -10,7 +10,7 @@ DEMO_PROMPT ?= What color is the circle?
 # the assembled default model is cached here (built once, on first use)
 export MOBILEVLM_CACHE := $(CURDIR)/.cache/mobilevlm
 
-.PHONY: install demo test test-slow fuzz bench bench-eval bench-scale bench-llm bench-vision lint clean \
+.PHONY: install demo test test-slow fuzz bench bench-eval bench-scale bench-llm bench-vision lint clean peers \
 	browser-deps screenshot jdk-deps java-deps android-core android-golden android-test
 
 # torch first, pinned: that takes the local CPU build; an unpinned torch pulls
@@ -27,13 +27,32 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# ONNX Runtime GenAI and OpenVINO GenAI, the LLM bench's other peers, in an environment of
+# their own: optimum-intel 2.2 needs optimum 2.3 and transformers 5, and so does the GenAI
+# model builder, where this project's exporter is held below transformers 4.58 by
+# optimum-onnx. torch is held to the local CPU build; the torchvision optimum-intel pulls is
+# PyPI's, built for another torch (transformers then fails to import), and nothing the
+# conversions run needs it, so it is removed.
+PEERS_VENV  := .cache/peers-venv
+PEERS_STAMP := $(PEERS_VENV)/.installed
+PEER_PACKAGES := onnxruntime-genai==0.18.0 onnx==1.23.2 onnx-ir==1.1.0 \
+	openvino-genai==2026.4.1.0 'optimum-intel[openvino]==2.2.0'
+$(PEERS_STAMP): Makefile
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	echo torch==2.13.0 > $(PEERS_VENV)/constraints.txt
+	$(PEERS_VENV)/bin/pip install --quiet -c $(PEERS_VENV)/constraints.txt $(PEER_PACKAGES)
+	$(PEERS_VENV)/bin/pip uninstall --quiet -y torchvision
+	touch $@
+
+peers: $(PEERS_STAMP)
+
 # the built-in Shapes-VQA model (EfficientNet-Lite0 + LDPv2 + SmolLM2-135M), assembled
 # from the repository's trained parts and the packages' weights on first use
 demo: $(STAMP)
 	@echo "Q: $(DEMO_PROMPT)  [$(DEMO_IMAGE)]"
 	@$(VENV)/bin/mobilevlm run --image $(DEMO_IMAGE) --prompt "$(DEMO_PROMPT)"
 
-test: $(STAMP) android-golden browser-deps
+test: $(STAMP) $(PEERS_STAMP) android-golden browser-deps
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 	@$(MAKE) --no-print-directory android-test
@@ -82,12 +101,13 @@ bench-eval: $(BUNDLE)/bundle.json
 
 # a random model at MobileVLM_V2-1.7B's geometry exported int4 / q4_k_m, against llama.cpp's
 # mtmd and llama-cpp-python on the same files (export ~3 min once, 7.2 GiB at its peak)
-bench-scale: $(STAMP)
+bench-scale: $(STAMP) $(PEERS_STAMP)
 	$(PY) -m mobilevlm.bench.scale --report docs/bench-scale
 
-# the LLM alone in one process: this runtime's loops against llama-cpp-python's Llama.generate
-bench-llm: $(BUNDLE)/bundle.json
-	$(VENV)/bin/mobilevlm bench $(BUNDLE) --llm-only --repeats 9
+# the LLM alone, every backend a fresh process per repeat: this runtime's decoders against
+# llama-cpp-python's Llama.generate, ONNX Runtime GenAI and OpenVINO GenAI (docs/bench/llm.md)
+bench-llm: $(BUNDLE)/bundle.json $(PEERS_STAMP)
+	$(VENV)/bin/mobilevlm bench $(BUNDLE) --llm-only --repeats 5 --report docs/bench
 
 # image encode at MobileVLM_V2-1.7B's geometry: ONNX fp32 / QDQ int8 against llama.cpp's
 # mtmd (random CLIP ViT-L/14-336 + LDPv2, exported once into .cache/vision-bench)

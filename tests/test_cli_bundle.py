@@ -90,7 +90,7 @@ def test_eval_scores_precisions_side_by_side(exported, capsys):
 
 def test_bench_llm_only_without_a_baseline_reports_every_precision(exported, capsys):
     _, bundle, _ = exported
-    argv = ["bench", bundle, "--llm-only", "--no-llama-cpp", "--prompt-tokens", "16"]
+    argv = ["bench", bundle, "--llm-only", "--no-llama-cpp", "--no-genai", "--prompt-tokens", "16"]
     argv += ["--decode-tokens", "8"]
     code, out, _ = cli(capsys, *argv, "--repeats", "2", "--json")
     assert code == 0

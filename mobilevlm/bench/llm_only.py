@@ -18,6 +18,7 @@ own environment and models converted from the same weights).
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from mobilevlm.bench import harness
 from mobilevlm.bench.harness import MIB, SETTLE_S, WorkerError, worker
 
 LLAMA_CPP = "llama.cpp"
@@ -267,12 +269,59 @@ def table(results: Sequence[Throughput], baseline: str = LLAMA_CPP) -> str:
     return "\n".join(lines)
 
 
-def peer_versions(results: Sequence[Throughput]) -> dict[str, str]:
-    """The packages each peer's process reported (they may live in another environment)."""
-    found: dict[str, str] = {}
-    for r in results:
-        found |= r.versions
-    return found
+@dataclass
+class LLMReport:
+    bundles: list[str]
+    results: list[Throughput]
+    prompt_tokens: int
+    decode_tokens: int
+    repeats: int
+    threads: int | None
+    gguf: str | None  # the llama.cpp baseline's file
+    machine: str = field(default_factory=lambda: harness.machine())
+
+    @property
+    def versions(self) -> dict[str, str]:
+        """This environment's packages and those each peer's process reported."""
+        found = harness.versions()
+        for r in self.results:
+            found |= r.versions
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "machine": self.machine,
+            "versions": self.versions,
+            "bundles": self.bundles,
+            "gguf": self.gguf,
+            "prompt_tokens": self.prompt_tokens,
+            "decode_tokens": self.decode_tokens,
+            "repeats": self.repeats,
+            "threads": self.threads,
+            "results": [r.to_dict() for r in self.results],
+        }
+
+    def summary(self) -> str:
+        return "\n".join(
+            [
+                f"machine: {self.machine}",
+                "versions: " + ", ".join(f"{k} {v}" for k, v in self.versions.items()),
+                f"prompt {self.prompt_tokens} random token ids, {self.decode_tokens} decoded "
+                f"greedily; medians of {self.repeats} repeats, each a fresh process; "
+                f"llama.cpp: Llama.generate on {self.gguf}; x: times llama.cpp's rate",
+                table(self.results),
+            ]
+        )
+
+
+def write_report(report: LLMReport, directory: Path, name: str = "llm") -> Path:
+    """``name``.md (the summary) and ``name``.json (every sample) in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    markdown = directory / f"{name}.md"
+    title = "# The LLM alone: this runtime against llama.cpp, ONNX Runtime GenAI, OpenVINO GenAI"
+    markdown.write_text(f"{title}\n\n```\n{report.summary()}\n```\n")
+    return markdown
 
 
 def default_gguf(root: Path) -> Path:

@@ -161,7 +161,7 @@ def _llm_only(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from mobilevlm.bench import llm_only
-    from mobilevlm.bench.harness import checkpoint_for, machine, versions
+    from mobilevlm.bench.harness import checkpoint_for
 
     if not args.bundles:
         raise OptionsError("--llm-only needs BUNDLE_DIR")
@@ -191,27 +191,16 @@ def _llm_only(args: argparse.Namespace) -> int:
             args.threads,
             on_step=step,
         )
-    found = versions() | llm_only.peer_versions(results)
-    if args.json:
-        out = {
-            "machine": machine(),
-            "versions": found,
-            "bundles": [str(b) for b in args.bundles],
-            "gguf": str(gguf) if gguf else None,
-            "prompt_tokens": args.prompt_tokens,
-            "decode_tokens": args.decode_tokens,
-            "repeats": args.repeats,
-            "threads": args.threads,
-            "results": [r.to_dict() for r in results],
-        }
-        print(json.dumps(out))
-    else:
-        print(f"machine: {machine()}")
-        print("versions: " + ", ".join(f"{k} {v}" for k, v in found.items()))
-        print(
-            f"prompt {args.prompt_tokens} random token ids, {args.decode_tokens} decoded "
-            f"greedily; medians of {args.repeats} repeats, each a fresh process; "
-            f"llama.cpp: Llama.generate on {gguf}; x: times llama.cpp's rate"
-        )
-        print(llm_only.table(results))
+    report = llm_only.LLMReport(
+        [str(b) for b in args.bundles],
+        results,
+        args.prompt_tokens,
+        args.decode_tokens,
+        args.repeats,
+        args.threads,
+        str(gguf) if gguf else None,
+    )
+    if args.report:
+        print(f"report: {llm_only.write_report(report, args.report)}", file=sys.stderr)
+    print(json.dumps(report.to_dict()) if args.json else report.summary())
     return 0
