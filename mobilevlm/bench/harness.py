@@ -42,7 +42,18 @@ METRICS = (
     ("decode_tokens_per_s", "decode tok/s", "{:.1f}", True),
     ("peak_rss_mib", "peak MiB", "{:.0f}", False),
 )
-CPU_EXTENSIONS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd")
+CPU_EXTENSIONS = (
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx_vnni",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+)
 PACKAGES = ("onnxruntime", "onnxruntime-qnn", "llama-cpp-python", "torch", "transformers", "numpy")
 SIMULATED = "*"  # marks a variant whose image encode ran on the HTP simulator
 SIMULATED_NOTE = (

@@ -5,7 +5,9 @@ asks) with the LDPv2 projector to MobileLLaMA-1.4B's width (2048), random
 weights (latency does not depend on them). The same model is exported as the
 project's fp32 ONNX vision graph, its dynamic int8 graph and an f16 mmproj
 (with a one-layer LLM GGUF of width 2048, which mtmd requires next to it);
-then each encodes the same 336x336 image, interleaved, after a warm-up.
+then each encodes the same 336x336 image, interleaved, after a warm-up. The
+same two ONNX graphs then run on OpenVINO's CPU plugin as they are, in the
+GenAI peers' environment (``make peers``).
 
     python -m mobilevlm.bench.vision [--work DIR] [--repeats 5] [--threads N]
 
@@ -29,6 +31,8 @@ from mobilevlm.config import ClipVisionConfig, LLMConfig, ModelConfig, Projector
 ONNX_FP32 = "onnxruntime fp32"
 ONNX_INT8 = "onnxruntime int8 (dynamic)"
 MTMD = "llama.cpp mtmd f16"
+OPENVINO_FP32 = "openvino fp32 (same graph)"
+OPENVINO_INT8 = "openvino int8 (same graph)"
 
 
 def v2_vision_config() -> ModelConfig:
@@ -112,6 +116,36 @@ def measure(files: dict[str, Path], repeats: int, threads: int | None) -> dict[s
             times[name].append((time.perf_counter() - t0) * 1000.0)
     mtmd.close()
     llama.close()
+    times |= openvino_times(files, preprocess(image, config.preprocess), repeats, threads)
+    return times
+
+
+def openvino_times(
+    files: dict[str, Path], pixels: np.ndarray, repeats: int, threads: int | None
+) -> dict[str, list[float]]:
+    """The same fp32 and int8 ONNX graphs on OpenVINO's CPU plugin, each in a process of the
+    peers' environment (after the in-process encoders, not interleaved with them); none
+    where that environment is not installed."""
+    import tempfile
+
+    from mobilevlm.bench.harness import WorkerError, worker
+    from mobilevlm.bench.peers import genai
+
+    if genai.missing():
+        print(f"OpenVINO skipped: {genai.missing()}", flush=True)
+        return {}
+    command = (str(genai.peer_python()), str(genai.WORKER))
+    times = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "pixels.npy"
+        np.save(path, pixels)
+        for precision, name in (("fp32", OPENVINO_FP32), ("int8", OPENVINO_INT8)):
+            job = {"engine": "openvino-vision", "model": str(files[precision])}
+            job |= {"pixels": str(path), "repeats": repeats, "threads": threads}
+            try:
+                times[name] = worker(job, command=command, name=name)["times_ms"]
+            except WorkerError as exc:
+                print(f"{name} skipped: {exc}", flush=True)
     return times
 
 
