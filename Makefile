@@ -40,8 +40,8 @@ PEER_PACKAGES := onnxruntime-genai==0.18.0 onnx==1.23.2 onnx-ir==1.1.0 \
 $(PEERS_STAMP): Makefile
 	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
 	echo torch==2.13.0 > $(PEERS_VENV)/constraints.txt
-	$(PEERS_VENV)/bin/pip install --quiet -c $(PEERS_VENV)/constraints.txt $(PEER_PACKAGES)
-	$(PEERS_VENV)/bin/pip uninstall --quiet -y torchvision
+	$(PEERS_VENV)/bin/python -m pip install --quiet -c $(PEERS_VENV)/constraints.txt $(PEER_PACKAGES)
+	$(PEERS_VENV)/bin/python -m pip uninstall --quiet -y torchvision
 	touch $@
 
 peers: $(PEERS_STAMP)

@@ -263,10 +263,16 @@ def table(results: Sequence[Throughput], baseline: str = LLAMA_CPP) -> str:
         line += f"{r.prefill_median:>15.1f}{r.decode_median:>14.1f}"
         line += f"{statistics.median(r.peak_mib):>10.0f}"
         if base:
-            line += f"{r.prefill_median / base.prefill_median:>11.2f}"
-            line += f"{r.decode_median / base.decode_median:>10.2f}"
+            line += f"{paired_ratio(r.prefill, base.prefill):>11.2f}"
+            line += f"{paired_ratio(r.decode, base.decode):>10.2f}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def paired_ratio(values: Sequence[float], base: Sequence[float]) -> float:
+    """The median of the per-repeat ratios: each repeat's two runs are minutes apart at
+    most, so the ratio holds while a shared machine's speed drifts between repeats."""
+    return statistics.median(v / b for v, b in zip(values, base, strict=True))
 
 
 @dataclass
@@ -308,7 +314,8 @@ class LLMReport:
                 "versions: " + ", ".join(f"{k} {v}" for k, v in self.versions.items()),
                 f"prompt {self.prompt_tokens} random token ids, {self.decode_tokens} decoded "
                 f"greedily; medians of {self.repeats} repeats, each a fresh process; "
-                f"llama.cpp: Llama.generate on {self.gguf}; x: times llama.cpp's rate",
+                f"llama.cpp: Llama.generate on {self.gguf}; x: times llama.cpp's rate, the "
+                "median of the ratios within each repeat",
                 table(self.results),
             ]
         )
