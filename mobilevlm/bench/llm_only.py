@@ -110,7 +110,11 @@ def bundle_runner(bundle: str, precision: str, threads: int | None, context: int
     from mobilevlm.runtime.loader import load_bundle
     from mobilevlm.runtime.options import LoadOptions
 
-    model = load_bundle(bundle, LoadOptions(precision=precision, threads=threads, context=context))
+    # no image comes: the vision encoder is never loaded, so the peak is the LLM's alone
+    options = LoadOptions(
+        precision=precision, threads=threads, context=context, vision_resident=False
+    )
+    model = load_bundle(bundle, options)
     return greedy_runner(model.reset, lambda ids: model.prefill_prompt(ids, None), model.decode)
 
 
