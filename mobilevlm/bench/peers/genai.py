@@ -19,6 +19,7 @@ Each measurement runs :mod:`genai_worker` with that environment's Python.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -87,9 +88,5 @@ def model_dir(peer: GenAIPeer, hf_dir: Path, work: Path, progress: bool = False)
         if done.returncode != 0:
             tail = (done.stderr or "").strip().splitlines() or [f"exit code {done.returncode}"]
             raise RuntimeError(f"converting for {peer.name} failed: {tail[-1]}")
-        cache = tmp / ".hf-cache"
-        if cache.is_dir():
-            import shutil
-
-            shutil.rmtree(cache)
+        shutil.rmtree(tmp / ".hf-cache", ignore_errors=True)  # the builder's scratch
     return target
