@@ -18,9 +18,7 @@ own environment and models converted from the same weights).
 
 from __future__ import annotations
 
-import json
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +31,7 @@ from mobilevlm.bench import harness
 from mobilevlm.bench.harness import MIB, SETTLE_S, WorkerError, worker
 
 LLAMA_CPP = "llama.cpp"
-WARMUP_TOKENS = (8, 4)  # prompt ids, decoded tokens
+WARMUP_TOKENS = (8, 4)  # prompt ids, decoded tokens: every worker's warm-up, given in its job
 
 
 @dataclass
@@ -150,7 +148,7 @@ def timed_runs(job: dict[str, Any]) -> dict[str, Any]:
     else:
         run = bundle_runner(job["bundle"], job["precision"], threads, context)
     load_s = time.perf_counter() - t0
-    prompt, (warm_ids, warm_steps) = job["prompt"], WARMUP_TOKENS
+    prompt, (warm_ids, warm_steps) = job["prompt"], job["warmup"]
     run(prompt[:warm_ids], warm_steps)  # first touch of weights, thread pools
     prefill, decode = run(prompt, job["decode_tokens"])
     return {"load_s": load_s, "prefill_tokens_per_s": prefill, "decode_tokens_per_s": decode}
@@ -225,6 +223,7 @@ def measure(
     prompt = rng.integers(100, vocab_size - 100, prompt_tokens).tolist()
     context = prompt_tokens + decode_tokens + 8
     common = {"task": "llm", "prompt": prompt, "threads": threads, "context": context}
+    common["warmup"] = WARMUP_TOKENS
     results = [Throughput(b.name, skipped=b.skipped) for b in backends]
     for round_ in range(repeats + 1):  # round 0 fills the page cache
         for backend, row in zip(backends, results, strict=True):
@@ -235,9 +234,8 @@ def measure(
             time.sleep(SETTLE_S)
             steps = decode_tokens if round_ else WARMUP_TOKENS[1]
             job = {**common, **backend.job, "decode_tokens": steps}
-            command = list(backend.command) or [sys.executable, "-m", "mobilevlm.bench.worker"]
             try:
-                result = worker(job, command=command, name=backend.name)
+                result = worker(job, command=backend.command, name=backend.name)
             except WorkerError as exc:
                 row.skipped = f"failed: {exc}"
                 continue
@@ -323,16 +321,6 @@ class LLMReport:
                 table(self.results),
             ]
         )
-
-
-def write_report(report: LLMReport, directory: Path, name: str = "llm") -> Path:
-    """``name``.md (the summary) and ``name``.json (every sample) in ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{name}.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    markdown = directory / f"{name}.md"
-    title = "# The LLM alone: this runtime against llama.cpp, ONNX Runtime GenAI, OpenVINO GenAI"
-    markdown.write_text(f"{title}\n\n```\n{report.summary()}\n```\n")
-    return markdown
 
 
 def default_gguf(root: Path) -> Path:

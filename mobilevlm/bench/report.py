@@ -22,6 +22,7 @@ from mobilevlm.bench.harness import (
     simulator_notes,
     speedup,
 )
+from mobilevlm.bench.llm_only import LLMReport
 from mobilevlm.errors import MissingDependencyError
 
 # one color per engine, the same in every chart
@@ -212,6 +213,17 @@ def write_bench_report(
     _text(directory / "bench.json", json.dumps(report.to_dict(baseline), indent=1))
     _text(directory / "report.md", bench_markdown(report, baseline))
     return directory / "report.md"
+
+
+def write_llm_report(report: LLMReport, directory: str | Path) -> Path:
+    """llm.md (the summary) and llm.json (every sample) in ``directory``; returns llm.md's
+    path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _text(directory / "llm.json", json.dumps(report.to_dict(), indent=1))
+    title = "# The LLM alone: this runtime against llama.cpp, ONNX Runtime GenAI, OpenVINO GenAI"
+    _text(directory / "llm.md", f"{title}\n\n```\n{report.summary()}\n```\n")
+    return directory / "llm.md"
 
 
 def tradeoff_chart(results: Sequence[VariantEval], path: Path) -> None:

@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         print(report.summary(BASELINE))
     llm = llm_peers(bundle, args)
     if args.report:
-        print(f"report: {llm_only.write_report(llm, args.report)}", flush=True)
+        from mobilevlm.bench.report import write_llm_report
+
+        print(f"report: {write_llm_report(llm, args.report)}", flush=True)
     print(llm.summary())
     return 0
 

@@ -130,6 +130,7 @@ def openvino_times(
 
     from mobilevlm.bench.harness import WorkerError, worker
     from mobilevlm.bench.peers import genai
+    from mobilevlm.bench.peers.genai_worker import OPENVINO_VISION
 
     if genai.missing():
         print(f"OpenVINO skipped: {genai.missing()}", flush=True)
@@ -140,7 +141,7 @@ def openvino_times(
         path = Path(scratch) / "pixels.npy"
         np.save(path, pixels)
         for precision, name in (("fp32", OPENVINO_FP32), ("int8", OPENVINO_INT8)):
-            job = {"engine": "openvino-vision", "model": str(files[precision])}
+            job = {"engine": OPENVINO_VISION, "model": str(files[precision])}
             job |= {"pixels": str(path), "repeats": repeats, "threads": threads}
             try:
                 times[name] = worker(job, command=command, name=name)["times_ms"]

@@ -201,6 +201,8 @@ def _llm_only(args: argparse.Namespace) -> int:
         str(gguf) if gguf else None,
     )
     if args.report:
-        print(f"report: {llm_only.write_report(report, args.report)}", file=sys.stderr)
+        from mobilevlm.bench.report import write_llm_report
+
+        print(f"report: {write_llm_report(report, args.report)}", file=sys.stderr)
     print(json.dumps(report.to_dict()) if args.json else report.summary())
     return 0

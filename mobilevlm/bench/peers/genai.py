@@ -25,12 +25,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from mobilevlm.bench.peers.genai_worker import OPENVINO, ORT_GENAI
 from mobilevlm.reference.checkpoint import atomic_directory
 
 PEERS_VENV = Path(os.environ.get("MOBILEVLM_PEERS_VENV", ".cache/peers-venv"))
 WORKER = Path(__file__).with_name("genai_worker.py")
-ORT_GENAI = "onnxruntime-genai"
-OPENVINO = "openvino-genai"
 INSTALL_HINT = "make peers"
 INT4_GROUP = 32
 
@@ -62,7 +61,7 @@ def missing() -> str | None:
 def model_dir(peer: GenAIPeer, hf_dir: Path, work: Path, progress: bool = False) -> Path:
     """The peer's model of the LLM in ``hf_dir``, converted into ``work`` on first use."""
     target = work / f"{peer.engine}-{peer.precision}"
-    if target.is_dir() and any(target.iterdir()):
+    if target.is_dir():  # written whole or not at all (atomic_directory)
         return target
     python = str(peer_python())
     print(f"converting the LLM for {peer.name} (once) ...", file=sys.stderr, flush=True)

@@ -4,7 +4,7 @@ project's: it imports nothing of it, as that environment does not have it instal
     .cache/peers-venv/bin/python genai_worker.py '{"engine": "openvino-genai", "model": DIR,
         "prompt": [ids], "decode_tokens": 128, "threads": null}'
 
-It loads the model (timed), warms up on the prompt's first 8 tokens, then
+It loads the model (timed), warms up on the job's ``warmup`` sizes, then
 prefills the prompt and decodes ``decode_tokens`` greedy tokens with the
 peer's own generation loop, EOS ignored, and prints one JSON line: ``{"result":
 {load_s, prefill_tokens_per_s, decode_tokens_per_s, peak_rss, versions}}``, or
@@ -142,8 +142,8 @@ def measure(job: dict) -> dict:
     t0 = time.perf_counter()
     run = LOADERS[engine](job["model"], job.get("threads"))
     load_s = time.perf_counter() - t0
-    prompt = job["prompt"]
-    run(prompt[:8], 4)  # first touch of weights, thread pools
+    prompt, (warm_ids, warm_steps) = job["prompt"], job["warmup"]
+    run(prompt[:warm_ids], warm_steps)  # first touch of weights, thread pools
     prefill, decode = run(prompt, job["decode_tokens"])
     return {
         "load_s": load_s,
