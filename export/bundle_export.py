@@ -29,7 +29,7 @@ from mobilevlm import __version__
 from mobilevlm.config import ClipVisionConfig
 from mobilevlm.errors import BundleError, at
 from mobilevlm.export import quantize
-from mobilevlm.export.calibration import calibration_images, calibration_split
+from mobilevlm.export.calibration import calibration_images, calibration_split, image_files
 from mobilevlm.export.onnx_bundle import (
     ONNX_PRECISIONS,
     onnx_artefact,
@@ -169,6 +169,8 @@ def export_bundle(
         mmproj_skipped = gguf_bundle.mmproj_skipped(model)
 
     steps = ["parity reference"] if check_parity else []
+    if "int4" in onnx_precisions:
+        steps.append("int4 calibration")
     if onnx_precisions:
         steps += ["decoder", "embeddings"]
     if gguf_precisions:
@@ -218,6 +220,10 @@ def export_bundle(
             if gguf_precisions:
                 continuations = gguf_bundle.reference_continuations(model)
 
+        sequences = None
+        if "int4" in onnx_precisions:
+            step("int4 calibration")
+            sequences = int4_calibration(model, calibration_dir)
         if onnx_precisions:
             step("decoder")
             fp32_decoder, made = write_float_decoder(model, out, scratch, onnx_precisions)
@@ -249,7 +255,9 @@ def export_bundle(
             if precision != "fp32":
                 step(f"decoder {precision}")
                 artefacts.append(
-                    write_quantized_decoder(fp32_decoder, out, precision, model.config.llm)
+                    write_quantized_decoder(
+                        fp32_decoder, out, precision, model.config.llm, sequences
+                    )
                 )
         for precision in gguf_precisions:
             if precision != "f16":
@@ -298,6 +306,21 @@ def export_bundle(
         bar.update()
     bar.close()
     return manifest
+
+
+def int4_calibration(model: MobileVLM, calibration_dir: str | Path | None) -> list:
+    """The sequences the int4 decoder's activation-aware scales are chosen on: Shapes-VQA
+    training scenes for the built-in model, the calibration images for a checkpoint (none
+    without them: the int4 decoder is then plain round-to-nearest)."""
+    from mobilevlm.export.decoder_calibration import calibration_sequences, large_model_counts
+    from mobilevlm.export.quantize import LARGE_LLM_PARAMETERS
+    from mobilevlm.reference.backend import TorchBackend
+
+    counts = {}
+    if model.config.llm.parameters >= LARGE_LLM_PARAMETERS:
+        counts = large_model_counts()
+    images = None if calibration_dir is None else image_files(calibration_dir)
+    return calibration_sequences(TorchBackend(model), images, **counts)
 
 
 def _release(*modules: torch.nn.Module) -> None:

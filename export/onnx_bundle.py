@@ -85,12 +85,17 @@ def write_float_decoder(model: MobileVLM, out: Path, scratch: Path, precisions: 
 
 
 def write_quantized_decoder(
-    fp32_graph: Path, out: Path, precision: str, config: LLMConfig
+    fp32_graph: Path,
+    out: Path,
+    precision: str,
+    config: LLMConfig,
+    calibration: Sequence[np.ndarray] | None = None,
 ) -> Artefact:
-    """The decoder at ``precision`` (int8, int4), quantized from the fp32 graph's file."""
+    """The decoder at ``precision`` (int8, int4), quantized from the fp32 graph's file; int4
+    scaled for the activations of ``calibration``'s sequences when there are some."""
     name = f"decoder_{precision}.onnx"
     if precision == "int8":
         made = quantize.quantize_decoder_int8(fp32_graph, out / name)
     else:
-        made = quantize.quantize_decoder_int4(fp32_graph, out / name, config)
+        made = quantize.quantize_decoder_int4(fp32_graph, out / name, config, calibration)
     return onnx_artefact(out, "decoder", precision, name, {**DECODER_DETAILS, **made})

@@ -8,7 +8,11 @@ vision fp32; fp32 decoder 61.0%), see docs/benchmarks.md:
   per block, inside the kernel (60.3%). ``quantize_dynamic``'s MatMulInteger
   quantizes each activation tensor with one scale, and SmolLM2's outlier
   channels cost it 15 points (46.0%).
-- decoder int4, a recipe per LLM size (:func:`int4_recipe`). Small LLMs
+- decoder int4, a recipe per LLM size (:func:`int4_recipe`), both with
+  activation-aware scaling (:mod:`mobilevlm.export.activation_scaling`)
+  chosen on calibration sequences before round-to-nearest; issue 35 compared
+  it with asymmetric RTN, llama.cpp-style k-quant scales, HQQ, GPTQ and block
+  sizes 32/64/128 (docs/benchmarks.md, "int4 weight methods"). Small LLMs
   (the built-in SmolLM2-135M): weight-only MatMulNBits, 4-bit symmetric
   blocks of 32 for the MLP (three quarters of each layer's weights), 8 bits
   for the attention projections and the lm_head. All-4-bit layers (lm_head
@@ -54,8 +58,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx.numpy_helper import from_array, to_array
 
 from mobilevlm.config import LLMConfig
+from mobilevlm.export.activation_scaling import Scaling
 from mobilevlm.export.external_data import ExternalData, data_file_name, detached, load_tensor
 from mobilevlm.export.onnx_decoder import LM_HEAD
 
@@ -85,10 +91,18 @@ def quiet_root_logger():
 
 
 def _weight_only(
-    source: Path, target: Path, bits_of: Callable[[str], int], block_size: int = BLOCK_SIZE
+    source: Path,
+    target: Path,
+    bits_of: Callable[[str], int],
+    block_size: int = BLOCK_SIZE,
+    symmetric: bool = True,
+    scaling: Scaling | None = None,
 ) -> None:
     """MatMulNBits for every MatMul of the float graph ``source`` (its weights external) in
-    ``target``, with ``bits_of(node name)`` bits, one weight at a time.
+    ``target``, with ``bits_of(node name)`` bits in blocks of ``block_size``, one weight at a
+    time; 8-bit weights are symmetric, 4-bit ones ``symmetric`` or not. ``scaling``:
+    activation-aware scales applied to every float tensor they touch as it is read
+    (:mod:`mobilevlm.export.activation_scaling`).
 
     onnxruntime's MatMulNBitsQuantizer loads the whole float model and keeps every weight
     until it saves (the 135M decoder's int8 step peaked 0.9 GB above the export's base;
@@ -116,7 +130,7 @@ def _weight_only(
             if bits not in quantizers:
                 config = DefaultWeightOnlyQuantConfig(
                     block_size=block_size,
-                    is_symmetric=True,
+                    is_symmetric=symmetric or bits == 8,
                     accuracy_level=ACCURACY_LEVEL,
                     bits=bits,
                 )
@@ -125,20 +139,34 @@ def _weight_only(
             # with the message, so loaded into the model's graph, it would stay until the end
             weight = onnx.GraphProto()
             load_tensor(weight.initializer.add(), floats[node.input[1]], source.parent)
+            if scaling is not None:
+                _rescale(weight.initializer[0], scaling)
             nodes += quantizers[bits].quantize(node, [weight])
             for tensor in weight.initializer[1:]:
                 external.spill(tensor)
                 quantized.append(detached(tensor))
             replaced.add(node.input[1])
         # the float tensors left (norms, rotary caches) move across too
-        kept = [
-            external.moved(t, source.parent) for t in graph.initializer if t.name not in replaced
-        ]
+        kept = []
+        for tensor in graph.initializer:
+            if tensor.name in replaced:
+                continue
+            if scaling is not None and scaling.touches(tensor.name):
+                copy = load_tensor(onnx.TensorProto(), tensor, source.parent)
+                kept.append(external.array(tensor.name, scaling.apply(tensor.name, to_array(copy))))
+            else:
+                kept.append(external.moved(tensor, source.parent))
     del graph.initializer[:]
     graph.initializer.extend(kept + quantized)
     del graph.node[:]
     graph.node.extend(nodes)
     onnx.save_model(model, str(target))
+
+
+def _rescale(tensor: onnx.TensorProto, scaling: Scaling) -> None:
+    """``tensor`` (loaded) replaced in place by its activation-aware scaled values."""
+    if scaling.touches(tensor.name):
+        tensor.CopyFrom(from_array(scaling.apply(tensor.name, to_array(tensor)), tensor.name))
 
 
 @quiet_root_logger()
@@ -203,21 +231,47 @@ def _more_bits(layer: int, layers: int) -> bool:
 
 
 @quiet_root_logger()
-def quantize_decoder_int4(source: Path, target: Path, config: LLMConfig) -> dict:
+def quantize_decoder_int4(
+    source: Path,
+    target: Path,
+    config: LLMConfig,
+    calibration: Sequence[np.ndarray] | None = None,
+) -> dict:
+    """``calibration``: input-embedding sequences (:mod:`mobilevlm.export.decoder_calibration`)
+    to choose activation-aware scales on; without them, plain round-to-nearest."""
+    from mobilevlm.export.activation_scaling import choose_scaling, fold_target
+    from mobilevlm.export.decoder_calibration import input_statistics
+
     recipe = int4_recipe(config)
     layers = config.num_hidden_layers
-    _weight_only(
-        source,
-        target,
-        lambda node: 8 if recipe.eight_bit(node, layers) else 4,
-        recipe.block_size,
-    )
-    return {
+
+    def bits_of(node: str) -> int:
+        return 8 if recipe.eight_bit(node, layers) else 4
+
+    scaling = None
+    if calibration:
+        graph = onnx.load(str(source), load_external_data=False).graph
+        scaled = [t.name for t in graph.initializer if fold_target(t.name) is not None]
+        statistics = input_statistics(source, calibration, scaled)
+        scaling = choose_scaling(
+            source, statistics, lambda node: bits_of(node) == 4, recipe.block_size, True
+        )
+        del statistics
+    _weight_only(source, target, bits_of, recipe.block_size, scaling=scaling)
+    made = {
         "method": "onnxruntime MatMulNBitsQuantizer (RTN)",
         "recipe": recipe.name,
         "weights": recipe.description,
         "activations": "int8 per block, dynamic (accuracy_level 4)",
     }
+    if scaling is not None:
+        made["method"] = "activation-aware scaling (AWQ-style) + " + made["method"]
+        made["activation_scaling"] = {
+            "calibration_sequences": len(calibration),
+            "calibration_tokens": int(sum(len(s) for s in calibration)),
+            **scaling.summary(),
+        }
+    return made
 
 
 class Calibration:

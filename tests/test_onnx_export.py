@@ -178,4 +178,7 @@ def test_an_export_that_consumes_the_model_writes_the_same_bundle_and_frees_its_
     assert files[0] == files[1] and len(files[0]) > 6
     assert a.exporter["parity"] == b.exporter["parity"]
     stages = [s["name"] for s in b.exporter["profile"]["stages"]]
-    assert stages[:3] == ["inputs", "parity reference", "decoder"] and stages[-1] == "parity"
+    assert stages[:4] == ["inputs", "parity reference", "int4 calibration", "decoder"]
+    assert stages[-1] == "parity"
+    int4 = b.find("decoder", "int4").details
+    assert int4["method"].startswith("activation-aware scaling")

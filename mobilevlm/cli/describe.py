@@ -33,12 +33,14 @@ def describe_bundle(root: str | Path, manifest: BundleManifest) -> str:
         lines.append("  parity with the PyTorch reference (measured at export)")
         lines.append(
             f"    {'precision':<10}{'image rel err':>14}{'logits cos min':>16}{'top-1 agree':>13}"
-            f"{'greedy same':>13}"
+            f"{'top-1 answer':>14}{'greedy same':>13}"
         )
         for precision, p in parity.items():
+            answer = p.get("answer_top1_agreement")  # bundles before issue 35 lack it
             lines.append(
                 f"    {precision:<10}{p['image_embeds_rel_error']:>14.2e}"
                 f"{p['logits_cosine_min']:>16.6f}{p['top1_agreement']:>13.1%}"
+                f"{'-' if answer is None else format(answer, '.1%'):>14}"
                 f"{p['greedy_tokens_identical']:>13}"
             )
     if gguf:

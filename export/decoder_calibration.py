@@ -1,0 +1,159 @@
+"""What the 4-bit decoder is calibrated on: real sequences through the fp32 graph.
+
+Activation-aware scaling (:mod:`mobilevlm.export.activation_scaling`) needs, for
+every weight, how large each of its input channels is and a sample of real
+inputs to measure a candidate quantization's output error on. Both come from
+running the exported fp32 decoder graph, with its MatMuls' inputs added as
+outputs, over sequences like the ones the runtime will see: for the default
+model, Shapes-VQA training scenes with their question and answer (image
+embeddings spliced in) and plain-text prompts; for a checkpoint, its
+calibration images with a description prompt, and the same text prompts.
+Held-out questions, on which accuracy is measured, are never used.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from mobilevlm import shapes_vqa
+from mobilevlm.default_model.text_prompts import TRAIN_PROMPTS
+from mobilevlm.export.external_data import data_file_name
+from mobilevlm.generation.backend import LanguageBackend
+from mobilevlm.generation.decode_loop import conversation_ids
+from mobilevlm.generation.splice import splice
+from mobilevlm.runtime.ort import graph_io
+
+VQA_SEQUENCES = 64
+TEXT_SEQUENCES = 16
+SAMPLED_ROWS = 1024  # input rows kept per weight to measure output error on
+DESCRIBE = "Describe the image."
+
+
+def large_model_counts() -> dict[str, int]:
+    """Fewer sequences for a billion-parameter LLM: each image costs seconds in the torch
+    reference, each token tens of milliseconds in the fp32 graph."""
+    return {"vqa": 16, "text": 8}
+
+
+@dataclass
+class InputStatistics:
+    """One MatMul's input over the calibration sequences."""
+
+    mean_abs: np.ndarray  # (K,) mean |x| per input channel
+    rows: np.ndarray  # (n, K) float32, a uniform sample of the input rows
+
+
+def calibration_sequences(
+    backend: LanguageBackend,
+    images: Sequence | None = None,
+    vqa: int = VQA_SEQUENCES,
+    text: int = TEXT_SEQUENCES,
+) -> list[np.ndarray]:
+    """Input embeddings, (T, hidden) each: ``vqa`` Shapes-VQA training scenes asked and
+    answered, or, given ``images`` (a checkpoint's calibration images), each with a
+    description prompt; then ``text`` text-only prompts."""
+    sequences = []
+    end = _end_of_answer(backend)
+    if images is None:
+        for index in range(vqa):
+            sample = shapes_vqa.sample("train", index)
+            ids = conversation_ids(backend.config, backend.tokenizer, sample.question.question)
+            ids = ids + backend.tokenizer.encode(sample.question.answer) + end
+            sequences.append(
+                splice(ids, backend.encode_image(sample.image()), backend.embed_tokens)
+            )
+    else:
+        ids = conversation_ids(backend.config, backend.tokenizer, DESCRIBE)
+        for image in images[:vqa]:
+            sequences.append(splice(ids, backend.encode_image(image), backend.embed_tokens))
+    for prompt in TRAIN_PROMPTS[:text]:
+        ids = conversation_ids(backend.config, backend.tokenizer, prompt, with_image=False)
+        sequences.append(splice(ids, None, backend.embed_tokens))
+    return sequences
+
+
+def _end_of_answer(backend: LanguageBackend) -> list[int]:
+    """The token that ends an assistant turn in the model's template (its EOS without one)."""
+    for text in ("<|im_end|>", "</s>"):
+        token = backend.tokenizer.token_to_id(text)
+        if token is not None:
+            return [token]
+    return list(backend.config.llm.eos_token_ids[:1])
+
+
+def input_statistics(
+    fp32_graph: Path,
+    sequences: Sequence[np.ndarray],
+    weights: Sequence[str],
+    rows: int = SAMPLED_ROWS,
+    seed: int = 0,
+) -> dict[str, InputStatistics]:
+    """The inputs of the MatMuls whose weights are named in ``weights``, keyed by weight.
+
+    The graph is copied with those inputs as extra outputs into a scratch folder beside it
+    (onnxruntime reads external data only from the model's own folder; a hard link keeps
+    the weights on disk once)."""
+    import onnxruntime
+
+    model = onnx.load(str(fp32_graph), load_external_data=False)
+    inputs: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and node.input[1] in weights:
+            inputs.setdefault(node.input[0], []).append(node.input[1])
+    names = list(inputs)
+    for name in names:
+        model.graph.output.add().name = name
+    sums = {name: 0.0 for name in names}
+    samples: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    total = sum(len(s) for s in sequences)
+    keep = min(1.0, rows / max(total, 1))
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory(dir=fp32_graph.parent) as scratch:
+        graph = Path(scratch) / fp32_graph.name
+        os.link(
+            fp32_graph.parent / data_file_name(fp32_graph.name),
+            Path(scratch) / data_file_name(graph.name),
+        )
+        onnx.save_model(model, str(graph))
+        del model
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        session = onnxruntime.InferenceSession(str(graph), options, ["CPUExecutionProvider"])
+        empty = _empty_cache(session)
+        for embeds in sequences:
+            length = len(embeds)
+            feed = {
+                graph_io.INPUT_EMBEDS: embeds[None].astype(np.float32),
+                graph_io.SEQLENS_K: np.array([length - 1], np.int32),
+                graph_io.TOTAL_SEQUENCE_LENGTH: np.array(length, np.int32),
+            } | empty
+            chosen = rng.random(length) < keep
+            for name, x in zip(names, session.run(names, feed), strict=True):
+                x = x.reshape(length, -1)
+                sums[name] = sums[name] + np.abs(x).sum(0, dtype=np.float64)
+                samples[name].append(x[chosen])
+        del session
+    stats = {}
+    for name, consumers in inputs.items():
+        found = InputStatistics(
+            (sums[name] / total).astype(np.float32), np.concatenate(samples[name])
+        )
+        stats |= {weight: found for weight in consumers}
+    return stats
+
+
+def _empty_cache(session) -> dict[str, np.ndarray]:
+    """Zero-length past K/V for every layer: each sequence is one prefill."""
+    feed = {}
+    for arg in session.get_inputs():
+        if arg.name.startswith("past_"):
+            _, heads, _, head_dim = arg.shape
+            feed[arg.name] = np.zeros((1, heads, 0, head_dim), np.float32)
+    return feed

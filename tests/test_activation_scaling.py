@@ -1,0 +1,93 @@
+"""Activation-aware scaling of the int4 decoder: exact in float, faithful to the quantizer."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+
+from mobilevlm.export.activation_scaling import Scaling, fold_target, round_blockwise
+from mobilevlm.export.external_data import load_tensor
+from mobilevlm.export.onnx_bundle import save_decoder
+from mobilevlm.runtime.ort import graph_io
+
+
+def _run(graph, embeds: np.ndarray) -> np.ndarray:
+    session = onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    feed = {
+        graph_io.INPUT_EMBEDS: embeds[None],
+        graph_io.SEQLENS_K: np.array([len(embeds) - 1], np.int32),
+        graph_io.TOTAL_SEQUENCE_LENGTH: np.array(len(embeds), np.int32),
+    }
+    for arg in session.get_inputs():
+        if arg.name.startswith("past_"):
+            feed[arg.name] = np.zeros((1, arg.shape[1], 0, arg.shape[3]), np.float32)
+    return session.run([graph_io.LOGITS], feed)[0]
+
+
+def test_scales_folded_into_norms_and_up_columns_leave_the_float_decoder_unchanged(tmp_path):
+    """Rows of every scaled weight times s, what feeds it divided by s: the same logits."""
+    from tiny_models import build_tiny_model
+
+    model = build_tiny_model()
+    source = tmp_path / "decoder.onnx"
+    with torch.inference_mode():
+        save_decoder(model, source)
+    decoder = onnx.load(str(source), load_external_data=False)
+    graph = decoder.graph
+    arrays = {
+        t.name: onnx.numpy_helper.to_array(load_tensor(onnx.TensorProto(), t, tmp_path))
+        for t in graph.initializer
+    }
+    rng = np.random.default_rng(0)
+    scaled = [name for name in arrays if fold_target(name) is not None]
+    assert {name.rsplit(".", 2)[-2] for name in scaled} == {"qkv_proj", "gate_up_proj", "down_proj"}
+    scaling = Scaling(
+        {n: rng.uniform(0.25, 4.0, arrays[n].shape[0]).astype(np.float32) for n in scaled}
+    )
+    del graph.initializer[:]
+    graph.initializer.extend(
+        onnx.numpy_helper.from_array(scaling.apply(n, a) if scaling.touches(n) else a, n)
+        for n, a in arrays.items()
+    )
+    target = tmp_path / "scaled" / "decoder.onnx"
+    target.parent.mkdir()
+    onnx.save_model(decoder, str(target))
+    embeds = rng.standard_normal((7, model.config.llm.hidden_size)).astype(np.float32)
+    want, got = _run(source, embeds), _run(target, embeds)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_the_search_rounds_weights_as_onnxruntime_quantizer_does(symmetric):
+    """round_blockwise is what MatMulNBits computes with after DefaultWeightOnlyQuantizer."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        DefaultWeightOnlyQuantizer,
+    )
+
+    rng = np.random.default_rng(1)
+    weight = rng.standard_normal((96, 40)).astype(np.float32)
+    node = onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="m")
+    stack = onnx.GraphProto()
+    stack.initializer.append(onnx.numpy_helper.from_array(weight, "w"))
+    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=symmetric, bits=4)
+    nodes = DefaultWeightOnlyQuantizer(config).quantize(node, [stack])
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3, 96])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3, 40])
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph(nodes, "g", [x], [y], list(stack.initializer[1:])),
+        opset_imports=[
+            onnx.helper.make_opsetid("", 21),
+            onnx.helper.make_opsetid("com.microsoft", 1),
+        ],
+    )
+    session = onnxruntime.InferenceSession(
+        model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    inputs = rng.standard_normal((3, 96)).astype(np.float32)
+    got = session.run(None, {"x": inputs})[0]
+    want = inputs @ round_blockwise(weight, 32, symmetric)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
