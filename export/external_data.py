@@ -49,13 +49,6 @@ class ExternalData:
         tensor.ClearField("raw_data")
         self._refer(tensor, offset)
 
-    def moved(self, tensor: TensorProto, base_dir: Path) -> TensorProto:
-        """A copy of ``tensor`` (external data in ``base_dir`` or inline) whose bytes are in
-        this file unless it is small."""
-        copy = load_tensor(TensorProto(), tensor, base_dir)
-        self.spill(copy)
-        return copy
-
     def _write(self, data: np.ndarray | bytes) -> int:
         offset = -self.file.tell() % ALIGNMENT + self.file.tell()
         self.file.seek(offset)

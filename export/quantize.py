@@ -95,14 +95,12 @@ def _weight_only(
     target: Path,
     bits_of: Callable[[str], int],
     block_size: int = BLOCK_SIZE,
-    symmetric: bool = True,
     scaling: Scaling | None = None,
 ) -> None:
     """MatMulNBits for every MatMul of the float graph ``source`` (its weights external) in
-    ``target``, with ``bits_of(node name)`` bits in blocks of ``block_size``, one weight at a
-    time; 8-bit weights are symmetric, 4-bit ones ``symmetric`` or not. ``scaling``:
-    activation-aware scales applied to every float tensor they touch as it is read
-    (:mod:`mobilevlm.export.activation_scaling`).
+    ``target``, with ``bits_of(node name)`` bits, symmetric in blocks of ``block_size``, one
+    weight at a time. ``scaling``: activation-aware scales applied to every float tensor they
+    touch as it is read (:mod:`mobilevlm.export.activation_scaling`).
 
     onnxruntime's MatMulNBitsQuantizer loads the whole float model and keeps every weight
     until it saves (the 135M decoder's int8 step peaked 0.9 GB above the export's base;
@@ -130,7 +128,7 @@ def _weight_only(
             if bits not in quantizers:
                 config = DefaultWeightOnlyQuantConfig(
                     block_size=block_size,
-                    is_symmetric=symmetric or bits == 8,
+                    is_symmetric=True,
                     accuracy_level=ACCURACY_LEVEL,
                     bits=bits,
                 )
@@ -139,8 +137,7 @@ def _weight_only(
             # with the message, so loaded into the model's graph, it would stay until the end
             weight = onnx.GraphProto()
             load_tensor(weight.initializer.add(), floats[node.input[1]], source.parent)
-            if scaling is not None:
-                _rescale(weight.initializer[0], scaling)
+            _rescale(weight.initializer[0], scaling)
             nodes += quantizers[bits].quantize(node, [weight])
             for tensor in weight.initializer[1:]:
                 external.spill(tensor)
@@ -149,13 +146,10 @@ def _weight_only(
         # the float tensors left (norms, rotary caches) move across too
         kept = []
         for tensor in graph.initializer:
-            if tensor.name in replaced:
-                continue
-            if scaling is not None and scaling.touches(tensor.name):
-                copy = load_tensor(onnx.TensorProto(), tensor, source.parent)
-                kept.append(external.array(tensor.name, scaling.apply(tensor.name, to_array(copy))))
-            else:
-                kept.append(external.moved(tensor, source.parent))
+            if tensor.name not in replaced:
+                kept.append(load_tensor(onnx.TensorProto(), tensor, source.parent))
+                _rescale(kept[-1], scaling)
+                external.spill(kept[-1])
     del graph.initializer[:]
     graph.initializer.extend(kept + quantized)
     del graph.node[:]
@@ -163,9 +157,9 @@ def _weight_only(
     onnx.save_model(model, str(target))
 
 
-def _rescale(tensor: onnx.TensorProto, scaling: Scaling) -> None:
-    """``tensor`` (loaded) replaced in place by its activation-aware scaled values."""
-    if scaling.touches(tensor.name):
+def _rescale(tensor: onnx.TensorProto, scaling: Scaling | None) -> None:
+    """``tensor`` (loaded) replaced in place by its activation-aware scaled values, if any."""
+    if scaling is not None and scaling.touches(tensor.name):
         tensor.CopyFrom(from_array(scaling.apply(tensor.name, to_array(tensor)), tensor.name))
 
 
