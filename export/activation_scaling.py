@@ -15,10 +15,20 @@ the graph keeps its ops and costs nothing at run time:
 Per weight, ``s = mean|x|^alpha`` (normalized), with ``alpha`` in [0, 1] chosen
 by grid search to minimize ``||X W - X' Q(W')||`` on sampled calibration rows
 (:mod:`mobilevlm.export.decoder_calibration`), with Q the same 4-bit rounding
-the quantizer then applies. The output projection of attention is left alone:
+the quantizer then applies. The output projection of attention is not scaled:
 with grouped-query attention its input channels come from shared value heads.
 Smaller input channels also make ``accuracy_level`` 4's per-block int8
 quantization of the activations finer.
+
+Then AWQ's second step, clipping: per block and output column, the fraction
+of the block's range that the rounding grid spans, searched in [0.5, 1] for
+the smallest error of that block's share of the output, ``d^T X_b^T X_b d``
+on the same rows (``d`` the block's rounding error). An outlier weight no
+longer stretches the grid of the 31 others. The weight is clipped to that
+range before the quantizer sees it, so the quantizer's own round-to-nearest
+reproduces the chosen grid exactly (:func:`round_blockwise`). Every 4-bit
+weight with calibration rows is clipped, the attention's output projection
+included.
 """
 
 from __future__ import annotations
@@ -33,6 +43,8 @@ import numpy as np
 from mobilevlm.export.decoder_calibration import InputStatistics
 
 ALPHAS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+CLIP_RATIOS = tuple(np.round(np.linspace(1.0, 0.5, 11), 2))
+CLIP_COLUMNS = 2048  # output columns searched at once: a bound on the search's memory
 
 # our decoder graph's names (mobilevlm.export.onnx_decoder): weight -> what feeds it
 _FOLDS = (
@@ -64,22 +76,26 @@ def fold_target(weight: str) -> tuple[str, bool] | None:
 
 
 @dataclass
-class Scaling:
-    """Per-channel scales chosen for some weights, applied as tensors are read."""
+class ActivationAware:
+    """Per-channel scales and per-block clipping ranges chosen for some weights, applied as
+    the graph's float tensors are read."""
 
+    block_size: int
+    symmetric: bool
     scales: dict[str, np.ndarray] = field(default_factory=dict)  # weight -> s (K,)
     alphas: dict[str, float] = field(default_factory=dict)
+    clips: dict[str, np.ndarray] = field(default_factory=dict)  # weight -> (K blocks, N)
 
     def __post_init__(self) -> None:
         self._folded = {fold_target(w)[0]: w for w in self.scales}
 
     def touches(self, name: str) -> bool:
-        return name in self.scales or name in self._folded
+        return name in self.scales or name in self._folded or name in self.clips
 
     def apply(self, name: str, array: np.ndarray) -> np.ndarray:
-        """``array`` (the float tensor ``name`` of the graph) with every scaling that touches
-        it: its rows times its own s, and its share of the divisions by the s of the weight
-        it feeds."""
+        """``array`` (the float tensor ``name`` of the graph) with everything that touches
+        it: its rows times its own s, its share of the divisions by the s of the weight it
+        feeds, then its clipping."""
         if name in self.scales:
             array = array * self.scales[name][:, None]
         if name in self._folded:
@@ -91,13 +107,18 @@ class Scaling:
                 array[:, half:] /= s[None, :]
             else:
                 array = array / s
+        if name in self.clips:
+            array = clip_blocks(array, self.clips[name], self.block_size, self.symmetric)
         return array.astype(np.float32)
 
     def summary(self) -> dict:
-        values = list(self.alphas.values())
+        alphas = list(self.alphas.values())
+        clipped = [float((r < 1).mean()) for r in self.clips.values()]
         return {
-            "weights": len(values),
-            "alpha_median": float(np.median(values)) if values else None,
+            "weights_scaled": len(alphas),
+            "alpha_median": float(np.median(alphas)) if alphas else None,
+            "weights_clipped": len(clipped),
+            "blocks_clipped": round(float(np.mean(clipped)), 3) if clipped else None,
         }
 
 
@@ -148,30 +169,86 @@ def round_blockwise(
     return rounded.reshape(n, -1)[:, :k].T
 
 
-def choose_scaling(
+def _blocks(array: np.ndarray, block_size: int) -> np.ndarray:
+    """(K, ...) -> (K blocks, block_size, ...), K padded with zeros to whole blocks."""
+    pad = -array.shape[0] % block_size
+    array = np.pad(array, ((0, pad),) + ((0, 0),) * (array.ndim - 1))
+    return array.reshape(-1, block_size, *array.shape[1:])
+
+
+def _range(blocks: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The (low, high) each block's grid spans unclipped, as the quantizer computes it."""
+    if symmetric:
+        high = np.abs(blocks).max(1, keepdims=True)
+        return -high, high
+    return np.minimum(blocks.min(1, keepdims=True), 0), np.maximum(blocks.max(1, keepdims=True), 0)
+
+
+def clip_blocks(
+    weight: np.ndarray, ratios: np.ndarray, block_size: int, symmetric: bool
+) -> np.ndarray:
+    """``weight`` (K, N) with each block of each column clipped to ``ratios`` (K blocks, N)
+    of its range."""
+    k = weight.shape[0]
+    blocks = _blocks(weight, block_size)
+    low, high = _range(blocks, symmetric)
+    ratios = ratios[:, None, :]
+    clipped = np.clip(blocks, low * ratios, high * ratios)
+    return clipped.reshape(-1, weight.shape[1])[:k]
+
+
+def choose_clipping(
+    weight: np.ndarray, rows: np.ndarray, block_size: int, symmetric: bool
+) -> np.ndarray:
+    """Clip ratios (K blocks, N) for ``weight`` (K, N) with inputs ``rows`` (R, K): per block
+    and column, the grid point of :data:`CLIP_RATIOS` whose rounded block gives the smallest
+    error in the block's share of the output (1.0: no clipping)."""
+    x = _blocks(rows.T.astype(np.float32), block_size)  # (K blocks, block, R)
+    gram = np.einsum("bir,bjr->bij", x, x)
+    ratios = np.ones((x.shape[0], weight.shape[1]), np.float32)
+    for start in range(0, weight.shape[1], CLIP_COLUMNS):
+        w = weight[:, start : start + CLIP_COLUMNS].astype(np.float32)
+        blocks = _blocks(w, block_size)
+        best = np.full((blocks.shape[0], w.shape[1]), np.inf, np.float32)
+        for ratio in CLIP_RATIOS:
+            clipped = clip_blocks(w, np.full_like(best, ratio), block_size, symmetric)
+            rounded = round_blockwise(clipped, block_size, symmetric)
+            error = blocks - _blocks(rounded, block_size)
+            cost = (error * np.matmul(gram, error)).sum(1)  # d^T G d per block and column
+            better = cost < best
+            best[better] = cost[better]
+            ratios[:, start : start + CLIP_COLUMNS][better] = ratio
+    return ratios
+
+
+def choose_adjustments(
     source: Path,
     statistics: dict[str, InputStatistics],
     four_bit: Callable[[str], bool],
     block_size: int,
     symmetric: bool,
-) -> Scaling:
-    """Scales for every 4-bit weight of the float graph ``source`` that has a fold target and
-    calibration statistics, read one weight at a time."""
+) -> ActivationAware:
+    """Scales for every 4-bit weight of the float graph ``source`` that has a fold target,
+    and clipping for every one, where calibration statistics exist; read one weight at a
+    time."""
     import onnx
 
     from mobilevlm.export.external_data import load_tensor
 
     model = onnx.load(str(source), load_external_data=False)
     weights = {node.input[1]: node.name for node in model.graph.node if node.op_type == "MatMul"}
-    scales, alphas = {}, {}
+    found = ActivationAware(block_size, symmetric)
     for tensor in model.graph.initializer:
         name = tensor.name
-        if name not in weights or name not in statistics or fold_target(name) is None:
-            continue
-        if not four_bit(weights[name]):
+        if name not in weights or name not in statistics or not four_bit(weights[name]):
             continue
         weight = onnx.numpy_helper.to_array(load_tensor(onnx.TensorProto(), tensor, source.parent))
-        scales[name], alphas[name] = choose_scales(
-            weight, statistics[name], lambda w: round_blockwise(w, block_size, symmetric)
-        )
-    return Scaling(scales, alphas)
+        rows = statistics[name].rows
+        if fold_target(name) is not None:
+            s, found.alphas[name] = choose_scales(
+                weight, statistics[name], lambda w: round_blockwise(w, block_size, symmetric)
+            )
+            found.scales[name] = s
+            weight, rows = weight * s[:, None], rows / s
+        found.clips[name] = choose_clipping(weight, rows, block_size, symmetric)
+    return ActivationAware(block_size, symmetric, found.scales, found.alphas, found.clips)

@@ -9,26 +9,29 @@ vision fp32; fp32 decoder 61.0%), see docs/benchmarks.md:
   quantizes each activation tensor with one scale, and SmolLM2's outlier
   channels cost it 15 points (46.0%).
 - decoder int4, a recipe per LLM size (:func:`int4_recipe`), both with
-  activation-aware scaling (:mod:`mobilevlm.export.activation_scaling`)
+  activation-aware scaling and clipping (:mod:`mobilevlm.export.activation_scaling`)
   chosen on calibration sequences before round-to-nearest; issue 35 compared
-  it with asymmetric RTN, llama.cpp-style k-quant scales, HQQ, GPTQ and block
-  sizes 32/64/128 (docs/benchmarks.md, "int4 weight methods"). Small LLMs
-  (the built-in SmolLM2-135M): weight-only MatMulNBits, 4-bit symmetric
-  blocks of 32 for the MLP (three quarters of each layer's weights), 8 bits
-  for the attention projections and the lm_head. All-4-bit layers (lm_head
-  8-bit) scored 56.0%, this mix 60.0%; 8-bit MLPs with 4-bit attention 61.0%
-  but at twice the MLP bytes; a 4-bit lm_head is faster but scored 56.0%.
-  LLMs of a billion parameters and more: 4-bit blocks of 128 everywhere but
-  the lm_head and ffn_down in the layers llama.cpp's Q4_K_M keeps wider (its
-  ``use_more_bits``: the first and last eighth and every third between),
-  which get 8 bits. Q4_K_M widens attn_v in those layers too; here V is
-  packed into one QKV MatMul, and 8 bits for the whole of it cost more bytes
-  per token than Q4_K_M reads, so QKV stays 4-bit: the decoder reads 757 MiB
-  per token, Q4_K_M 760. At MobileVLM_V2-1.7B's geometry (2 cores, AVX-512
-  VNNI, decoders side by side in one process) this decoded 1.05x as fast as
-  8-bit QKV and ffn_down (829 MiB), all-4-bit blocks of 128 (691 MiB) 1.09x-1.18x;
-  the small recipe's 999 MiB decoded at 17-24 tokens/s, blocks of 32 cost
-  more bytes and were slower.
+  it with symmetric and asymmetric RTN, llama.cpp-style k-quant scales, HQQ,
+  GPTQ and block sizes 32/64/128 on 1,000 held-out questions
+  (docs/benchmarks.md, "int4 weight methods"). Small LLMs (the built-in
+  SmolLM2-135M): weight-only MatMulNBits, 4-bit asymmetric blocks of 32 for
+  the MLP (three quarters of each layer's weights), 8 bits for the attention
+  projections, the lm_head and the MLPs of the first two layers (layer 0's
+  was the most fragile, torch KL per layer), in blocks of 64 where K = 576
+  (128 would pad it to 640) and 128 where K = 1,536: 95.6% against fp32's
+  96.6%, 98.2% of answers the same on 1,000 questions, 106.3 MiB read per
+  token as before (symmetric RTN with 8-bit blocks of 32: 93.7%, 96.1%).
+  4-bit attention cost 11 points with plain rounding.
+  LLMs of a billion parameters and more: 4-bit asymmetric blocks of 128
+  everywhere but the lm_head and ffn_down in the layers llama.cpp's Q4_K_M
+  keeps wider (its ``use_more_bits``: the first and last eighth and every
+  third between), which get 8 bits. Q4_K_M widens attn_v in those layers
+  too; here V is packed into one QKV MatMul, and 8 bits for the whole of it
+  cost more bytes per token than Q4_K_M reads, so QKV stays 4-bit. At
+  MobileVLM_V2-1.7B's geometry (2 cores, AVX-512 VNNI, decoders side by side
+  in one process) this mix decoded 1.05x as fast as 8-bit QKV and ffn_down,
+  all-4-bit blocks of 128 1.09x-1.18x; the small recipe's bytes decoded at
+  17-24 tokens/s, blocks of 32 cost more bytes and were slower.
 - vision int8 of a CNN tower (the built-in EfficientNet-Lite0): static QDQ,
   per-channel weights, activations calibrated on sample images with the
   percentile method. Of a transformer tower (CLIP ViT): dynamic int8
@@ -61,7 +64,7 @@ import onnx
 from onnx.numpy_helper import from_array, to_array
 
 from mobilevlm.config import LLMConfig
-from mobilevlm.export.activation_scaling import Scaling
+from mobilevlm.export.activation_scaling import ActivationAware
 from mobilevlm.export.external_data import ExternalData, data_file_name, detached, load_tensor
 from mobilevlm.export.onnx_decoder import LM_HEAD
 
@@ -90,16 +93,24 @@ def quiet_root_logger():
     return quiet_loggers("", NBITS_LOGGER)
 
 
+@dataclass(frozen=True)
+class Blocks:
+    """How one MatMul's weight is stored: bits, block size along K, zero points or not."""
+
+    bits: int
+    block_size: int = BLOCK_SIZE
+    symmetric: bool = True
+
+
 def _weight_only(
     source: Path,
     target: Path,
-    bits_of: Callable[[str], int],
-    block_size: int = BLOCK_SIZE,
-    scaling: Scaling | None = None,
+    blocks_of: Callable[[str, int], Blocks],
+    adjust: ActivationAware | None = None,
 ) -> None:
     """MatMulNBits for every MatMul of the float graph ``source`` (its weights external) in
-    ``target``, with ``bits_of(node name)`` bits, symmetric in blocks of ``block_size``, one
-    weight at a time. ``scaling``: activation-aware scales applied to every float tensor they
+    ``target``, stored as ``blocks_of(node name, K)`` says, one weight at a time.
+    ``adjust``: activation-aware scales and clipping, applied to every float tensor they
     touch as it is read (:mod:`mobilevlm.export.activation_scaling`).
 
     onnxruntime's MatMulNBitsQuantizer loads the whole float model and keeps every weight
@@ -115,7 +126,7 @@ def _weight_only(
     model = onnx.load(str(source), load_external_data=False)
     graph = model.graph
     floats = {t.name: t for t in graph.initializer}
-    quantizers: dict[int, DefaultWeightOnlyQuantizer] = {}
+    quantizers: dict[Blocks, DefaultWeightOnlyQuantizer] = {}
     nodes, quantized, replaced = [], [], set()
     location = data_file_name(target.name)
     with open(target.parent / location, "wb") as file:
@@ -124,21 +135,21 @@ def _weight_only(
             if node.op_type != "MatMul" or node.input[1] not in floats:
                 nodes.append(node)
                 continue
-            bits = bits_of(node.name)
-            if bits not in quantizers:
+            blocks = blocks_of(node.name, floats[node.input[1]].dims[0])
+            if blocks not in quantizers:
                 config = DefaultWeightOnlyQuantConfig(
-                    block_size=block_size,
-                    is_symmetric=True,
+                    block_size=blocks.block_size,
+                    is_symmetric=blocks.symmetric,
                     accuracy_level=ACCURACY_LEVEL,
-                    bits=bits,
+                    bits=blocks.bits,
                 )
-                quantizers[bits] = DefaultWeightOnlyQuantizer(config)
+                quantizers[blocks] = DefaultWeightOnlyQuantizer(config)
             # a graph of its own for this weight: protobuf frees what a message holds only
             # with the message, so loaded into the model's graph, it would stay until the end
             weight = onnx.GraphProto()
             load_tensor(weight.initializer.add(), floats[node.input[1]], source.parent)
-            _rescale(weight.initializer[0], scaling)
-            nodes += quantizers[bits].quantize(node, [weight])
+            _adjust(weight.initializer[0], adjust)
+            nodes += quantizers[blocks].quantize(node, [weight])
             for tensor in weight.initializer[1:]:
                 external.spill(tensor)
                 quantized.append(detached(tensor))
@@ -148,7 +159,7 @@ def _weight_only(
         for tensor in graph.initializer:
             if tensor.name not in replaced:
                 kept.append(load_tensor(onnx.TensorProto(), tensor, source.parent))
-                _rescale(kept[-1], scaling)
+                _adjust(kept[-1], adjust)
                 external.spill(kept[-1])
     del graph.initializer[:]
     graph.initializer.extend(kept + quantized)
@@ -157,15 +168,15 @@ def _weight_only(
     onnx.save_model(model, str(target))
 
 
-def _rescale(tensor: onnx.TensorProto, scaling: Scaling | None) -> None:
-    """``tensor`` (loaded) replaced in place by its activation-aware scaled values, if any."""
-    if scaling is not None and scaling.touches(tensor.name):
-        tensor.CopyFrom(from_array(scaling.apply(tensor.name, to_array(tensor)), tensor.name))
+def _adjust(tensor: onnx.TensorProto, adjust: ActivationAware | None) -> None:
+    """``tensor`` (loaded) replaced in place by its activation-aware values, if any."""
+    if adjust is not None and adjust.touches(tensor.name):
+        tensor.CopyFrom(from_array(adjust.apply(tensor.name, to_array(tensor)), tensor.name))
 
 
 @quiet_root_logger()
 def quantize_decoder_int8(source: Path, target: Path) -> dict:
-    _weight_only(source, target, lambda node: 8)
+    _weight_only(source, target, lambda node, k: Blocks(8))
     return {
         "method": "onnxruntime MatMulNBitsQuantizer (RTN)",
         "weights": f"int8 symmetric, blocks of {BLOCK_SIZE}",
@@ -175,40 +186,59 @@ def quantize_decoder_int8(source: Path, target: Path) -> dict:
 
 @dataclass(frozen=True)
 class Int4Recipe:
-    """Which MatMuls of the int4 decoder keep 8 bits, and the 4-bit block size."""
+    """Which MatMuls of the int4 decoder keep 8 bits, and how each is blocked."""
 
     name: str
-    block_size: int
+    four_bit: Blocks
+    eight_bit_block: int  # at most; smaller where K is not a multiple (576: 64)
     eight_bit_attention: bool  # every attention projection (else llama.cpp's layer choice)
     description: str
+    # the MLPs of the first layers, the most fragile: one per this many layers of depth (2 of
+    # the built-in model's 30; a tiny test LLM's 2 layers keep 4-bit MLPs); 0: none
+    eight_bit_mlp_per_layers: int = 0
 
     def eight_bit(self, node: str, layers: int) -> bool:
         if node == LM_HEAD:
             return True
+        layer = _layer_of(node)
+        first = layers // self.eight_bit_mlp_per_layers if self.eight_bit_mlp_per_layers else 0
+        if layer is not None and layer < first and ".mlp." in node:
+            return True
         if self.eight_bit_attention:
             return ".self_attn." in node
-        layer = _layer_of(node)
         return node.endswith(".down_proj") and layer is not None and _more_bits(layer, layers)
+
+    def blocks(self, node: str, k: int, layers: int) -> Blocks:
+        if not self.eight_bit(node, layers):
+            return self.four_bit
+        block = self.eight_bit_block
+        while k % block and block > 16:  # a padded last block is read like a full one
+            block //= 2
+        return Blocks(8, block)
 
 
 SMALL_LLM = Int4Recipe(
     "small-llm",
-    BLOCK_SIZE,
+    Blocks(4, 32, symmetric=False),
+    128,
     True,
-    f"MLP int4 symmetric, blocks of {BLOCK_SIZE}; attention and lm_head int8",
+    "MLP int4 asymmetric, blocks of 32; attention, lm_head and the first two layers' MLPs "
+    "int8, blocks of up to 128",
+    eight_bit_mlp_per_layers=15,
 )
 LARGE_LLM = Int4Recipe(
     "q4_k_m-like",
+    Blocks(4, 128, symmetric=False),
     128,
     False,
-    "int4 symmetric, blocks of 128; int8 (blocks of 128) for the lm_head and, in the "
+    "int4 asymmetric, blocks of 128; int8 (blocks of 128) for the lm_head and, in the "
     "layers where llama.cpp's Q4_K_M keeps more bits, the down projection",
 )
 LARGE_LLM_PARAMETERS = 1_000_000_000  # a billion: MobileLLaMA-1.4B and up
 
 
 def int4_recipe(config: LLMConfig) -> Int4Recipe:
-    """The 135M built-in model needs 8-bit attention to stay within 3 points of fp32;
+    """The 135M built-in model keeps 8-bit attention to stay within a point of fp32;
     a 1.4B LLM is quantized the way llama.cpp's Q4_K_M is (see the module docstring)."""
     return LARGE_LLM if config.parameters >= LARGE_LLM_PARAMETERS else SMALL_LLM
 
@@ -232,38 +262,42 @@ def quantize_decoder_int4(
     calibration: Sequence[np.ndarray] | None = None,
 ) -> dict:
     """``calibration``: input-embedding sequences (:mod:`mobilevlm.export.decoder_calibration`)
-    to choose activation-aware scales on; without them, plain round-to-nearest."""
-    from mobilevlm.export.activation_scaling import choose_scaling, fold_target
+    to choose activation-aware scales and clipping on; without them, plain round-to-nearest."""
+    from mobilevlm.export.activation_scaling import choose_adjustments
     from mobilevlm.export.decoder_calibration import input_statistics
 
     recipe = int4_recipe(config)
     layers = config.num_hidden_layers
 
-    def bits_of(node: str) -> int:
-        return 8 if recipe.eight_bit(node, layers) else 4
+    def four_bit(node: str) -> bool:
+        return not recipe.eight_bit(node, layers)
 
-    scaling = None
+    adjust = None
     if calibration:
         graph = onnx.load(str(source), load_external_data=False).graph
-        scaled = [t.name for t in graph.initializer if fold_target(t.name) is not None]
-        statistics = input_statistics(source, calibration, scaled)
-        scaling = choose_scaling(
-            source, statistics, lambda node: bits_of(node) == 4, recipe.block_size, True
+        weights = [n.input[1] for n in graph.node if n.op_type == "MatMul" and four_bit(n.name)]
+        statistics = input_statistics(source, calibration, weights)
+        adjust = choose_adjustments(
+            source,
+            statistics,
+            four_bit,
+            recipe.four_bit.block_size,
+            recipe.four_bit.symmetric,
         )
         del statistics
-    _weight_only(source, target, bits_of, recipe.block_size, scaling=scaling)
+    _weight_only(source, target, lambda node, k: recipe.blocks(node, k, layers), adjust=adjust)
     made = {
         "method": "onnxruntime MatMulNBitsQuantizer (RTN)",
         "recipe": recipe.name,
         "weights": recipe.description,
         "activations": "int8 per block, dynamic (accuracy_level 4)",
     }
-    if scaling is not None:
-        made["method"] = "activation-aware scaling (AWQ-style) + " + made["method"]
-        made["activation_scaling"] = {
+    if adjust is not None:
+        made["method"] = "activation-aware scaling and clipping (AWQ-style) + " + made["method"]
+        made["activation_aware"] = {
             "calibration_sequences": len(calibration),
             "calibration_tokens": int(sum(len(s) for s in calibration)),
-            **scaling.summary(),
+            **adjust.summary(),
         }
     return made
 

@@ -230,12 +230,19 @@ def describe_run(
 # ---------------------------------------------------------------------- the built-in model
 
 
+# Bumped whenever the exporter writes the built-in model's artefacts differently, so that an
+# upgrade exports them again instead of answering with the cached ones (2: issue 35's int4).
+BUILT_IN_EXPORT_REVISION = 2
+
+
 def default_bundle_dir() -> Path:
-    """Where the built-in model's bundle is cached: named after its trained parts' hash,
-    so new weights in the repository give a new bundle instead of a stale one."""
+    """Where the built-in model's bundle is cached: named after its trained parts' hash and
+    the exporter's revision, so new weights in the repository or a new export recipe give a
+    new bundle instead of a stale one."""
     from mobilevlm.default_model import default_model_dir
 
-    return cache_root() / "bundles" / default_model_dir().name.replace("default-model", "default")
+    name = default_model_dir().name.replace("default-model", "default")
+    return cache_root() / "bundles" / f"{name}-r{BUILT_IN_EXPORT_REVISION}"
 
 
 def needed_precisions(options: LoadOptions) -> list[str]:

@@ -1,4 +1,5 @@
-"""Activation-aware scaling of the int4 decoder: exact in float, faithful to the quantizer."""
+"""Activation-aware scaling and clipping of the int4 decoder: exact in float where they
+should be, faithful to the quantizer, and better than plain rounding where they choose."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import onnxruntime
 import pytest
 import torch
 
-from mobilevlm.export.activation_scaling import Scaling, fold_target, round_blockwise
+from mobilevlm.export.activation_scaling import (
+    ActivationAware,
+    choose_clipping,
+    clip_blocks,
+    fold_target,
+    round_blockwise,
+)
 from mobilevlm.export.external_data import load_tensor
 from mobilevlm.export.onnx_bundle import save_decoder
 from mobilevlm.runtime.ort import graph_io
@@ -44,8 +51,8 @@ def test_scales_folded_into_norms_and_up_columns_leave_the_float_decoder_unchang
     rng = np.random.default_rng(0)
     scaled = [name for name in arrays if fold_target(name) is not None]
     assert {name.rsplit(".", 2)[-2] for name in scaled} == {"qkv_proj", "gate_up_proj", "down_proj"}
-    scaling = Scaling(
-        {n: rng.uniform(0.25, 4.0, arrays[n].shape[0]).astype(np.float32) for n in scaled}
+    scaling = ActivationAware(
+        32, True, {n: rng.uniform(0.25, 4.0, arrays[n].shape[0]).astype(np.float32) for n in scaled}
     )
     del graph.initializer[:]
     graph.initializer.extend(
@@ -91,3 +98,23 @@ def test_the_search_rounds_weights_as_onnxruntime_quantizer_does(symmetric):
     got = session.run(None, {"x": inputs})[0]
     want = inputs @ round_blockwise(weight, 32, symmetric)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_clipping_chosen_on_rows_lowers_the_output_error_of_rounding(symmetric):
+    """The search clips some blocks, not all, and the rounded clipped weight reproduces the
+    float product better than the rounded weight, where one ratio for every block does worse
+    than no clipping."""
+    rng = np.random.default_rng(2)
+    weight = rng.standard_normal((128, 48)).astype(np.float32)
+    rows = rng.standard_normal((512, 128)).astype(np.float32)
+    ratios = choose_clipping(weight, rows, 32, symmetric)
+    assert ratios.shape == (4, 48)
+    assert 0 < (ratios < 1).mean() < 1
+    np.testing.assert_array_equal(clip_blocks(weight, np.ones_like(ratios), 32, symmetric), weight)
+
+    def error(w):
+        return float(np.square(rows @ weight - rows @ round_blockwise(w, 32, symmetric)).sum())
+
+    assert error(clip_blocks(weight, ratios, 32, symmetric)) < 0.95 * error(weight)
+    assert error(clip_blocks(weight, np.full_like(ratios, 0.9), 32, symmetric)) > error(weight)

@@ -181,4 +181,7 @@ def test_an_export_that_consumes_the_model_writes_the_same_bundle_and_frees_its_
     assert stages[:4] == ["inputs", "parity reference", "int4 calibration", "decoder"]
     assert stages[-1] == "parity"
     int4 = b.find("decoder", "int4").details
-    assert int4["method"].startswith("activation-aware scaling")
+    assert int4["method"].startswith("activation-aware scaling and clipping")
+    aware = int4["activation_aware"]
+    assert aware["weights_scaled"] > 0 and aware["weights_clipped"] > 0
+    assert 0 < aware["blocks_clipped"] < 1

@@ -15,6 +15,11 @@ from mobilevlm.runtime.ort.graph_io import PIXEL_VALUES
 
 
 def test_the_built_in_llm_keeps_8_bit_attention_and_a_1_4b_llm_gets_the_q4_k_m_like_mix():
+    eight = [
+        quantize.SMALL_LLM.eight_bit(f"model.layers.{i}.mlp.gate_up_proj", 30) for i in range(30)
+    ]
+    assert eight == [True, True] + [False] * 28  # the first two layers' MLPs, measured fragile
+    assert not quantize.SMALL_LLM.eight_bit("model.layers.0.mlp.down_proj", 2)  # a tiny LLM
     assert SMOLLM2_135M.parameters == pytest.approx(134.5e6, rel=0.01)
     assert LLMConfig().parameters == pytest.approx(1.36e9, rel=0.01)  # MobileLLaMA-1.4B
     assert quantize.int4_recipe(SMOLLM2_135M) is quantize.SMALL_LLM
@@ -43,6 +48,17 @@ def _bits(path) -> dict[str, tuple[int, int]]:
     return found
 
 
+def test_8_bit_blocks_shrink_to_divide_k_and_4_bit_blocks_keep_the_recipe_s_size():
+    """The built-in LLM's K of 576 would pad a block of 128 to 640; 64 divides it."""
+    recipe = quantize.SMALL_LLM
+    assert recipe.blocks(quantize.LM_HEAD, 576, 30) == quantize.Blocks(8, 64)
+    assert recipe.blocks("model.layers.0.self_attn.o_proj", 576, 30) == quantize.Blocks(8, 64)
+    assert recipe.blocks("model.layers.5.mlp.down_proj", 1536, 30) == recipe.four_bit
+    assert recipe.blocks("model.layers.1.mlp.down_proj", 1536, 30) == quantize.Blocks(8, 128)
+    assert recipe.four_bit == quantize.Blocks(4, 32, symmetric=False)
+    assert quantize.LARGE_LLM.blocks(quantize.LM_HEAD, 2048, 24) == quantize.Blocks(8, 128)
+
+
 def test_a_large_llm_decoder_gets_4_bit_blocks_of_128_and_8_bits_where_chosen(
     tiny_models, tmp_path, monkeypatch
 ):
@@ -55,10 +71,10 @@ def test_a_large_llm_decoder_gets_4_bit_blocks_of_128_and_8_bits_where_chosen(
     assert made["recipe"] == quantize.LARGE_LLM.name
     bits = _bits(tmp_path / "int4.onnx")
     layers = model.config.llm.num_hidden_layers
-    assert bits and {block for _, block in bits.values()} == {128}
     assert bits[f"model.layers.{layers - 1}.mlp.down_proj"][0] == 8  # the last layer: wide
-    for name, (nbits, _) in bits.items():
+    for name, (nbits, block) in bits.items():
         assert nbits == (8 if quantize.LARGE_LLM.eight_bit(name, layers) else 4), name
+        assert nbits == 8 or block == 128, name
 
 
 def test_a_vit_tower_gets_a_dynamic_int8_graph_close_to_fp32(tiny_models, tmp_path):
@@ -101,12 +117,22 @@ def test_weights_quantized_one_at_a_time_equal_onnxruntime_s_whole_model_quantiz
 
     whole = onnx.load(str(source))
     recipe, layers = quantize.int4_recipe(model.config.llm), model.config.llm.num_hidden_layers
-    eight = [n.name for n in whole.graph.node if recipe.eight_bit(n.name, layers)]
-    for bits, select in ((4, {"nodes_to_exclude": eight}), (8, {})):
+    weights = {t.name: t.dims[0] for t in whole.graph.initializer}
+    groups: dict[quantize.Blocks, list[str]] = {}
+    for n in whole.graph.node:
+        if n.op_type == "MatMul" and n.input[1] in weights:
+            blocks = recipe.blocks(n.name, weights[n.input[1]], layers)
+            groups.setdefault(blocks, []).append(n.name)
+    assert len(groups) >= 2  # 4-bit and 8-bit at least
+    for blocks, names in groups.items():
         config = DefaultWeightOnlyQuantConfig(
-            block_size=recipe.block_size, is_symmetric=True, accuracy_level=4, bits=bits
+            block_size=blocks.block_size,
+            is_symmetric=blocks.symmetric,
+            accuracy_level=4,
+            bits=blocks.bits,
         )
-        library = MatMulNBitsQuantizer(whole, algo_config=config, **select)
+        others = [n for group in groups.values() if group is not names for n in group]
+        library = MatMulNBitsQuantizer(whole, algo_config=config, nodes_to_exclude=others)
         library.process()
         whole = library.model.model
 
