@@ -237,7 +237,7 @@ def choose_adjustments(
 
     model = onnx.load(str(source), load_external_data=False)
     weights = {node.input[1]: node.name for node in model.graph.node if node.op_type == "MatMul"}
-    found = ActivationAware(block_size, symmetric)
+    scales, alphas, clips = {}, {}, {}
     for tensor in model.graph.initializer:
         name = tensor.name
         if name not in weights or name not in statistics or not four_bit(weights[name]):
@@ -245,10 +245,10 @@ def choose_adjustments(
         weight = onnx.numpy_helper.to_array(load_tensor(onnx.TensorProto(), tensor, source.parent))
         rows = statistics[name].rows
         if fold_target(name) is not None:
-            s, found.alphas[name] = choose_scales(
+            s, alphas[name] = choose_scales(
                 weight, statistics[name], lambda w: round_blockwise(w, block_size, symmetric)
             )
-            found.scales[name] = s
+            scales[name] = s
             weight, rows = weight * s[:, None], rows / s
-        found.clips[name] = choose_clipping(weight, rows, block_size, symmetric)
-    return ActivationAware(block_size, symmetric, found.scales, found.alphas, found.clips)
+        clips[name] = choose_clipping(weight, rows, block_size, symmetric)
+    return ActivationAware(block_size, symmetric, scales, alphas, clips)
