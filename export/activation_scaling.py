@@ -148,25 +148,25 @@ def round_blockwise(
 ) -> np.ndarray:
     """``weight`` (K, N) after MatMulNBits' round-to-nearest in blocks of ``block_size`` along
     K, dequantized: the rounding the quantizer applies, for the search to measure."""
-    k, n = weight.shape
-    pad = -k % block_size
-    blocks = np.pad(weight.T, ((0, 0), (0, pad))).reshape(n, -1, block_size)
+    rounded = _round_blocks(_blocks(weight, block_size), symmetric, bits)
+    return rounded.reshape(-1, weight.shape[1])[: weight.shape[0]]
+
+
+def _round_blocks(blocks: np.ndarray, symmetric: bool, bits: int = 4) -> np.ndarray:
+    """:func:`round_blockwise` on ``blocks`` (K blocks, block_size, N), in that layout."""
     if symmetric:
         # onnxruntime's symmetric blocks: the value of largest magnitude maps to -2^(bits-1)
-        extreme = np.take_along_axis(blocks, np.abs(blocks).argmax(-1)[..., None], -1)
+        extreme = np.take_along_axis(blocks, np.abs(blocks).argmax(1)[:, None], 1)
         scale = extreme / -(2 ** (bits - 1))
         scale[scale == 0] = 1.0
         codes = np.clip(np.round(blocks / scale), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
-        rounded = codes * scale
-    else:
-        low = np.minimum(blocks.min(-1, keepdims=True), 0.0)
-        high = np.maximum(blocks.max(-1, keepdims=True), 0.0)
-        scale = (high - low) / (2**bits - 1)
-        scale[scale == 0] = 1.0
-        zero = np.round(-low / scale)
-        codes = np.clip(np.round(blocks / scale) + zero, 0, 2**bits - 1)
-        rounded = (codes - zero) * scale
-    return rounded.reshape(n, -1)[:, :k].T
+        return codes * scale
+    low, high = _range(blocks, symmetric)
+    scale = (high - low) / (2**bits - 1)
+    scale[scale == 0] = 1.0
+    zero = np.round(-low / scale)
+    codes = np.clip(np.round(blocks / scale) + zero, 0, 2**bits - 1)
+    return (codes - zero) * scale
 
 
 def _blocks(array: np.ndarray, block_size: int) -> np.ndarray:
@@ -189,12 +189,14 @@ def clip_blocks(
 ) -> np.ndarray:
     """``weight`` (K, N) with each block of each column clipped to ``ratios`` (K blocks, N)
     of its range."""
-    k = weight.shape[0]
-    blocks = _blocks(weight, block_size)
+    clipped = _clip_blocks(_blocks(weight, block_size), ratios, symmetric)
+    return clipped.reshape(-1, weight.shape[1])[: weight.shape[0]]
+
+
+def _clip_blocks(blocks: np.ndarray, ratios: np.ndarray, symmetric: bool) -> np.ndarray:
+    """:func:`clip_blocks` on ``blocks`` (K blocks, block_size, N), in that layout."""
     low, high = _range(blocks, symmetric)
-    ratios = ratios[:, None, :]
-    clipped = np.clip(blocks, low * ratios, high * ratios)
-    return clipped.reshape(-1, weight.shape[1])[:k]
+    return np.clip(blocks, low * ratios[:, None, :], high * ratios[:, None, :])
 
 
 def choose_clipping(
@@ -211,9 +213,9 @@ def choose_clipping(
         blocks = _blocks(w, block_size)
         best = np.full((blocks.shape[0], w.shape[1]), np.inf, np.float32)
         for ratio in CLIP_RATIOS:
-            clipped = clip_blocks(w, np.full_like(best, ratio), block_size, symmetric)
-            rounded = round_blockwise(clipped, block_size, symmetric)
-            error = blocks - _blocks(rounded, block_size)
+            # in the blocks' layout throughout: no padding or reshaping per grid point
+            clipped = _clip_blocks(blocks, np.full_like(best, ratio), symmetric)
+            error = blocks - _round_blocks(clipped, symmetric)
             cost = (error * np.matmul(gram, error)).sum(1)  # d^T G d per block and column
             better = cost < best
             best[better] = cost[better]
