@@ -236,6 +236,7 @@ def choose_adjustments(
     import onnx
 
     from mobilevlm.export.external_data import load_tensor
+    from mobilevlm.runtime.heap import give_back
 
     model = onnx.load(str(source), load_external_data=False)
     weights = {node.input[1]: node.name for node in model.graph.node if node.op_type == "MatMul"}
@@ -253,4 +254,5 @@ def choose_adjustments(
             scales[name] = s
             weight, rows = weight * s[:, None], rows / s
         clips[name] = choose_clipping(weight, rows, block_size, symmetric)
+        give_back()  # this weight's temporaries, which glibc's heap would otherwise keep
     return ActivationAware(block_size, symmetric, scales, alphas, clips)

@@ -268,10 +268,10 @@ def _cached_default_manifest() -> BundleManifest | None:
 
 # Peak RSS of building the built-in model's bundle on first use, the command included
 # (`make demo` from an empty cache, the int4 bundle exported then the question answered in
-# one process: 2.08 GiB since issue 35's calibrated int4, 1.76 GiB before; every precision
-# and the NPU vision graph: 1.89 GiB; 2026-12-05). Under a smaller memory budget the export
-# is refused, not run: the budget covers the whole command.
-DEFAULT_EXPORT_PEAK = int(2.25 * 2**30)
+# one process: 1.80 GiB with issue 35's calibrated int4, 1.76 GiB before it; 2026-12-05).
+# Under a smaller memory budget the export is refused, not run: the budget covers the whole
+# command.
+DEFAULT_EXPORT_PEAK = 2 * 2**30
 
 
 def default_bundle(
@@ -321,7 +321,7 @@ def open_default_bundle(
         flags += " --provider " + npu_wanted if npu_wanted and not npu_held else ""
         raise BudgetError(
             f"the built-in model's bundle ({path}) has no {', '.join(missing)} yet, and "
-            f"exporting it peaks at about {DEFAULT_EXPORT_PEAK / 2**30:.2f} GiB, over the "
+            f"exporting it peaks at about {DEFAULT_EXPORT_PEAK / 2**30:.0f} GiB, over the "
             f"memory budget of {budget / 2**20:,.0f} MiB: run `mobilevlm info {flags}` "
             "once first (it exports without a budget)",
             budget=budget,

@@ -201,7 +201,7 @@ def test_peak_rss_stays_under_the_budget_default_model(budget, precision, contex
 
 def test_a_budget_refuses_an_export_of_the_built_in_model_it_cannot_hold(tmp_path, monkeypatch):
     """The budget covers the whole command: a first use that would export the built-in
-    model (2.25 GiB at its peak) under a smaller budget is refused, naming what to run."""
+    model (2 GiB at its peak) under a smaller budget is refused, naming what to run."""
     from mobilevlm.runtime.loader import open_default_bundle
 
     monkeypatch.setenv("MOBILEVLM_CACHE", str(tmp_path))
