@@ -18,20 +18,23 @@ model (:mod:`mobilevlm.export.qnn_vision`).
 from __future__ import annotations
 
 import gc
+import logging
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mobilevlm import __version__
-from mobilevlm.config import ClipVisionConfig
+from mobilevlm.config import ClipVisionConfig, LLMConfig
 from mobilevlm.errors import BundleError, at
 from mobilevlm.export import quantize
 from mobilevlm.export.calibration import calibration_images, calibration_split, image_files
 from mobilevlm.export.onnx_bundle import (
     ONNX_PRECISIONS,
+    embedding_tables,
     onnx_artefact,
     write_embeddings,
     write_float_decoder,
@@ -44,6 +47,7 @@ from mobilevlm.manifest import (
     DEFAULT_MODEL_SOURCE,
     GGUF_PRECISIONS,
     MANIFEST_FILE,
+    NPU_PARTS,
     NPUS,
     PRECISIONS,
     TOKENIZER_FILE,
@@ -54,6 +58,8 @@ from mobilevlm.reference.checkpoint import atomic_directory
 from mobilevlm.reference.model import MobileVLM
 from mobilevlm.runtime.heap import give_back
 from mobilevlm.runtime.ort import qnn
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "gguf")
 UNQUANTIZED = ("fp32", "f16")
@@ -89,12 +95,31 @@ def check_request(
     formats: Sequence[str] = ("onnx",),
     npu: str | None = None,
     soc: str | None = None,
+    npu_parts: Sequence[str] | None = None,
 ) -> list[str]:
-    """Refuse unknown formats, precisions, NPUs or SoCs, and a target that exists but is not
-    a bundle; returns the precisions to export."""
+    """Refuse unknown formats, precisions, NPUs, NPU parts or SoCs, and a target that exists
+    but is not a bundle; returns the precisions to export."""
     chosen = plan_precisions(formats, precisions)
     if npu is not None and npu not in NPUS:
         raise BundleError(f"unknown NPU {npu!r} (expected one of {', '.join(NPUS)})")
+    if npu_parts is not None:
+        if npu is None:
+            raise BundleError("--npu-parts names what runs on the NPU: it needs --npu")
+        unknown = [p for p in npu_parts if p not in NPU_PARTS]
+        if unknown or not npu_parts:
+            raise BundleError(
+                f"NPU parts must be among {', '.join(NPU_PARTS)}, got {', '.join(npu_parts)}"
+            )
+        if "decode" in npu_parts and "prefill" not in npu_parts:
+            raise BundleError(
+                "the NPU's decode graph reads the cache its prefill graph fills: "
+                "add prefill to --npu-parts"
+            )
+        if set(npu_parts) & {"prefill", "decode"} and not set(chosen) & set(ONNX_PRECISIONS):
+            raise BundleError(
+                "the LLM's NPU graphs run with an ONNX bundle's embeddings and "
+                "decoder: export an ONNX precision too"
+            )
     if soc is not None:
         if npu is None:
             raise BundleError("--soc names the NPU's chip: it needs --npu")
@@ -132,12 +157,16 @@ def export_bundle(
     soc: str | None = None,
     profile: StageProfile | None = None,
     consume: bool = False,
+    npu_parts: Sequence[str] | None = None,
 ) -> BundleManifest:
     """Export ``model`` (made float32 in place) into the bundle directory ``target``,
     replacing an older bundle there. ``precisions`` None: every precision of each format.
     ``npu``: add the vision graph for that NPU (``qnn``), compiled for ``soc`` (default
     :data:`~mobilevlm.runtime.ort.qnn.DEFAULT_SOC`) and calibrated on ``calibration_dir``
-    (required unless the model is the built-in one). ``profile``: where the caller's earlier
+    (required unless the model is the built-in one); ``npu_parts``: which of the vision
+    graph and the LLM's prefill and decode graphs get an NPU form (None: all of them, the
+    vision graph alone for a billion-parameter LLM, whose 4-bit NPU graphs are not built
+    yet). ``profile``: where the caller's earlier
     stages (the model's assembly) were timed; its record, with the export's own stages,
     goes into ``bundle.json``.
 
@@ -152,16 +181,19 @@ def export_bundle(
     profile = profile or StageProfile()
     profile.stage("inputs")
     target = Path(target)
-    precisions = check_request(target, precisions, formats, npu, soc)
+    precisions = check_request(target, precisions, formats, npu, soc, npu_parts)
     onnx_precisions = [p for p in PRECISIONS if p in precisions]
     gguf_precisions = [p for p in GGUF_PRECISIONS if p in precisions]
     model = model.float().eval()
     calibration = npu_images = None
     if any(p not in UNQUANTIZED for p in precisions):  # read images before any slow work
         calibration = calibration_images(model.config.preprocess, calibration_dir)
+    llm_parts: list[str] = []
     if npu is not None:
         check_npu_calibration(calibration_dir, source)
-        npu_images = calibration_split(model.config.preprocess, calibration_dir)
+        llm_parts = npu_llm_parts(model.config.llm, npu_parts)
+        if "vision" in (npu_parts or NPU_PARTS):
+            npu_images = calibration_split(model.config.preprocess, calibration_dir)
     mmproj_skipped = None
     if gguf_precisions:
         from mobilevlm.export import gguf_bundle
@@ -169,23 +201,29 @@ def export_bundle(
         mmproj_skipped = gguf_bundle.mmproj_skipped(model)
 
     steps = ["parity reference"] if check_parity else []
-    if "int4" in onnx_precisions:
+    if "int4" in onnx_precisions or llm_parts:
         steps.append("int4 calibration")
     if onnx_precisions:
         steps += ["decoder", "embeddings"]
     if gguf_precisions:
         steps.append("llm f16")
+    if llm_parts:
+        steps.append("llm qnn graphs")
     steps.append("vision")
     if gguf_precisions and mmproj_skipped is None:
         steps.append("mmproj")
-    if npu is not None:
+    if npu_images is not None:
         steps.append("vision qnn graph")
     steps += [f"decoder {p}" for p in onnx_precisions if p != "fp32"]
     steps += [f"llm {p}" for p in gguf_precisions if p != "f16"]
     if calibration is not None:
         steps.append("vision int8")
-    if npu is not None:
+    if npu_images is not None:
         steps += ["vision qnn", "vision qnn context"]
+    for part in llm_parts:
+        steps += [f"{part} qnn", f"{part} qnn context"]
+    if llm_parts:
+        steps.append("llm qnn parity")
     if check_parity:
         steps.append("parity")
     disable = not sys.stderr.isatty() if progress is None else not progress
@@ -220,10 +258,16 @@ def export_bundle(
             if gguf_precisions:
                 continuations = gguf_bundle.reference_continuations(model)
 
-        sequences = None
-        if "int4" in onnx_precisions:
+        sequences = heldout = None
+        if "int4" in onnx_precisions or llm_parts:
             step("int4 calibration")
             sequences = int4_calibration(model, calibration_dir)
+            if llm_parts:
+                from mobilevlm.export.decoder_calibration import heldout_sequences
+                from mobilevlm.export.qnn_llm import HELDOUT
+                from mobilevlm.reference.backend import TorchBackend
+
+                heldout = heldout_sequences(TorchBackend(model), HELDOUT)
         if onnx_precisions:
             step("decoder")
             fp32_decoder, made = write_float_decoder(model, out, scratch, onnx_precisions)
@@ -234,6 +278,11 @@ def export_bundle(
             step("llm f16")
             f16, f16_details, made = gguf_bundle.write_f16_llm(model, out, scratch, gguf_precisions)
             artefacts += made
+        if llm_parts:
+            step("llm qnn graphs")
+            from mobilevlm.export.qnn_llm import save_static_graphs
+
+            static_llm = save_static_graphs(model, scratch, llm_parts)
         if consume:
             _release(model.language_model)
 
@@ -245,7 +294,7 @@ def export_bundle(
         if gguf_precisions and mmproj_skipped is None:
             step("mmproj")
             artefacts.append(gguf_bundle.write_mmproj_artefact(model, out))
-        if npu is not None:
+        if npu_images is not None:
             step("vision qnn graph")
             static_vision = export_vision(model, scratch / "vision_static.onnx", for_npu=True)
         if consume:
@@ -276,6 +325,16 @@ def export_bundle(
             artefacts += write_qnn_vision(
                 static_vision, out, scratch, *npu_images, soc or qnn.DEFAULT_SOC, step
             )
+        if llm_parts:
+            from mobilevlm.export.qnn_llm import write_qnn_llm
+
+            smallest = embedding_tables(onnx_precisions)[-1][0]
+            table = np.load(out / f"embeddings_{smallest}.npy", mmap_mode="r")
+            artefacts += write_qnn_llm(
+                static_llm, llm_parts, out, scratch, model.config.llm, sequences, heldout,
+                table, soc or qnn.DEFAULT_SOC, step,
+            )  # fmt: skip
+            del table
 
         (out / TOKENIZER_FILE).write_text(model.tokenizer.to_str(), encoding="utf-8")
         artefacts.sort(key=lambda a: COMPONENTS.index(a.component))  # stable: precisions in order
@@ -306,6 +365,28 @@ def export_bundle(
         bar.update()
     bar.close()
     return manifest
+
+
+def npu_llm_parts(config: LLMConfig, parts: Sequence[str] | None) -> list[str]:
+    """The LLM's graphs to build for the NPU: those of ``parts`` (None: both) for an LLM
+    under a billion parameters (8-bit weights); none for a larger one unless asked, which
+    is refused: its 4-bit NPU graphs are not built yet."""
+    from mobilevlm.export.quantize import LARGE_LLM_PARAMETERS
+
+    wanted = [p for p in ("prefill", "decode") if p in (parts or NPU_PARTS)]
+    if wanted and config.parameters >= LARGE_LLM_PARAMETERS:
+        if parts is None:
+            log.warning(
+                "the LLM's NPU graphs of a billion-parameter LLM (4-bit weights) are "
+                "not built yet: only the vision graph gets an NPU form"
+            )
+            return []
+        raise BundleError(
+            f"the LLM's NPU graphs ({', '.join(wanted)}) are built for LLMs under a billion "
+            "parameters (8-bit weights); 4-bit ones for larger LLMs are not yet: "
+            "--npu-parts vision"
+        )
+    return wanted
 
 
 def int4_calibration(model: MobileVLM, calibration_dir: str | Path | None) -> list:

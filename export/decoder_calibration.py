@@ -84,6 +84,18 @@ def calibration_sequences(
     return sequences
 
 
+def heldout_sequences(backend: LanguageBackend, count: int) -> list[np.ndarray]:
+    """Input embeddings of held-out Shapes-VQA questions (the export's parity prompts),
+    prompts only: what an NPU graph's parity is measured on."""
+    from mobilevlm.export.parity import parity_prompts
+
+    sequences = []
+    for image, question in parity_prompts(count):
+        ids = conversation_ids(backend.config, backend.tokenizer, question)
+        sequences.append(splice(ids, backend.encode_image(image), backend.embed_tokens))
+    return sequences
+
+
 def _end_of_answer(backend: LanguageBackend) -> list[int]:
     """The token that ends an assistant turn in the model's template (its EOS without one)."""
     for text in ("<|im_end|>", "</s>"):

@@ -64,7 +64,7 @@ def _quantize(prepared: Path, target: Path, images: Sequence[np.ndarray], activa
     quantize(str(prepared), str(target), config)
 
 
-def _compile_context(graph: Path, context: Path, soc: qnn.Soc) -> None:
+def compile_context(graph: Path, context: Path, soc: qnn.Soc) -> None:
     """One QNN session over ``graph`` (fallback disabled) that writes its EPContext model."""
     for stale in context.parent.glob(f"{context.stem}*"):  # ORT refuses to overwrite them
         stale.unlink()
@@ -115,7 +115,7 @@ def write_qnn_vision(
     shutil.move(scratch / f"vision_{precision}.onnx", out / GRAPH)
 
     step("vision qnn context")
-    _compile_context(out / GRAPH, out / CONTEXT, soc)
+    compile_context(out / GRAPH, out / CONTEXT, soc)
     binaries = sorted(p.name for p in out.glob(f"{Path(CONTEXT).stem}*.bin"))
     if not (out / CONTEXT).is_file() or not binaries:
         raise ProviderError(f"{QNN} wrote no EPContext model for {soc.name}")

@@ -25,12 +25,14 @@ BUNDLE_FORMAT_VERSION = 1
 MANIFEST_FILE = "bundle.json"
 TOKENIZER_FILE = "tokenizer.json"
 
-COMPONENTS = ("vision", "embeddings", "decoder", "llm", "mmproj")
+# prefill, decode: the LLM's static NPU graphs (N rows and one row over a fixed past)
+COMPONENTS = ("vision", "embeddings", "decoder", "llm", "mmproj", "prefill", "decode")
 PRECISIONS = ("fp32", "fp16", "int8", "int4")  # ONNX artefacts
 # the vision graph in an NPU's form: static shapes, QDQ with 8-bit weights and 8- or 16-bit
 # activations (QNN's HTP)
 NPU_VISION_PRECISIONS = ("w8a8", "w8a16")
-NPUS = ("qnn",)  # the NPUs `export --npu` writes a vision graph for
+NPUS = ("qnn",)  # the NPUs `export --npu` writes graphs for
+NPU_PARTS = ("vision", "prefill", "decode")  # what can run there (`--npu-parts`)
 VISION_PRECISIONS = PRECISIONS + NPU_VISION_PRECISIONS
 GGUF_PRECISIONS = ("f16", "q8_0", "q4_k_m")  # llama.cpp's names, for GGUF artefacts
 DEFAULT_MODEL_SOURCE = "default model"

@@ -37,7 +37,14 @@ if TYPE_CHECKING:
     from mobilevlm.runtime.options import LoadOptions
 
 # the keys every engine's runtime_info() has (what --json reports as "runtime")
-RUNTIME_KEYS = ("backend", "precision", "vision_provider", "decoder_provider", "context")
+RUNTIME_KEYS = (
+    "backend",
+    "precision",
+    "vision_provider",
+    "prefill_provider",
+    "decoder_provider",
+    "context",
+)
 
 
 @runtime_checkable
@@ -98,7 +105,8 @@ class Engine(Protocol):
 
     def runtime_info(self) -> dict[str, Any]:
         """What runs each part: at least :data:`RUNTIME_KEYS` (the engine, its precision,
-        the providers that run the vision encoder and the decoder, the context)."""
+        the providers that run the vision encoder, the prompt's prefill and the decoding,
+        the context)."""
 
     def close(self) -> None:
         """Free what the engine holds outside Python's heap (idempotent)."""

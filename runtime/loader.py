@@ -136,7 +136,11 @@ class LoadedBundle(CachingBackend, PixelEncoder, decode_loop.GeneratingBackend):
         """What runs: the engine, its precision and mode, and the execution providers that
         run the vision graph and the decoder (what ``--json`` reports as ``runtime``)."""
         info = describe_run(
-            self.backend, self.selection, self.vision_provider, self.decoder_provider
+            self.backend,
+            self.selection,
+            self.vision_provider,
+            self.decoder_provider,
+            self.prefill_provider,
         )
         if self.vision is not None:  # NPU sessions record what ran where, and from which file
             info.update(self.vision.info())
@@ -168,6 +172,11 @@ class LoadedBundle(CachingBackend, PixelEncoder, decode_loop.GeneratingBackend):
     @property
     def decoder_provider(self) -> str:
         raise NotImplementedError
+
+    @property
+    def prefill_provider(self) -> str:
+        """What runs the prompt: the decoder's provider unless a part of its own does."""
+        return self.decoder_provider
 
     def close(self) -> None:
         self.release_vision()
@@ -213,16 +222,22 @@ def check_bundle(
 
 
 def describe_run(
-    backend: str, selection: Any, vision_provider: str, decoder_provider: str
+    backend: str,
+    selection: Any,
+    vision_provider: str,
+    decoder_provider: str,
+    prefill_provider: str | None = None,
 ) -> dict[str, Any]:
     """What runs, as ``--json`` reports it: the engine, its precision (and llama.cpp's
-    mode), the vision graph's precision, and the providers of the vision graph and decoder."""
+    mode), the vision graph's precision, and the providers of the vision graph, the
+    prompt's prefill (None: the decoder's) and the decoder's tokens."""
     return {
         "backend": backend,
         "precision": selection.precision,
         **({"mode": selection.mode} if selection.mode else {}),
         "vision_precision": selection.vision.precision,
         "vision_provider": vision_provider,
+        "prefill_provider": prefill_provider or decoder_provider,
         "decoder_provider": decoder_provider,
     }
 

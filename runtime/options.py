@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mobilevlm.errors import OptionsError
-from mobilevlm.manifest import GGUF_PRECISIONS, PRECISIONS, VISION_PRECISIONS
+from mobilevlm.manifest import GGUF_PRECISIONS, NPU_PARTS, PRECISIONS, VISION_PRECISIONS
 from mobilevlm.runtime.verify import VERIFY_MODES
 
 ONNXRUNTIME = "onnxruntime"
@@ -43,6 +43,9 @@ class LoadOptions:
     # load (what the planner chooses when a budget leaves no room for it beside the cache)
     vision_resident: bool = True
     verify: str = "auto"  # sha256 on first use (auto), on every load (full), sizes only (size)
+    # behind an NPU provider, the parts that run there (of vision, prefill, decode); None:
+    # every part the bundle has an NPU form of
+    npu_parts: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         providers = (self.providers,) if isinstance(self.providers, str) else self.providers
@@ -68,6 +71,18 @@ class LoadOptions:
             raise OptionsError(
                 f"{self.precision} is a precision of {implied}, not of {self.backend}"
             )
+        if self.npu_parts is not None:
+            parts = (self.npu_parts,) if isinstance(self.npu_parts, str) else self.npu_parts
+            parts = tuple(parts)
+            object.__setattr__(self, "npu_parts", parts)
+            for part in parts:
+                _one_of("NPU part", part, NPU_PARTS)
+            if not parts:
+                raise OptionsError(f"NPU parts: name at least one of {', '.join(NPU_PARTS)}")
+            if "decode" in parts and "prefill" not in parts:
+                raise OptionsError(
+                    "the NPU decodes on the cache its prefill fills: add prefill to the NPU parts"
+                )
         if not isinstance(self.vision_resident, bool):
             raise OptionsError(
                 f"vision_resident must be True or False, got {self.vision_resident!r}"
@@ -87,6 +102,10 @@ class LoadOptions:
         if self.precision in GGUF_PRECISIONS or self.mode == "mtmd":
             return LLAMA_CPP
         return self.backend
+
+    def on_npu(self, part: str) -> bool:
+        """Whether ``part`` (vision, prefill, decode) may run on the NPU provider."""
+        return self.npu_parts is None or part in self.npu_parts
 
     def replace(self, **changes: Any) -> LoadOptions:
         return dataclasses.replace(self, **changes)

@@ -58,10 +58,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ex.add_argument(
         "--npu",
         choices=NPUS,
-        help="add the vision graph for this NPU: 'qnn' (Qualcomm Hexagon through ONNX "
-        "Runtime's QNN provider): static shapes, QDQ w8a16 or w8a8 by measured accuracy, "
-        "plus its EPContext model precompiled for --soc (needs the [npu] extra; "
-        "docs/npu.md)",
+        help="add graphs for this NPU: 'qnn' (Qualcomm Hexagon through ONNX Runtime's QNN "
+        "provider): the vision graph (QDQ w8a16 or w8a8 by measured accuracy) and the LLM's "
+        "prefill and decode graphs (static, w8a16), each with its EPContext model "
+        "precompiled for --soc (needs the [npu] extra; docs/npu.md)",
+    )
+    ex.add_argument(
+        "--npu-parts",
+        type=comma_list,
+        default=None,
+        metavar="PARTS",
+        help="with --npu: which parts get an NPU form, of vision, prefill, decode (default: "
+        "all three; the vision graph alone for an LLM of a billion parameters or more)",
     )
     ex.add_argument(
         "--soc",
@@ -97,7 +105,8 @@ def main(args: argparse.Namespace) -> int:
             f"export needs the [export] extra ({exc.name} is missing): " + INSTALL_EXPORT_EXTRA
         ) from exc
     source = str(args.checkpoint) if args.checkpoint else DEFAULT_MODEL_SOURCE
-    check_request(args.output, precisions, formats, args.npu, args.soc)  # before the model loads
+    # before the model loads
+    check_request(args.output, precisions, formats, args.npu, args.soc, args.npu_parts)
     if args.npu:
         check_npu_calibration(args.calibration_images, source)
     profile = StageProfile("assembly")
@@ -115,6 +124,7 @@ def main(args: argparse.Namespace) -> int:
         soc=args.soc,
         profile=profile,
         consume=True,
+        npu_parts=args.npu_parts,
     )
     if args.json:
         print(json.dumps(manifest.to_dict()))

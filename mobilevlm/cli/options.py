@@ -28,6 +28,7 @@ BUNDLE_OPTIONS = (
     "memory_budget",
     "context",
     "vision_precision",
+    "npu_parts",
 )
 
 
@@ -138,6 +139,15 @@ def add_bundle_options(parser: argparse.ArgumentParser, bundle_flag: bool = True
         "vision graph)",
     )
     b.add_argument(
+        "--npu-parts",
+        type=comma_list,
+        default=None,
+        metavar="PARTS",
+        help="with an NPU provider (qnn): which parts run there, of vision, prefill, decode "
+        "(default: every part the bundle was exported for it); vision,prefill decodes on the "
+        "CPU from the cache the NPU filled",
+    )
+    b.add_argument(
         "--memory-budget",
         metavar="SIZE",
         help="e.g. 512MB (powers of 10; 800MiB, 2G: powers of 2): the planner picks backend, "
@@ -201,6 +211,7 @@ def load_options(args: argparse.Namespace) -> LoadOptions:
         "context": args.context,
         "memory_budget": args.memory_budget,
         "vision_precision": args.vision_precision,
+        "npu_parts": getattr(args, "npu_parts", None),
     }
     if args.mode is not None:
         fields["mode"] = args.mode

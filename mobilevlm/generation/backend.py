@@ -76,6 +76,10 @@ class CachingBackend:
 
     _history: list[int | str] | None = None  # one entry a cached position; None: unknown
     last_prefill = 0  # positions the last prompt actually ran
+    # run a prompt's new positions as one array of embeddings (``embed_tokens`` needed): a
+    # static-shape graph pads every run to its rows, so three runs (text, image, text) of
+    # a short prompt would cost three chunks instead of one
+    prefill_whole = False
 
     def prefill_prompt(
         self, input_ids: Sequence[int], image_embeds: np.ndarray | None
@@ -98,6 +102,17 @@ class CachingBackend:
         self._history = items[:keep]
         self.last_prefill = len(items) - keep
         logits = None
+        if self.prefill_whole and keep < len(items):
+            rows = [
+                image_embeds[max(keep, start) - start : end - start]
+                if kind == "image"
+                else self.embed_tokens(items[max(keep, start) : end])
+                for kind, start, end in segments
+                if max(keep, start) < end
+            ]
+            logits = self._run_embeddings(np.concatenate(rows).astype(np.float32, copy=False))
+            self._history = items
+            return logits
         for kind, start, end in segments:
             begin = max(keep, start)
             if begin >= end:

@@ -46,6 +46,7 @@ class TorchBackend(EmbeddingBackend, PixelEncoder, decode_loop.GeneratingBackend
             "backend": "torch",
             "precision": precision.get(self.model.dtype, str(self.model.dtype)),
             "vision_provider": "torch (CPU)",
+            "prefill_provider": "torch (CPU)",
             "decoder_provider": "torch (CPU)",
             "context": self.context_length,
         }

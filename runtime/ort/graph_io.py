@@ -28,6 +28,16 @@ PAST_KEY, PAST_VALUE = "past_key_{layer}", "past_value_{layer}"
 PRESENT_KEY, PRESENT_VALUE = "present_key_{layer}", "present_value_{layer}"
 
 
+# ---------------------------------------------------------------- NPU decoder graphs
+# (mobilevlm.export.qnn_decoder) static: N rows over a past of C positions. Inputs:
+# inputs_embeds (1, N, hidden) float32; position ids (1, N) int32; an additive mask
+# (1, 1, N, C + N) float32; past_key_<i> / past_value_<i> (1, kv_heads, C, head_dim).
+# Outputs: logits (1, 1, vocab) of the last row; the rows' own K/V, (1, kv_heads, N, head_dim)
+POSITION_IDS = "position_ids"
+ATTENTION_MASK = "attention_mask"
+NEW_KEY, NEW_VALUE = "new_key_{layer}", "new_value_{layer}"
+
+
 def past_names(layer: int) -> tuple[str, str]:
     """The decoder's (key, value) cache inputs of ``layer``."""
     return PAST_KEY.format(layer=layer), PAST_VALUE.format(layer=layer)
@@ -36,3 +46,8 @@ def past_names(layer: int) -> tuple[str, str]:
 def present_names(layer: int) -> tuple[str, str]:
     """The decoder's (key, value) cache outputs of ``layer``."""
     return PRESENT_KEY.format(layer=layer), PRESENT_VALUE.format(layer=layer)
+
+
+def new_names(layer: int) -> tuple[str, str]:
+    """The NPU decoder's (key, value) outputs of ``layer``: its rows' K/V."""
+    return NEW_KEY.format(layer=layer), NEW_VALUE.format(layer=layer)

@@ -21,6 +21,7 @@ from mobilevlm.runtime.ort.decoder import OnnxDecoder
 from mobilevlm.runtime.ort.embeddings import EmbeddingTable
 from mobilevlm.runtime.ort.providers import accelerator, resolve_providers, without_npus
 from mobilevlm.runtime.ort.select import PRECISION_PREFERENCE, Selection, select
+from mobilevlm.runtime.ort.static_decoder import SplitDecoder, open_split_decoder
 from mobilevlm.runtime.ort.vision import OnnxVisionEncoder, open_vision_encoder, vision_npu
 
 
@@ -39,13 +40,24 @@ class OnnxVLM(LoadedBundle):
     def select(cls, manifest: BundleManifest, options: LoadOptions) -> Selection:
         """The vision graph: its NPU form behind an NPU, int8 QDQ behind another accelerator."""
         return select(
-            manifest, options.precision, options.vision_precision, accelerator(options.providers)
+            manifest,
+            options.precision,
+            options.vision_precision,
+            accelerator(options.providers),
+            options.npu_parts,
         )
 
     @classmethod
     def describe_selection(cls, selection: Selection, options: LoadOptions) -> dict[str, Any]:
         providers = resolve_providers(options.providers)
-        return describe_run(cls.backend, selection, providers[0][0], without_npus(providers)[0][0])
+        first, cpu = providers[0][0], without_npus(providers)[0][0]
+        return describe_run(
+            cls.backend,
+            selection,
+            first if options.on_npu("vision") else cpu,
+            first if selection.decode else cpu,
+            first if selection.prefill else cpu,
+        )
 
     @classmethod
     def vision_npu(cls, options: LoadOptions) -> str | None:
@@ -60,27 +72,57 @@ class OnnxVLM(LoadedBundle):
         self.vision: OnnxVisionEncoder | None = None
         if options.vision_resident:  # else loaded for each image, after the decoder
             self.vision = self._open_vision()
-        self.decoder = OnnxDecoder(
-            root / selection.decoder.path,
-            self.config.llm,
-            self.context,
-            without_npus(self.providers),
-            self.threads,
-            quantized=selection.decoder.precision != "fp32",
-        )
+        if selection.prefill is not None:  # the prompt (and the tokens) on the NPU
+            self.decoder = open_split_decoder(
+                root, selection, options, self.config.llm, self._cpu_decoder
+            )
+            self.context = self.decoder.cache.capacity
+            self.prefill_whole = True
+        else:
+            self.decoder = self._cpu_decoder(self.context)
         # read row by row from its file: none of the table is resident
         shape = (self.config.llm.vocab_size, self.config.llm.hidden_size)
         self.table = EmbeddingTable(root / selection.embeddings.path, shape)
+
+    def _cpu_decoder(self, context: int) -> OnnxDecoder:
+        return OnnxDecoder(
+            self.root / self.selection.decoder.path,
+            self.config.llm,
+            context,
+            without_npus(self.providers),
+            self.threads,
+            quantized=self.selection.decoder.precision != "fp32",
+        )
 
     @property
     def vision_provider(self) -> str:
         """The provider that runs most of the vision graph (where the session is released:
         the one it will load on)."""
-        return self.vision.provider if self.vision is not None else self.providers[0][0]
+        if self.vision is not None:
+            return self.vision.provider
+        return (self.providers if self.options.on_npu("vision") else self.cpu)[0][0]
+
+    @property
+    def cpu(self):
+        return without_npus(self.providers)
+
+    @property
+    def prefill_provider(self) -> str:
+        if isinstance(self.decoder, SplitDecoder):
+            return self.decoder.prefill_provider
+        return self.decoder_provider
 
     @property
     def decoder_provider(self) -> str:
+        if isinstance(self.decoder, SplitDecoder):
+            return self.decoder.decode_provider
         return self.decoder.session.get_providers()[0]
+
+    def runtime_info(self) -> dict[str, Any]:
+        info = super().runtime_info()
+        if isinstance(self.decoder, SplitDecoder):
+            info.update(self.decoder.info())
+        return info
 
     @property
     def variant(self) -> str:

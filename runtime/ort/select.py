@@ -32,6 +32,18 @@ EPCONTEXT = "epcontext"  # the format of a precompiled NPU model
 
 
 @dataclass(frozen=True)
+class NpuGraph:
+    """One of the LLM's NPU graphs: its QDQ graph and, when exported, its precompiled form."""
+
+    graph: Artefact
+    context: Artefact | None
+
+    @property
+    def artefacts(self) -> tuple[Artefact, ...]:
+        return (self.graph,) + ((self.context,) if self.context else ())
+
+
+@dataclass(frozen=True)
 class Selection:
     """The artefacts one pipeline runs: what ``precision`` means for each component."""
 
@@ -40,12 +52,15 @@ class Selection:
     embeddings: Artefact
     decoder: Artefact
     vision_context: Artefact | None = None  # the vision graph precompiled for the NPU
+    prefill: NpuGraph | None = None  # the LLM's prompt runs on the NPU
+    decode: NpuGraph | None = None  # and its tokens
     mode: ClassVar[None] = None  # llama.cpp's selections name their image path
 
     @property
     def artefacts(self) -> tuple[Artefact, ...]:
         context = (self.vision_context,) if self.vision_context else ()
-        return (self.vision, self.embeddings, self.decoder, *context)
+        npu = [a for g in (self.prefill, self.decode) if g for a in g.artefacts]
+        return (self.vision, self.embeddings, self.decoder, *context, *npu)
 
 
 def exported_artefact(
@@ -77,10 +92,13 @@ def select(
     precision: str | None = None,
     vision_precision: str | None = None,
     accelerator: str | None = None,
+    npu_parts: tuple[str, ...] | None = None,
 ) -> Selection:
     """Artefacts for ``precision`` (None: the fastest exported). The vision graph is
     ``vision_precision`` when given; else, behind an ``accelerator`` (the provider first in
-    line, when it is not the CPU), its form for it (module docstring); else fp32."""
+    line, when it is not the CPU), its form for it (module docstring); else fp32. Behind
+    QNN, the LLM's NPU graphs of ``npu_parts`` (None: those the bundle has) run its prompt
+    and tokens; a part asked for by name that the bundle lacks is a BundleError."""
     decoder = exported_artefact(
         manifest,
         "decoder",
@@ -91,13 +109,39 @@ def select(
         "decoder",
     )
     precision = decoder.precision
-    vision = vision_graph(manifest, precision, vision_precision, accelerator)
+    wanted = npu_parts or ()
+    vision_accelerator = accelerator if npu_parts is None or "vision" in wanted else None
+    vision = vision_graph(manifest, precision, vision_precision, vision_accelerator)
     embeddings = manifest.find("embeddings", "fp32" if precision == "fp32" else "fp16")
     embeddings = embeddings or next(iter(manifest.of("embeddings")), None)
     if embeddings is None:
         raise BundleError("the bundle lacks an embedding table")
-    context = vision_context(manifest, vision, accelerator)
-    return Selection(precision, vision, embeddings, decoder, context)
+    context = vision_context(manifest, vision, vision_accelerator)
+    if npu_parts is not None and accelerator == QNN:
+        if "vision" in wanted and npu_vision(manifest) is None and vision_precision is None:
+            raise BundleError(npu_missing("the vision graph"))
+    llm = {}
+    for part in ("prefill", "decode"):
+        if accelerator == QNN and (npu_parts is None or part in wanted):
+            llm[part] = npu_graph(manifest, part)
+            if llm[part] is None and npu_parts is not None:
+                raise BundleError(npu_missing(f"the LLM's {part} graph"))
+    if llm.get("prefill") is None:
+        llm = {}  # a decode graph reads the cache its prefill graph fills
+    return Selection(precision, vision, embeddings, decoder, context, **llm)
+
+
+def npu_missing(what: str) -> str:
+    return (f"the bundle has no NPU form of {what}: export it with --npu qnn (--npu-parts "
+            "chooses the parts), or leave it out of --npu-parts")  # fmt: skip
+
+
+def npu_graph(manifest: BundleManifest, part: str) -> NpuGraph | None:
+    """The LLM's ``part`` graph (prefill, decode) exported for QNN's HTP, if any."""
+    graph = next((a for a in manifest.of(part) if a.format == "onnx"), None)
+    if graph is None:
+        return None
+    return NpuGraph(graph, manifest.find(part, graph.precision, EPCONTEXT))
 
 
 def npu_vision(manifest: BundleManifest) -> Artefact | None:

@@ -22,6 +22,7 @@ from mobilevlm.runtime.ort.providers import (
     requires_npu,
     resolve_providers,
     session_config,
+    without_npus,
 )
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,8 @@ CONTEXT_KEYS = "ep.context_"  # session entries that make a session write an EPC
 
 
 class OnnxVisionEncoder:
-    """One vision session. ``context``: the graph precompiled for the NPU (an EPContext
-    model), loaded first; where it does not load (another HTP architecture, an NPU that is
-    absent), ``path`` is compiled instead. With ``ep.context_enable=1`` and
-    ``ep.context_file_path=F`` in ``config``, F is a cache: loaded when it exists, else
-    written by the compilation."""
+    """One vision session (:func:`open_precompiled`: ``context``, the graph precompiled for
+    the NPU, first)."""
 
     def __init__(
         self,
@@ -47,23 +45,9 @@ class OnnxVisionEncoder:
         config: Mapping[str, str] | None = None,
         whole_graph: bool = False,
     ) -> None:
-        config = dict(config or {})
-        cache = config.get(CONTEXT_FILE) if config.get(CONTEXT_ENABLE) == "1" else None
-        plain = {k: v for k, v in config.items() if not k.startswith(CONTEXT_KEYS)}
-        self.session = None
-        self.source = "graph"  # what the session was made from: graph | epcontext | cache
-        for source, model in (("epcontext", context), ("cache", cache)):
-            if model is None or not Path(model).is_file():
-                continue
-            try:
-                self.session = create_session(model, providers, threads, plain, whole_graph)
-                self.source = source
-                return
-            except MobileVLMError as exc:
-                log.warning("%s does not load here; compiling %s (%s)", model, Path(path).name, exc)
-        if cache is not None and Path(cache).exists():  # ORT will not overwrite it
-            config = plain
-        self.session = create_session(path, providers, threads, config, whole_graph)
+        self.session, self.source = open_precompiled(
+            path, providers, threads, context, config, whole_graph
+        )
 
     @property
     def provider(self) -> str:
@@ -96,6 +80,34 @@ class OnnxVisionEncoder:
         return self.session.run(None, feed)[0][0]
 
 
+def open_precompiled(
+    path: str | Path,
+    providers: Providers,
+    threads: int | None = None,
+    context: str | Path | None = None,
+    config: Mapping[str, str] | None = None,
+    whole_graph: bool = False,
+) -> tuple[Any, str]:
+    """A session and what it was made from (graph | epcontext | cache). ``context``: the
+    graph precompiled for the NPU (an EPContext model), loaded first; where it does not
+    load (another HTP architecture, an NPU that is absent), ``path`` is compiled instead.
+    With ``ep.context_enable=1`` and ``ep.context_file_path=F`` in ``config``, F is a
+    cache: loaded when it exists, else written by the compilation."""
+    config = dict(config or {})
+    cache = config.get(CONTEXT_FILE) if config.get(CONTEXT_ENABLE) == "1" else None
+    plain = {k: v for k, v in config.items() if not k.startswith(CONTEXT_KEYS)}
+    for source, model in (("epcontext", context), ("cache", cache)):
+        if model is None or not Path(model).is_file():
+            continue
+        try:
+            return create_session(model, providers, threads, plain, whole_graph), source
+        except MobileVLMError as exc:
+            log.warning("%s does not load here; compiling %s (%s)", model, Path(path).name, exc)
+    if cache is not None and Path(cache).exists():  # ORT will not overwrite it
+        config = plain
+    return create_session(path, providers, threads, config, whole_graph), "graph"
+
+
 def vision_npu(options: LoadOptions) -> str | None:
     """The NPU whose form of the vision graph ``options`` ask for (its name in the
     manifest, as ``export --npu`` writes it), or None."""
@@ -118,14 +130,16 @@ def vision_providers(context, options: LoadOptions) -> tuple[Providers, dict[str
 
 def open_vision_encoder(root: Path, selection, options: LoadOptions) -> OnnxVisionEncoder:
     """The selected vision graph (its precompiled form first) on the providers ``options``
-    name; a required NPU (``qnn!``) must take all of it."""
+    name (the CPU where its NPU parts leave the vision graph out); a required NPU
+    (``qnn!``) must take all of it."""
     context = selection.vision_context
     providers, config = vision_providers(context, options)
+    on_npu = options.on_npu("vision")
     return OnnxVisionEncoder(
         root / selection.vision.path,
-        providers,
+        providers if on_npu else without_npus(providers),
         options.threads,
         context=root / context.path if context is not None else None,
         config=config,
-        whole_graph=requires_npu(options.providers),
+        whole_graph=on_npu and requires_npu(options.providers),
     )
