@@ -140,6 +140,7 @@ class EngineMemory:
     working_fixed: int  # working memory: arenas, compute buffers, graph copies
     working_per_position: int  # what grows with the context (attention scores of a prefill)
     release_makes_room: bool  # False where the KV cache is resident from the load on
+    fixed_context: int | None = None  # the one context the engine runs (static NPU graphs)
 
     def kv_bytes(self, context: int) -> int:
         multiple = self.kv_positions_multiple

@@ -20,7 +20,14 @@ from mobilevlm.files import cache_root
 from mobilevlm.generation import decode_loop
 from mobilevlm.generation.backend import CachingBackend, PixelEncoder
 from mobilevlm.generation.tokenizer import Tokenizer
-from mobilevlm.manifest import GGUF_PRECISIONS, MANIFEST_FILE, PRECISIONS, BundleManifest
+from mobilevlm.manifest import (
+    GGUF_PRECISIONS,
+    MANIFEST_FILE,
+    NPU_PARTS,
+    NPUS,
+    PRECISIONS,
+    BundleManifest,
+)
 from mobilevlm.runtime.engine import Engine, EngineMemory, engine_type
 from mobilevlm.runtime.options import LLAMA_CPP, ONNXRUNTIME, LoadOptions
 from mobilevlm.runtime.verify import verify_files
@@ -304,8 +311,9 @@ def open_default_bundle(
     progress: bool | None = None,
 ) -> tuple[Path, BundleManifest]:
     """The built-in model as a bundle holding ``precisions`` (default: those ``options``
-    need) and, when ``options`` put an NPU first, the vision graph for it; exported into
-    the cache directory when it lacks one of them (by
+    need) and, when ``options`` put an NPU first, the NPU forms of the parts they run there
+    (``npu_parts``: by default the vision graph and the LLM's prefill and decode graphs);
+    exported into the cache directory when it lacks one of them (by
     :mod:`mobilevlm.default_model.bundle`); an export keeps what the bundle held and adds
     the rest; with its manifest. Building needs the [export] extra (torch); loading the
     bundle afterwards does not. Under a memory budget smaller than the export's peak, a
@@ -326,14 +334,18 @@ def open_default_bundle(
     held = list(manifest.precisions + manifest.gguf_precisions) if manifest else []
     npu_wanted = engine_type(options.implied_backend or ONNXRUNTIME).vision_npu(options)
     npu_held = manifest.npu_vision_form() if manifest else None
-    if manifest and all(p in held for p in wanted) and (npu_held or not npu_wanted):
+    parts_held = npu_parts_held(manifest) if manifest else []
+    parts_wanted = [p for p in NPU_PARTS if options.on_npu(p)] if npu_wanted else []
+    parts_missing = [p for p in parts_wanted if p not in parts_held]
+    if manifest and all(p in held for p in wanted) and not parts_missing:
         return path, manifest
     missing = [p for p in wanted if p not in held]
-    missing += [f"the {npu_wanted} vision graph"] if npu_wanted and not npu_held else []
+    missing += [f"the {npu_wanted} {p} graph" for p in parts_missing]
     budget = options.memory_budget
     if budget is not None and budget < DEFAULT_EXPORT_PEAK:
         flags = " ".join(f"--precision {p}" for p in wanted[:1])
-        flags += " --provider " + npu_wanted if npu_wanted and not npu_held else ""
+        if parts_missing:
+            flags += f" --provider {npu_wanted} --npu-parts {','.join(parts_wanted)}"
         raise BudgetError(
             f"the built-in model's bundle ({path}) has no {', '.join(missing)} yet, and "
             f"exporting it peaks at about {DEFAULT_EXPORT_PEAK / 2**30:.0f} GiB, over the "
@@ -346,5 +358,13 @@ def open_default_bundle(
 
     every = [p for p in PRECISIONS + GGUF_PRECISIONS if p in held or p in wanted]
     log.warning("exporting the built-in model (%s) into %s, once", ", ".join(missing), path)
-    export_default_bundle(path, every, progress, npu=npu_held or npu_wanted)
+    parts = [p for p in NPU_PARTS if p in parts_held or p in parts_wanted]
+    npu = (npu_held or npu_wanted or NPUS[0]) if parts else None
+    export_default_bundle(path, every, progress, npu=npu, npu_parts=parts or None)
     return path, BundleManifest.read(path)
+
+
+def npu_parts_held(manifest: BundleManifest) -> list[str]:
+    """The parts (of :data:`~mobilevlm.manifest.NPU_PARTS`) ``manifest`` has an NPU form of."""
+    held = ["vision"] if manifest.npu_vision_form() else []
+    return held + [p for p in ("prefill", "decode") if manifest.of(p)]

@@ -268,12 +268,15 @@ def plan_memory(
         except BundleError as exc:  # e.g. no mmproj for mtmd: the next candidate may do
             failure = exc
             continue
-        need = min(estimate(manifest, memory, floor, r) for r in {False, memory.release_makes_room})
+        low, high, asked = floor, limit, context
+        if memory.fixed_context is not None:  # the engine's graphs have one context
+            low = high = asked = memory.fixed_context
+        need = min(estimate(manifest, memory, low, r) for r in {False, memory.release_makes_room})
         if cheapest is None or need < cheapest[0]:
-            cheapest = (need, f"{engine.backend} {precision}, {floor} positions")
+            cheapest = (need, f"{engine.backend} {precision}, {low} positions")
         if need > budget:
             continue
-        chosen, resident = _context_and_vision(manifest, memory, budget, floor, limit, context)
+        chosen, resident = _context_and_vision(manifest, memory, budget, low, high, asked)
         lines = estimate_lines(manifest, memory, chosen, not resident)
         total = sum(n for _, n in lines)
         lines.append((f"margin ({MARGIN:.0%})", int(total * (1 + MARGIN)) - total))

@@ -40,7 +40,11 @@ needs_htp = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """Ten structured pictures: the last two held out by the export, the rest calibrate."""
-    directory = tmp_path_factory.mktemp("calibration")
+    return _calibration_images(tmp_path_factory.mktemp("calibration"))
+
+
+def _calibration_images(directory):
+    directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:80, 0:96]
     for i in range(10):
@@ -61,10 +65,12 @@ def npu_bundles(tiny_models, images, tmp_path_factory):
         "clip": tiny_models(projector="ldpnetv2"),
         "efficientnet": build_tiny_efficientnet_model(),
     }
+    parts = {"clip": ["vision"], "efficientnet": None}  # None: the LLM's graphs too
     for name, model in models.items():
         export_bundle(
-            model, root / name, ["fp32"], calibration_dir=images, check_parity=False, npu="qnn"
-        )
+            model, root / name, ["fp32"], calibration_dir=images, check_parity=False, npu="qnn",
+            npu_parts=parts[name],
+        )  # fmt: skip
     return {name: (models[name], root / name) for name in models}
 
 
@@ -76,7 +82,9 @@ def test_vision_graph_runs_whole_on_the_npu_from_its_precompiled_context(
     _, bundle = npu_bundles[tower]
     on_npu = OnnxVLM.load(bundle, precision="fp32", providers=("qnn!",))
     info = on_npu.runtime_info()
-    assert info["vision_provider"] == QNN and info["decoder_provider"] == CPU
+    llm = CPU if tower == "clip" else QNN  # the clip bundle has no NPU form of the LLM
+    assert info["vision_provider"] == QNN
+    assert info["prefill_provider"] == info["decoder_provider"] == llm
     assert info["vision_source"] == "epcontext" and set(info["vision_nodes"]) == {QNN}
     precision = info["vision_precision"]
     assert precision in ("w8a8", "w8a16")
@@ -181,9 +189,15 @@ def test_cli_run_on_the_required_npu_says_so(npu_bundles, tmp_path, rgb_image, c
     argv = ["run", "--bundle", bundle, "--provider", "qnn!", "--image", image]
     argv += ["--prompt", "What color is the circle?", "--max-new-tokens", "4", "--json"]
     assert main([str(a) for a in argv]) == 0
-    runtime = json.loads(capsys.readouterr().out)["runtime"]  # nothing else on stdout
+    answer = json.loads(capsys.readouterr().out)  # nothing else on stdout
+    runtime = answer["runtime"]
     assert runtime["vision_provider"] == QNN and runtime["vision_simulated"] is True
-    assert runtime["decoder_provider"] == CPU
+    assert runtime["prefill_provider"] == runtime["decoder_provider"] == QNN
+    assert main([str(a) for a in argv + ["--npu-parts", "vision,prefill"]]) == 0
+    split = json.loads(capsys.readouterr().out)  # the llm.npu split: tokens on the CPU
+    assert split["runtime"]["prefill_provider"] == QNN
+    assert split["runtime"]["decoder_provider"] == CPU
+    assert split["token_ids"] == answer["token_ids"]
 
 
 @needs_htp
@@ -235,7 +249,29 @@ def test_a_context_that_does_not_load_is_compiled_from_the_graph_and_cached(
 def test_run_without_a_bundle_on_the_required_npu_adds_its_graph_to_the_built_in_one(
     capsys, torch_threads
 ):
-    """The main job on the NPU: the built-in bundle gains the NPU vision graph once."""
+    """The main job on the NPU: the built-in bundle gains the NPU vision graph once (the
+    LLM's NPU graphs, minutes on the simulator, are the slow test's)."""
+    data = _built_in_run(capsys, ["--npu-parts", "vision"])
+    assert data["runtime"]["vision_provider"] == QNN
+    assert data["runtime"]["vision_source"] == "epcontext"
+    assert data["runtime"]["prefill_provider"] == data["runtime"]["decoder_provider"] == CPU
+
+
+@needs_htp
+@pytest.mark.slow
+def test_the_built_in_model_answers_with_all_of_it_on_the_npu(capsys, torch_threads):
+    """The built-in bundle gains the LLM's NPU graphs; the answer is right with all three
+    parts on the NPU, and with the tokens decoded on the CPU (the llm.npu split)."""
+    data = _built_in_run(capsys, [])
+    runtime = data["runtime"]
+    assert runtime["vision_provider"] == runtime["prefill_provider"] == QNN
+    assert runtime["decoder_provider"] == QNN and runtime["prefill_nodes"] == {QNN: 1}
+    split = _built_in_run(capsys, ["--npu-parts", "vision,prefill"])
+    assert split["runtime"]["prefill_provider"] == QNN
+    assert split["runtime"]["decoder_provider"] == CPU
+
+
+def _built_in_run(capsys, extra: list[str]) -> dict:
     import json
 
     from conftest import REPO
@@ -245,10 +281,9 @@ def test_run_without_a_bundle_on_the_required_npu_adds_its_graph_to_the_built_in
     from mobilevlm.runtime.loader import default_bundle_dir
 
     argv = ["run", "--image", REPO / "examples" / "shapes.png", "--provider", "qnn!"]
-    argv += ["--prompt", "What color is the circle?", "--json"]
+    argv += ["--prompt", "What color is the circle?", "--json", *extra]
     assert main([str(a) for a in argv]) == 0
     data = json.loads(capsys.readouterr().out)
     assert shapes_vqa.is_correct(data["text"], "red", "color"), data["text"]
-    assert data["runtime"]["vision_provider"] == QNN
-    assert data["runtime"]["vision_source"] == "epcontext"
     assert npu_vision(BundleManifest.read(default_bundle_dir())) is not None
+    return data

@@ -316,6 +316,7 @@ def memory_estimate(manifest: BundleManifest, variant: Variant, context: int | N
         context=context,
         vision_precision=variant.vision_precision,
         providers=variant.providers or ("cpu",),
+        npu_parts=variant.npu_parts,
     )
     return plan.total
 

@@ -4,7 +4,9 @@ A variant is an engine and a precision: the PyTorch reference (``torch``), an
 ONNX precision (``fp32``, ``int8``, ``int4``; ``int4/int8-vision`` swaps in the
 bundle's int8 vision graph on the CPU: static QDQ for a CNN tower, dynamic int8 for a
 ViT; ``qdq-vision``, its older name, still works; ``int4/qnn-vision`` runs the bundle's
-QNN vision graph on the NPU, here the HTP simulator), a GGUF precision through this
+QNN vision graph on the NPU, here the HTP simulator; ``int4/qnn-prefill`` the LLM's prompt
+too, tokens decoded by the int4 decoder on the CPU; ``int4/qnn-all`` the tokens as well,
+w8a16 on the NPU), a GGUF precision through this
 runtime's llama.cpp backend (``q4_k_m`` = ``q4_k_m/hybrid``, ``q4_k_m/mtmd``),
 or a peer: ``transformers`` (eager generation on the reference's weights) and
 ``llama-cpp-python`` (its own multimodal chat path on the bundle's GGUF and
@@ -22,7 +24,7 @@ from mobilevlm.manifest import GGUF_PRECISIONS, PRECISIONS, BundleManifest
 from mobilevlm.runtime.llamacpp.select import GGUF_PREFERENCE, select_gguf
 from mobilevlm.runtime.options import LLAMA_CPP, MODES, ONNXRUNTIME
 from mobilevlm.runtime.ort import qnn
-from mobilevlm.runtime.ort.select import PRECISION_PREFERENCE, npu_vision, select
+from mobilevlm.runtime.ort.select import PRECISION_PREFERENCE, npu_graph, npu_vision, select
 
 TORCH = "torch"
 TRANSFORMERS = "transformers"
@@ -31,6 +33,14 @@ PEERS = (TRANSFORMERS, LLAMA_CPP_PYTHON)
 INT8_VISION = "int8-vision"
 QDQ_VISION = "qdq-vision"  # INT8_VISION's name before ViT towers got dynamic int8
 QNN_VISION = "qnn-vision"  # the vision graph on QNN's HTP, all of it (qnn!)
+# the LLM too: its prompt (the llm.npu split: tokens on the CPU at the variant's precision),
+# or its prompt and tokens (w8a16 on the NPU: the precision names only the embedding table)
+QNN_PREFILL, QNN_ALL = "qnn-prefill", "qnn-all"
+QNN_PARTS = {
+    QNN_VISION: ("vision",),
+    QNN_PREFILL: ("vision", "prefill"),
+    QNN_ALL: ("vision", "prefill", "decode"),
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,7 @@ class Variant:
     mode: str | None = None  # llama.cpp: where image embeddings come from
     vision_precision: str | None = None  # None: the bundle's fp32 vision graph
     providers: tuple[str, ...] = ()  # empty: the bench's own (the CPU unless told otherwise)
+    npu_parts: tuple[str, ...] | None = None  # with an NPU provider: what runs there
 
     @property
     def peer(self) -> bool:
@@ -59,6 +70,7 @@ class Variant:
             "mode": self.mode,
             "vision_precision": self.vision_precision,
             "providers": list(self.providers),
+            "npu_parts": list(self.npu_parts) if self.npu_parts else None,
             "peer": self.peer,
         }
 
@@ -74,12 +86,15 @@ def parse_variant(name: str) -> Variant:
     precision, _, option = name.partition("/")
     if precision in PRECISIONS and option in ("", INT8_VISION, QDQ_VISION):
         return Variant(name, ONNXRUNTIME, precision, None, "int8" if option else None)
-    if precision in PRECISIONS and option == QNN_VISION:
-        return Variant(name, ONNXRUNTIME, precision, providers=("qnn!",))
+    if precision in PRECISIONS and option in QNN_PARTS:
+        return Variant(
+            name, ONNXRUNTIME, precision, providers=("qnn!",), npu_parts=QNN_PARTS[option]
+        )
     if precision in GGUF_PRECISIONS and option in ("", *MODES):
         mode = option or "hybrid"
         return Variant(f"{precision}/{mode}", LLAMA_CPP, precision, mode)
-    known = [TORCH, *PRECISIONS, "int4/int8-vision", "int4/qnn-vision", *GGUF_PRECISIONS]
+    known = [TORCH, *PRECISIONS, "int4/int8-vision", *(f"int4/{o}" for o in QNN_PARTS)]
+    known += GGUF_PRECISIONS
     known += ["q4_k_m/mtmd", *PEERS]
     raise MobileVLMError(f"unknown variant {name!r} (known forms: {', '.join(known)})")
 
@@ -96,6 +111,9 @@ def unavailable(variant: Variant, manifest: BundleManifest, checkpoint: str | No
             return "no int8 vision graph in the bundle"
         if variant.providers and npu_vision(manifest) is None:
             return "no QNN vision graph in the bundle (export it with --npu qnn)"
+        for part in (variant.npu_parts or ())[1:]:
+            if npu_graph(manifest, part) is None:
+                return f"no QNN {part} graph in the bundle (export it with --npu qnn)"
         if variant.providers and not qnn.plugin_devices():
             return f"no QNN provider here ({qnn.INSTALL_NPU_EXTRA})"
         return None
@@ -137,7 +155,9 @@ def disk_bytes(
         return sum(f.stat().st_size for f in Path(checkpoint).rglob("*") if f.is_file())
     if variant.engine == ONNXRUNTIME:
         accelerator = qnn.QNN if variant.providers else None
-        selection = select(manifest, variant.precision, variant.vision_precision, accelerator)
+        selection = select(
+            manifest, variant.precision, variant.vision_precision, accelerator, variant.npu_parts
+        )
     else:
         mode = "mtmd" if variant.engine == LLAMA_CPP_PYTHON else variant.mode
         selection = select_gguf(manifest, variant.precision or fastest_gguf(manifest), mode)

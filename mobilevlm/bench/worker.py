@@ -79,6 +79,7 @@ def load(job: dict[str, Any]):
         threads=threads,
         context=context,
         vision_precision=variant.vision_precision or job.get("vision_precision"),
+        npu_parts=variant.npu_parts,
     )
 
 

@@ -36,7 +36,11 @@ def runtime_line(info: dict[str, Any]) -> str:
     vision = info.get("vision_precision")
     simulated = " (HTP simulator: not a phone's latency)" if info.get("vision_simulated") else ""
     parts.append(f"vision {vision + ' ' if vision else ''}on {info['vision_provider']}{simulated}")
-    parts.append(f"decoder on {info['decoder_provider']}")
+    prefill = info.get("prefill_provider", info["decoder_provider"])
+    if prefill != info["decoder_provider"]:
+        parts.append(f"prefill on {prefill}")
+    simulated = " (HTP simulator)" if info.get("llm_simulated") else ""
+    parts.append(f"decoder on {info['decoder_provider']}{simulated}")
     if info.get("context"):
         parts.append(f"context {info['context']}")
     plan = info.get("memory_plan")

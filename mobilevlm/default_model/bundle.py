@@ -17,10 +17,15 @@ INSTALL_EXPORT_EXTRA = "pip install torch==2.13.0 && pip install 'mobilevlm-runt
 
 
 def export_default_bundle(
-    target: Path, precisions: Sequence[str], progress: bool | None = None, npu: str | None = None
+    target: Path,
+    precisions: Sequence[str],
+    progress: bool | None = None,
+    npu: str | None = None,
+    npu_parts: Sequence[str] | None = None,
 ) -> Path:
     """Export the built-in model into ``target`` with ``precisions`` (ONNX and GGUF ones
-    mixed) and the vision graph for ``npu``, replacing what is there atomically."""
+    mixed) and the graphs of ``npu_parts`` (None: all) for ``npu``, replacing what is there
+    atomically."""
     try:
         from mobilevlm.default_model.assemble import load_default_model
         from mobilevlm.export.bundle_export import export_bundle
@@ -44,6 +49,7 @@ def export_default_bundle(
         source=DEFAULT_MODEL_SOURCE,
         progress=progress,
         npu=npu,
+        npu_parts=npu_parts,
         profile=profile,
         consume=True,
     )

@@ -42,6 +42,13 @@ VISION_KEPT_SHARE = {"fp32": 0.1, "int8": 0.8}
 NPU_VISION_BYTES = {EPCONTEXT: 91 * MIB, "onnx": 142 * MIB}  # fixed, by what is loaded
 NPU_VISION_FILE_FACTOR = 2.0
 NPU_VISION_KEPT_SHARE = 0.85
+# The LLM's graphs on QNN's HTP, in host memory, each about its context binary: loaded from
+# their EPContext models the built-in model's 134 MiB prefill and decode contexts (x86-64
+# simulator, onnxruntime-qnn 2.7.0) held 431 MiB with the NPU vision graph and the 512
+# positions' cache (430 MiB counted: 58 process, 84 vision, 2 x 142, 24 cache), and loading
+# peaked 133 MiB above that: a context's copy while the session is made
+NPU_LLM_FIXED = 8 * MIB
+NPU_LLM_LOAD_SHARE = 1.0  # of the largest context, beside the steady state while loading
 # Working memory of the decoder once loaded, beyond its weights: 35.5 MiB for the int4 and
 # int8 (MatMulNBits) decoders, 2.5 for fp32, whose initializers are used as read (a tiny
 # fp32 model's whole process peaked 8 MiB above its other lines)
@@ -81,8 +88,13 @@ def engine_memory(manifest: BundleManifest, selection, options: LoadOptions) -> 
     packed), the token embedding table is read row by row from its file (so it stays in
     the page cache, not resident), the KV cache is fp32 and fills as positions do, and
     the vision encoder's release leaves room for it."""
-    weights = selection.decoder.bytes
     llm = manifest.model.llm
+    npu = [
+        (part, g) for part, g in (("prefill", selection.prefill), ("decode", selection.decode)) if g
+    ]
+    if npu:
+        return _npu_llm_memory(manifest, selection, options, npu)
+    weights = selection.decoder.bytes
     if selection.precision == "fp32":
         working = FLOAT_WORKING
         load_transient = llm.vocab_size * llm.hidden_size * 4
@@ -107,4 +119,43 @@ def engine_memory(manifest: BundleManifest, selection, options: LoadOptions) -> 
         working_fixed=working,
         working_per_position=threads * PREFILL_CHUNK * SCORE_BYTES,
         release_makes_room=True,
+    )
+
+
+def _npu_llm_memory(manifest: BundleManifest, selection, options: LoadOptions, npu) -> EngineMemory:
+    """The lines where the LLM's prompt (and tokens) run on the NPU: each graph's session in
+    host memory, the CPU decoder only where the tokens stay on the CPU, and a cache of the
+    graphs' fixed context, resident whole (the graphs read all of it)."""
+    llm = manifest.model.llm
+    fixed = [("process and onnxruntime library", BASE_BYTES)]
+    sessions = []
+    for part, graph in npu:
+        loaded = graph.context or graph.graph
+        sessions.append(NPU_LLM_FIXED + loaded.bytes)
+        fixed.append((f"LLM {part} graph on the QNN HTP (host memory)", sessions[-1]))
+    weights, working, transient = 0, 0, int(NPU_LLM_LOAD_SHARE * max(sessions))
+    if selection.decode is None:  # tokens on the CPU: its decoder is loaded too
+        weights = selection.decoder.bytes
+        fixed.append((f"LLM weights ({selection.precision} decoder, tokens on the CPU)", weights))
+        fixed_working, share = QUANTIZED_WORKING
+        if selection.precision == "fp32":
+            working = FLOAT_WORKING
+        else:
+            working = int(fixed_working + share * weights)
+            transient = max(transient, int(QUANTIZED_LOAD_SHARE * weights))
+    context = selection.prefill.graph.details.get("context", llm.max_position_embeddings)
+    return EngineMemory(
+        backend=ONNXRUNTIME,
+        precision=selection.precision,
+        fixed=tuple(fixed),
+        weights=weights,
+        vision=vision_memory(manifest, selection.vision, selection.vision_context, options),
+        load_transient=transient,
+        kv_label="fp32",
+        kv_bytes_per_position=llm.kv_cache_bytes_per_token(4),
+        kv_positions_multiple=1,
+        working_fixed=working,
+        working_per_position=0,
+        release_makes_room=True,
+        fixed_context=context,
     )

@@ -62,12 +62,14 @@ def graph_placement(
 def bundle_placement(
     root: str | Path, manifest: BundleManifest, options: LoadOptions, decoder: str | None
 ) -> list[GraphPlacement]:
-    """Every ONNX vision graph of the bundle, and the ``decoder`` precision's graph, on the
-    providers ``options`` name (QNN made for the SoC the bundle's context was compiled for)."""
+    """Every ONNX vision graph of the bundle, the ``decoder`` precision's graph and the LLM's
+    NPU graphs, on the providers ``options`` name (QNN made for the SoC the bundle's
+    context was compiled for)."""
     root = Path(root)
     context = next((a for a in manifest.of("vision") if a.format == EPCONTEXT), None)
     providers, _ = vision_providers(context, options)
     graphs = [a for a in manifest.of("vision") if a.format == "onnx"]
     if decoder is not None and manifest.find("decoder", decoder) is not None:
         graphs.append(manifest.find("decoder", decoder))
+    graphs += [a for part in ("prefill", "decode") for a in manifest.of(part) if a.format == "onnx"]
     return [graph_placement(root, a.component, a.precision, a.path, providers) for a in graphs]

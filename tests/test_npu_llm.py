@@ -1,0 +1,228 @@
+"""The LLM on Qualcomm's HTP (the x86-64 simulator in onnxruntime-qnn): static prefill and
+decode graphs, whole on the NPU, the CPU decoding from the cache the NPU filled.
+
+The fp32 static graphs are checked against the CPU decoder graph on the CPU (exact to
+rounding); a tiny EfficientNet-Lite bundle exported with ``npu="qnn"`` then runs every
+split, its tokens equal to the CPU fp32 path's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mobilevlm.errors import BundleError, OptionsError
+from mobilevlm.export.bundle_export import check_request, export_bundle
+from mobilevlm.export.onnx_bundle import save_decoder
+from mobilevlm.export.parity import cosine
+from mobilevlm.export.qnn_decoder import save_static_decoder
+from mobilevlm.generation.decode_loop import conversation_ids
+from mobilevlm.manifest import BundleManifest
+from mobilevlm.runtime.options import LoadOptions
+from mobilevlm.runtime.ort import qnn
+from mobilevlm.runtime.ort.decoder import OnnxDecoder
+from mobilevlm.runtime.ort.model import OnnxVLM
+from mobilevlm.runtime.ort.providers import CPU, QNN, create_session, resolve_providers
+from mobilevlm.runtime.ort.select import EPCONTEXT
+from mobilevlm.runtime.ort.static_decoder import SplitDecoder, StaticGraph
+from mobilevlm.runtime.pipeline import Pipeline
+
+needs_htp = pytest.mark.skipif(
+    not qnn.plugin_devices(),
+    reason=f"no {qnn.PLUGIN_PACKAGE} wheel for this platform ({qnn.INSTALL_NPU_EXTRA})",
+)
+PROMPT = "What color is the circle?"
+ROWS, CONTEXT = 8, 64  # the static graphs of the CPU checks
+
+
+@pytest.fixture(scope="module")
+def float_graphs(tiny_models, tmp_path_factory):
+    """The tiny LLM's fp32 graphs: the CPU decoder's, and static prefill and decode ones."""
+    root = tmp_path_factory.mktemp("static")
+    model = tiny_models()
+    save_decoder(model, root / "decoder.onnx")
+    save_static_decoder(model, root / "prefill.onnx", ROWS, CONTEXT)
+    save_static_decoder(model, root / "decode.onnx", 1, CONTEXT)
+    return model.config.llm, root
+
+
+def _static(root, name, config):
+    return StaticGraph(create_session(root / name, resolve_providers(["cpu"])), config)
+
+
+@pytest.mark.parametrize("decode_on", ["static graph", "cpu decoder"])
+def test_static_graphs_compute_what_the_cpu_decoder_does(float_graphs, decode_on):
+    """Padded chunks, a follow-up prompt over a filled cache, tokens one at a time: the
+    same logits and the same cache as the decoder graph, on either side of the hand-off."""
+    config, root = float_graphs
+    cpu = resolve_providers(["cpu"])
+    reference = OnnxDecoder(root / "decoder.onnx", config, CONTEXT, cpu)
+    prefill = _static(root, "prefill.onnx", config)
+    decode = (
+        _static(root, "decode.onnx", config)
+        if decode_on == "static graph"
+        else OnnxDecoder(root / "decoder.onnx", config, CONTEXT, cpu)
+    )
+    split = SplitDecoder(config, prefill, decode)
+    rng = np.random.default_rng(0)
+
+    def rows(n):
+        return rng.standard_normal((n, config.hidden_size)).astype(np.float32)
+
+    for embeds in (rows(19), rows(1), rows(ROWS), rows(5)):  # 3 chunks, then follow-ups
+        np.testing.assert_allclose(split.forward(embeds), reference.forward(embeds), atol=1e-5)
+        for row in rows(2):
+            np.testing.assert_allclose(split.decode(row), reference.decode(row), atol=1e-5)
+    length = reference.cache.length
+    assert split.cache.length == length == 19 + 1 + ROWS + 5 + 8
+    ours, theirs_all = split.cache, reference.cache
+    for mine, theirs in zip(
+        ours.keys + ours.values, theirs_all.keys + theirs_all.values, strict=True
+    ):
+        np.testing.assert_allclose(
+            mine.numpy()[:, :, :length], theirs.numpy()[:, :, :length], atol=1e-5
+        )
+
+
+def test_a_cache_of_another_size_or_too_full_is_refused(float_graphs):
+    from mobilevlm.errors import ContextOverflowError
+    from mobilevlm.runtime.ort.kv_cache import KVCache
+
+    config, root = float_graphs
+    prefill = _static(root, "prefill.onnx", config)
+    with pytest.raises(ValueError, match="reads 64 past positions, the cache has 32"):
+        prefill.run(KVCache(config, 32), np.zeros((2, config.hidden_size), np.float32))
+    split = SplitDecoder(config, prefill, _static(root, "decode.onnx", config))
+    with pytest.raises(ContextOverflowError, match="65 more positions do not fit"):
+        split.forward(np.zeros((CONTEXT + 1, config.hidden_size), np.float32))
+
+
+def test_npu_parts_are_checked_where_they_are_named(tmp_path):
+    with pytest.raises(OptionsError, match="add prefill to the NPU parts"):
+        LoadOptions(providers=("qnn",), npu_parts=("vision", "decode"))
+    with pytest.raises(OptionsError, match="unknown NPU part 'lm_head'"):
+        LoadOptions(npu_parts=("lm_head",))
+    assert LoadOptions(npu_parts="prefill").npu_parts == ("prefill",)
+    with pytest.raises(BundleError, match="add prefill to --npu-parts"):
+        check_request(tmp_path / "b", ["int4"], npu="qnn", npu_parts=["decode"])
+    with pytest.raises(BundleError, match="needs --npu"):
+        check_request(tmp_path / "b", ["int4"], npu_parts=["vision"])
+    with pytest.raises(BundleError, match="export an ONNX precision too"):
+        check_request(tmp_path / "b", ["q4_k_m"], ["gguf"], npu="qnn", npu_parts=["prefill"])
+
+
+@pytest.fixture(scope="module")
+def npu_bundle(tmp_path_factory):
+    """A tiny EfficientNet-Lite bundle with every part's NPU form (the LLM's included)."""
+    if not qnn.plugin_devices():
+        pytest.skip(f"no {qnn.PLUGIN_PACKAGE} wheel for this platform")
+    from test_npu import _calibration_images
+    from tiny_models import build_tiny_efficientnet_model
+
+    root = tmp_path_factory.mktemp("npu_llm")
+    images = _calibration_images(root / "images")
+    export_bundle(
+        build_tiny_efficientnet_model(), root / "bundle", ["fp32", "int4"],
+        calibration_dir=images, check_parity=False, npu="qnn", random_weights=True,
+    )  # fmt: skip
+    return root / "bundle"
+
+
+@needs_htp
+def test_manifest_records_the_llm_graphs_their_contexts_and_parity(npu_bundle):
+    manifest = BundleManifest.read(npu_bundle)
+    for part, rows in (("prefill", 64), ("decode", 1)):
+        graph = manifest.find(part, "w8a16", "onnx")
+        context = manifest.find(part, "w8a16", EPCONTEXT)
+        assert graph.details["rows"] == rows and graph.details["context"] == 256
+        assert graph.details["activations"] == "uint16" and graph.details["npu"] == "qnn"
+        assert context.details["soc"] == qnn.DEFAULT_SOC
+        assert [f.path for f in context.files] == [
+            f"{part}_qnn_ctx.onnx",
+            f"{part}_qnn_ctx_qnn.bin",
+        ]
+        parity = graph.details["parity"]
+        assert parity["heldout_sequences"] == 2 and parity["simulated"] is True
+        assert parity["logits_cosine_min"] > 0.999 and parity["kv_cosine_min"] > 0.999
+        assert parity["greedy_agreement"] == {"npu decode": 1.0, "cpu decode": 1.0}
+
+
+def _run(bundle, image, **options):
+    pipeline = Pipeline.load(bundle, precision="fp32", **options)
+    result = pipeline.generate(image, PROMPT, max_new_tokens=8)
+    return result, pipeline
+
+
+@needs_htp
+@pytest.mark.parametrize(
+    ("providers", "parts", "where"),
+    [
+        (("qnn!",), None, (QNN, QNN, QNN)),
+        (("qnn!",), ("vision", "prefill"), (QNN, QNN, CPU)),
+        (("qnn",), ("prefill", "decode"), (CPU, QNN, QNN)),
+        (("qnn",), ("vision",), (QNN, CPU, CPU)),
+    ],
+)
+def test_every_split_answers_as_the_cpu_does(npu_bundle, rgb_image, providers, parts, where):
+    expected, _ = _run(npu_bundle, rgb_image)
+    got, pipeline = _run(npu_bundle, rgb_image, providers=providers, npu_parts=parts)
+    info = pipeline.runtime_info()
+    assert (info["vision_provider"], info["prefill_provider"], info["decoder_provider"]) == where
+    if where[1] == QNN:  # every LLM graph whole on the NPU, from its precompiled context
+        assert info["prefill_nodes"] == {QNN: 1} and info["prefill_source"] == "epcontext"
+        assert info["context"] == 256 and info["llm_simulated"] is True
+    assert got.token_ids == expected.token_ids
+
+
+@needs_htp
+def test_the_cache_the_npu_fills_is_the_cpu_decoders_own(npu_bundle, rgb_image):
+    """The hand-off: after a prompt prefilled on the NPU, the CPU decoder's cache holds
+    what its own prefill would have written: every layer's keys and values at cosine >
+    0.999 and within 5% (relative root-mean-square), the QDQ graph's error."""
+    npu = OnnxVLM.load(npu_bundle, precision="fp32", providers=("qnn",), npu_parts=("prefill",))
+    cpu = OnnxVLM.load(npu_bundle, precision="fp32", context=256)
+    embeds = cpu.encode_image(rgb_image)
+    ids = conversation_ids(cpu.config, cpu.tokenizer, PROMPT)
+    assert (
+        cosine(npu.prefill_prompt(ids, embeds)[None], cpu.prefill_prompt(ids, embeds)[None]) > 0.999
+    )
+    assert isinstance(npu.decoder, SplitDecoder)
+    mine, theirs = npu.decoder.cache, cpu.decoder.cache
+    assert mine.length == theirs.length == len(ids) - 1 + len(embeds)
+    for a, b in zip(mine.keys + mine.values, theirs.keys + theirs.values, strict=True):
+        a, b = a.numpy()[0, :, : mine.length], b.numpy()[0, :, : mine.length]
+        assert cosine(a.reshape(1, -1), b.reshape(1, -1))[0] > 0.999
+        assert np.linalg.norm(a - b) < 0.05 * np.linalg.norm(b)  # 8-bit weights' error
+
+
+@needs_htp
+def test_a_conversation_reuses_the_npu_cache(npu_bundle, rgb_image):
+    """The second turn prefills only its new positions over the cache the first left on
+    the NPU, and answers as the same prompt prefilled from nothing does."""
+    pipeline = Pipeline.load(npu_bundle, precision="fp32", providers=("qnn!",))
+    chat = pipeline.conversation(rgb_image)
+    first = chat.ask(PROMPT, max_new_tokens=6)
+    ids = chat._input_ids("And the square?")
+    second = chat.ask("And the square?", max_new_tokens=6)
+    assert second.stats.cached_tokens >= first.stats.prefill_tokens  # not run again
+    fresh = Pipeline.load(npu_bundle, precision="fp32", providers=("qnn!",))
+    again = fresh.generate(rgb_image, "And the square?", max_new_tokens=6, input_ids=ids)
+    assert again.stats.cached_tokens == 0 and again.token_ids == second.token_ids
+    assert first.token_ids == _run(npu_bundle, rgb_image)[0].token_ids[:6]  # the CPU's
+
+
+@needs_htp
+def test_naming_a_part_the_bundle_has_no_npu_form_of_is_an_error(tmp_path, tiny_models):
+    from test_npu import _calibration_images
+
+    bundle = tmp_path / "vision-only"
+    export_bundle(
+        tiny_models(), bundle, ["fp32"], calibration_dir=_calibration_images(tmp_path / "i"),
+        check_parity=False, npu="qnn", npu_parts=["vision"],
+    )  # fmt: skip
+    manifest = BundleManifest.read(bundle)
+    assert not manifest.of("prefill") and not manifest.of("decode")
+    with pytest.raises(BundleError, match="no NPU form of the LLM's prefill graph"):
+        OnnxVLM.load(bundle, precision="fp32", providers=("qnn",), npu_parts=("prefill",))
+    plain = OnnxVLM.load(bundle, precision="fp32", providers=("qnn!",))  # what it has
+    assert plain.runtime_info()["prefill_provider"] == CPU
