@@ -161,12 +161,13 @@ def export_bundle(
 ) -> BundleManifest:
     """Export ``model`` (made float32 in place) into the bundle directory ``target``,
     replacing an older bundle there. ``precisions`` None: every precision of each format.
-    ``npu``: add the vision graph for that NPU (``qnn``), compiled for ``soc`` (default
+    ``npu``: add graphs for that NPU (``qnn``), compiled for ``soc`` (default
     :data:`~mobilevlm.runtime.ort.qnn.DEFAULT_SOC`) and calibrated on ``calibration_dir``
     (required unless the model is the built-in one); ``npu_parts``: which of the vision
-    graph and the LLM's prefill and decode graphs get an NPU form (None: all of them, the
-    vision graph alone for a billion-parameter LLM, whose 4-bit NPU graphs are not built
-    yet). ``profile``: where the caller's earlier
+    graph and the LLM's prefill and decode graphs (these with an ONNX precision only: they
+    read its embedding table) get an NPU form (None: all of them, the vision graph alone
+    for a billion-parameter LLM, whose 4-bit NPU graphs are not built yet). ``profile``:
+    where the caller's earlier
     stages (the model's assembly) were timed; its record, with the export's own stages,
     goes into ``bundle.json``.
 
@@ -191,7 +192,7 @@ def export_bundle(
     llm_parts: list[str] = []
     if npu is not None:
         check_npu_calibration(calibration_dir, source)
-        llm_parts = npu_llm_parts(model.config.llm, npu_parts)
+        llm_parts = npu_llm_parts(model.config.llm, npu_parts) if onnx_precisions else []
         if "vision" in (npu_parts or NPU_PARTS):
             npu_images = calibration_split(model.config.preprocess, calibration_dir)
     mmproj_skipped = None

@@ -226,3 +226,37 @@ def test_naming_a_part_the_bundle_has_no_npu_form_of_is_an_error(tmp_path, tiny_
         OnnxVLM.load(bundle, precision="fp32", providers=("qnn",), npu_parts=("prefill",))
     plain = OnnxVLM.load(bundle, precision="fp32", providers=("qnn!",))  # what it has
     assert plain.runtime_info()["prefill_provider"] == CPU
+
+
+@needs_htp
+def test_the_npu_evaluation_resumes_where_it_stopped(npu_bundle, tmp_path, capsys):
+    import json
+
+    from mobilevlm.bench import npu_eval
+
+    out = tmp_path / "eval.jsonl"
+    variants = "fp32,int4/qnn-prefill,int4/qnn-all"
+    npu_eval.main([str(npu_bundle), "--out", str(out), "--n", "2", "--variants", variants])
+    npu_eval.main([str(npu_bundle), "--out", str(out), "--n", "3", "--variants", variants])
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["index"] for line in lines] == [0, 1, 2]  # the first two not asked again
+    layers = BundleManifest.read(npu_bundle).model.llm.num_hidden_layers
+    for line in lines:
+        assert set(line) >= {"fp32", "int4/qnn-prefill", "int4/qnn-all"}
+        assert len(line["int4/qnn-prefill"]["kv_cosine"]) == 2 * layers
+        assert min(line["int4/qnn-prefill"]["kv_cosine"]) > 0.99
+    table = capsys.readouterr().out
+    assert "| `int4/qnn-all` |" in table and "3 questions." in table
+
+
+@needs_htp
+def test_a_budget_refuses_adding_the_llm_graphs_to_the_built_in_bundle(tmp_path, monkeypatch):
+    """Their export peaks near 3.75 GiB: a smaller budget names the command instead."""
+    from mobilevlm.errors import BudgetError
+    from mobilevlm.runtime.loader import open_default_bundle
+
+    monkeypatch.setenv("MOBILEVLM_CACHE", str(tmp_path))
+    options = LoadOptions(precision="int4", providers=("qnn!",), memory_budget="3GB")
+    with pytest.raises(BudgetError, match=r"peaks at about 3\.8 GiB.*--npu-parts vision,prefill"):
+        open_default_bundle(options)
+    assert not (tmp_path / "bundles").exists()
