@@ -2,7 +2,8 @@
 answers in about half a minute each are asked in the background, a line of results per
 question, and a run that stops goes on where it stopped.
 
-    python -m mobilevlm.bench.npu_eval BUNDLE --n 100 --out docs/bench/npu-llm-eval.jsonl
+    python -m mobilevlm.bench.npu_eval BUNDLE --n 100 --out docs/bench/npu-llm-eval.jsonl \
+        [--cpu-bundle FULL_BUNDLE]
     python -m mobilevlm.bench.npu_eval BUNDLE --out docs/bench/npu-llm-eval.jsonl --report
 
 Each question runs every variant in turn (the same questions for every row, however far
@@ -47,9 +48,16 @@ def cache_rows(pipeline: Pipeline, length: int) -> list[np.ndarray]:
     return [b.numpy()[0, :, :length].copy() for b in (*cache.keys, *cache.values)]
 
 
-def run(bundle: Path, out: Path, n: int, variants: tuple[str, ...]) -> None:
+def run(
+    bundle: Path, out: Path, n: int, variants: tuple[str, ...], cpu_bundle: Path | None = None
+) -> None:
+    """``cpu_bundle``: where the CPU variants load from (a bundle with the fp32 decoder the
+    NPU bundle may lack; the same model), else ``bundle``."""
     done = len(out.read_text().splitlines()) if out.is_file() else 0
-    pipelines = {name: load(bundle, name) for name in variants}
+    pipelines = {
+        name: load(bundle if parse_variant(name).providers else cpu_bundle or bundle, name)
+        for name in variants
+    }
     for index, item in enumerate(shapes_vqa_items(n), start=0):
         if index < done:
             continue
@@ -127,11 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="JSONL, appended to (resumed)")
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument(
+        "--cpu-bundle", type=Path, help="the CPU variants' bundle (default: BUNDLE), same model"
+    )
     parser.add_argument("--report", action="store_true", help="print the table and stop")
     args = parser.parse_args(argv)
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     if not args.report:
-        run(args.bundle, args.out, args.n, variants)
+        run(args.bundle, args.out, args.n, variants, args.cpu_bundle)
     print(report(args.out, variants))
     return 0
 
