@@ -260,3 +260,21 @@ def test_a_budget_refuses_adding_the_llm_graphs_to_the_built_in_bundle(tmp_path,
     with pytest.raises(BudgetError, match=r"peaks at about 3\.8 GiB.*--npu-parts vision,prefill"):
         open_default_bundle(options)
     assert not (tmp_path / "bundles").exists()
+
+
+@needs_htp
+def test_everything_on_the_npu_needs_no_cpu_decoder_on_disk(npu_bundle, tmp_path, rgb_image):
+    """What docs/npu.md says to ship: with the tokens on the NPU the CPU decoder's files
+    are neither loaded nor checked; decoding on the CPU needs them."""
+    import shutil
+
+    from mobilevlm.errors import MobileVLMError
+
+    phone = tmp_path / "phone"
+    shutil.copytree(npu_bundle, phone)
+    for file in phone.glob("decoder_int4.onnx*"):
+        file.unlink()
+    on_npu = Pipeline.load(phone, precision="int4", providers=("qnn!",))
+    assert on_npu.generate(rgb_image, PROMPT, max_new_tokens=2).token_ids
+    with pytest.raises(MobileVLMError, match="decoder_int4.onnx"):
+        Pipeline.load(phone, precision="int4", providers=("qnn!",), npu_parts=("vision", "prefill"))

@@ -100,11 +100,8 @@ class OnnxVLM(LoadedBundle):
         the one it will load on)."""
         if self.vision is not None:
             return self.vision.provider
-        return (self.providers if self.options.on_npu("vision") else self.cpu)[0][0]
-
-    @property
-    def cpu(self):
-        return without_npus(self.providers)
+        on_npu = self.options.on_npu("vision")
+        return (self.providers if on_npu else without_npus(self.providers))[0][0]
 
     @property
     def prefill_provider(self) -> str:

@@ -60,7 +60,8 @@ class Selection:
     def artefacts(self) -> tuple[Artefact, ...]:
         context = (self.vision_context,) if self.vision_context else ()
         npu = [a for g in (self.prefill, self.decode) if g for a in g.artefacts]
-        return (self.vision, self.embeddings, self.decoder, *context, *npu)
+        cpu = () if self.decode else (self.decoder,)  # tokens on the NPU: not loaded
+        return (self.vision, self.embeddings, *cpu, *context, *npu)
 
 
 def exported_artefact(
