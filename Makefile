@@ -85,7 +85,10 @@ fuzz: $(STAMP)
 # (plus the vision graph for Qualcomm's NPU where onnxruntime-qnn is installed: its bench
 # and eval variants run on the HTP simulator)
 BUNDLE := .cache/bundles/default
-NPU_EXPORT = $(shell $(PY) -c "import onnxruntime_qnn" 2>/dev/null && echo --npu qnn)
+# (the vision graph only: the LLM's NPU graphs add 12 minutes and 3.6 GiB to the export, and
+# their variants, int4/qnn-prefill and int4/qnn-all, take half a minute a question on the
+# simulator: python -m mobilevlm.bench.npu_eval, docs/npu.md)
+NPU_EXPORT = $(shell $(PY) -c "import onnxruntime_qnn" 2>/dev/null && echo --npu qnn --npu-parts vision)
 $(BUNDLE)/bundle.json: $(STAMP) mobilevlm/default_model/trained.safetensors
 	$(VENV)/bin/mobilevlm export -o $(BUNDLE) --formats onnx,gguf $(NPU_EXPORT)
 
