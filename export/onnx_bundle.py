@@ -6,7 +6,7 @@ go before it quantizes."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +33,19 @@ def onnx_artefact(
 
 def save_decoder(model: MobileVLM, path: Path) -> None:
     """The fp32 decoder graph with its weights as external data beside it."""
+    save_llm_graph(model, path, build_decoder)
+
+
+def save_llm_graph(model: MobileVLM, path: Path, build: Callable[..., onnx.ModelProto]) -> None:
+    """An fp32 graph of ``model``'s LLM, ``build(config, weights, inv_freq, attention_scaling,
+    external=...)`` (:func:`~mobilevlm.export.onnx_decoder.build_decoder`'s signature), with
+    its weights written as external data beside it as they are made."""
     lm = model.language_model
     weights = {k: v.detach().float().numpy() for k, v in lm.state_dict().items()}
     rotary = lm.model.rotary_emb
     location = data_file_name(path.name)
     with open(path.parent / location, "wb") as external:
-        graph = build_decoder(
+        graph = build(
             model.config.llm,
             weights,
             rotary.inv_freq.float().numpy(),

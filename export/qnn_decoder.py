@@ -192,24 +192,13 @@ def build_static_decoder(
 
 
 def save_static_decoder(model, path: Path, positions: int, context: int) -> None:
-    """The fp32 static graph of ``model``'s LLM (a MobileVLM) with its weights as external
-    data beside it."""
-    from mobilevlm.export.external_data import data_file_name
+    """The fp32 static graph of ``model``'s LLM (a MobileVLM), ``positions`` rows over
+    ``context`` past positions, with its weights as external data beside it."""
+    from mobilevlm.export.onnx_bundle import save_llm_graph
 
-    lm = model.language_model
-    weights = {k: v.detach().float().numpy() for k, v in lm.state_dict().items()}
-    if "lm_head.weight" not in weights:  # tied: the state dict may hold it under the embedding
-        weights["lm_head.weight"] = lm.get_output_embeddings().weight.detach().float().numpy()
-    rotary = lm.model.rotary_emb
-    location = data_file_name(path.name)
-    with open(path.parent / location, "wb") as external:
-        graph = build_static_decoder(
-            model.config.llm,
-            weights,
-            rotary.inv_freq.float().numpy(),
-            positions,
-            context,
-            float(rotary.attention_scaling),
-            external=ExternalData(external, location),
+    def build(config, weights, inv_freq, attention_scaling, external):
+        return build_static_decoder(
+            config, weights, inv_freq, positions, context, attention_scaling, external
         )
-    onnx.save_model(graph, str(path))
+
+    save_llm_graph(model, path, build)
