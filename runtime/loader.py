@@ -335,10 +335,13 @@ def open_default_bundle(
             )
     manifest = _cached_default_manifest()
     held = list(manifest.precisions + manifest.gguf_precisions) if manifest else []
-    npu_wanted = engine_type(options.implied_backend or ONNXRUNTIME).vision_npu(options)
+    engine = engine_type(options.implied_backend or ONNXRUNTIME)
+    npu_wanted = engine.vision_npu(options)
     npu_held = manifest.npu_vision_form() if manifest else None
     parts_held = npu_parts_held(manifest) if manifest else []
-    parts_wanted = [p for p in NPU_PARTS if options.on_npu(p)] if npu_wanted else []
+    # llama.cpp runs the LLM itself: only the vision graph can be the NPU's there
+    runs = NPU_PARTS if engine.backend == ONNXRUNTIME else ("vision",)
+    parts_wanted = [p for p in runs if options.on_npu(p)] if npu_wanted else []
     parts_missing = [p for p in parts_wanted if p not in parts_held]
     if manifest and all(p in held for p in wanted) and not parts_missing:
         return path, manifest

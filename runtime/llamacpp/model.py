@@ -33,7 +33,7 @@ from mobilevlm.runtime.llamacpp import footprint
 from mobilevlm.runtime.llamacpp.select import GGUF_PREFERENCE, GgufSelection, select_gguf
 from mobilevlm.runtime.loader import LoadedBundle, describe_run
 from mobilevlm.runtime.options import LLAMA_CPP, LoadOptions
-from mobilevlm.runtime.ort.providers import accelerator, resolve_providers
+from mobilevlm.runtime.ort.providers import accelerator, resolve_providers, without_npus
 from mobilevlm.runtime.ort.vision import vision_npu
 
 INSTALL_HINT = (
@@ -181,16 +181,15 @@ class LlamaCppVLM(LoadedBundle):
             options.precision,
             options.mode,
             options.vision_precision,
-            accelerator(options.providers),
+            accelerator(options.providers) if options.on_npu("vision") else None,
         )
 
     @classmethod
     def describe_selection(cls, selection: GgufSelection, options: LoadOptions) -> dict[str, Any]:
-        vision = (
-            cls.MTMD_PROVIDER
-            if selection.mode == "mtmd"
-            else resolve_providers(options.providers)[0][0]
-        )
+        providers = resolve_providers(options.providers)
+        if not options.on_npu("vision"):
+            providers = without_npus(providers)
+        vision = cls.MTMD_PROVIDER if selection.mode == "mtmd" else providers[0][0]
         return describe_run(cls.backend, selection, vision, cls.DECODER_PROVIDER)
 
     @classmethod
