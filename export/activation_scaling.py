@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mobilevlm.config import LLMConfig
 from mobilevlm.export.decoder_calibration import InputStatistics
 
 ALPHAS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
@@ -256,3 +257,48 @@ def choose_adjustments(
         clips[name] = choose_clipping(weight, rows, block_size, symmetric)
         give_back()  # this weight's temporaries, which glibc's heap would otherwise keep
     return ActivationAware(block_size, symmetric, scales, alphas, clips)
+
+
+class SplitProjections:
+    """An :class:`ActivationAware` chosen on the CPU graph's packed weights (QKV, gate/up),
+    applied to a graph of the separate projections (the NPU's static graphs,
+    :mod:`mobilevlm.export.qnn_decoder`): every adjustment of a packed weight acts column
+    by column (its rows' scales, the fold into the up columns, clipping per block and
+    column), so a projection's weight, put in its columns of a packed one, comes out
+    exactly as that part of the packed weight does. Norms and the unpacked projections
+    have the same names in both graphs."""
+
+    def __init__(self, adjust: ActivationAware, config: LLMConfig) -> None:
+        self._adjust = adjust
+        q, kv = (
+            config.num_attention_heads * config.head_dim,
+            config.num_key_value_heads * config.head_dim,
+        )
+        i = config.intermediate_size
+        self._columns = {}  # a projection's weight -> (packed weight, first column, width)
+        for layer in range(config.num_hidden_layers):
+            a, m = f"model.layers.{layer}.self_attn", f"model.layers.{layer}.mlp"
+            for part, first in (("q", 0), ("k", q), ("v", q + kv)):
+                self._columns[f"{a}.{part}_proj.weight"] = (
+                    f"{a}.qkv_proj.weight",
+                    first,
+                    q + 2 * kv,
+                )
+            for part, first in (("gate", 0), ("up", i)):
+                self._columns[f"{m}.{part}_proj.weight"] = (
+                    f"{m}.gate_up_proj.weight",
+                    first,
+                    2 * i,
+                )
+
+    def touches(self, name: str) -> bool:
+        packed = self._columns.get(name)
+        return self._adjust.touches(packed[0] if packed else name)
+
+    def apply(self, name: str, array: np.ndarray) -> np.ndarray:
+        if name not in self._columns:
+            return self._adjust.apply(name, array)
+        packed, first, width = self._columns[name]
+        whole = np.zeros((array.shape[0], width), np.float32)
+        whole[:, first : first + array.shape[1]] = array
+        return self._adjust.apply(packed, whole)[:, first : first + array.shape[1]]

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from mobilevlm import __version__
-from mobilevlm.config import ClipVisionConfig, LLMConfig
+from mobilevlm.config import ClipVisionConfig
 from mobilevlm.errors import BundleError, at
 from mobilevlm.export import quantize
 from mobilevlm.export.calibration import calibration_images, calibration_split, image_files
@@ -165,11 +165,9 @@ def export_bundle(
     :data:`~mobilevlm.runtime.ort.qnn.DEFAULT_SOC`) and calibrated on ``calibration_dir``
     (required unless the model is the built-in one); ``npu_parts``: which of the vision
     graph and the LLM's prefill and decode graphs (these with an ONNX precision only: they
-    read its embedding table) get an NPU form (None: all of them, the vision graph alone
-    for a billion-parameter LLM, whose 4-bit NPU graphs are not built yet). ``profile``:
-    where the caller's earlier
-    stages (the model's assembly) were timed; its record, with the export's own stages,
-    goes into ``bundle.json``.
+    read its embedding table) get an NPU form (None: all of them). ``profile``: where the
+    caller's earlier stages (the model's assembly) were timed; its record, with the
+    export's own stages, goes into ``bundle.json``.
 
     The stages that read the model's weights run first (the reference's answers for the
     parity checks, the LLM's float files, then the vision encoder's graphs); the rest reads
@@ -192,8 +190,9 @@ def export_bundle(
     llm_parts: list[str] = []
     if npu is not None:
         check_npu_calibration(calibration_dir, source)
-        llm_parts = npu_llm_parts(model.config.llm, npu_parts) if onnx_precisions else []
-        if "vision" in (npu_parts or NPU_PARTS):
+        wanted = npu_parts or NPU_PARTS
+        llm_parts = [p for p in ("prefill", "decode") if p in wanted and onnx_precisions]
+        if "vision" in wanted:
             npu_images = calibration_split(model.config.preprocess, calibration_dir)
     mmproj_skipped = None
     if gguf_precisions:
@@ -301,12 +300,15 @@ def export_bundle(
         if consume:
             _release(model.vision_tower, model.projector)
 
+        adjust = None  # int4's activation-aware scales: the CPU and NPU 4-bit weights share them
         for precision in onnx_precisions:
             if precision != "fp32":
                 step(f"decoder {precision}")
+                if precision == "int4" and sequences:
+                    adjust = quantize.int4_adjustments(fp32_decoder, model.config.llm, sequences)
                 artefacts.append(
                     write_quantized_decoder(
-                        fp32_decoder, out, precision, model.config.llm, sequences
+                        fp32_decoder, out, precision, model.config.llm, sequences, adjust
                     )
                 )
         for precision in gguf_precisions:
@@ -327,13 +329,15 @@ def export_bundle(
                 static_vision, out, scratch, *npu_images, soc or qnn.DEFAULT_SOC, step
             )
         if llm_parts:
-            from mobilevlm.export.qnn_llm import write_qnn_llm
+            from mobilevlm.export.qnn_llm import W4A16, npu_llm_precision, write_qnn_llm
 
+            if adjust is None and sequences and npu_llm_precision(model.config.llm) == W4A16:
+                adjust = quantize.int4_adjustments(fp32_decoder, model.config.llm, sequences)
             smallest = embedding_tables(onnx_precisions)[-1][0]
             table = np.load(out / f"embeddings_{smallest}.npy", mmap_mode="r")
             artefacts += write_qnn_llm(
                 static_llm, llm_parts, out, scratch, model.config.llm, sequences, heldout,
-                table, soc or qnn.DEFAULT_SOC, step,
+                table, soc or qnn.DEFAULT_SOC, step, adjust,
             )  # fmt: skip
             del table
 
@@ -366,28 +370,6 @@ def export_bundle(
         bar.update()
     bar.close()
     return manifest
-
-
-def npu_llm_parts(config: LLMConfig, parts: Sequence[str] | None) -> list[str]:
-    """The LLM's graphs to build for the NPU: those of ``parts`` (None: both) for an LLM
-    under a billion parameters (8-bit weights); none for a larger one unless asked, which
-    is refused: its 4-bit NPU graphs are not built yet."""
-    from mobilevlm.export.quantize import LARGE_LLM_PARAMETERS
-
-    wanted = [p for p in ("prefill", "decode") if p in (parts or NPU_PARTS)]
-    if wanted and config.parameters >= LARGE_LLM_PARAMETERS:
-        if parts is None:
-            log.warning(
-                "the LLM's NPU graphs of a billion-parameter LLM (4-bit weights) are "
-                "not built yet: only the vision graph gets an NPU form"
-            )
-            return []
-        raise BundleError(
-            f"the LLM's NPU graphs ({', '.join(wanted)}) are built for LLMs under a billion "
-            "parameters (8-bit weights); 4-bit ones for larger LLMs are not yet: "
-            "--npu-parts vision"
-        )
-    return wanted
 
 
 def int4_calibration(model: MobileVLM, calibration_dir: str | Path | None) -> list:

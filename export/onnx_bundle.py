@@ -14,6 +14,7 @@ import onnx
 
 from mobilevlm.config import LLMConfig
 from mobilevlm.export import quantize
+from mobilevlm.export.activation_scaling import ActivationAware
 from mobilevlm.export.external_data import ExternalData, data_file_name
 from mobilevlm.export.onnx_decoder import build_decoder
 from mobilevlm.manifest import Artefact, BundleFile
@@ -97,12 +98,14 @@ def write_quantized_decoder(
     precision: str,
     config: LLMConfig,
     calibration: Sequence[np.ndarray] | None = None,
+    adjust: ActivationAware | None = None,
 ) -> Artefact:
     """The decoder at ``precision`` (int8, int4), quantized from the fp32 graph's file; int4
-    scaled for the activations of ``calibration``'s sequences when there are some."""
+    scaled for the activations of ``calibration``'s sequences when there are some (``adjust``:
+    the scales, when chosen already)."""
     name = f"decoder_{precision}.onnx"
     if precision == "int8":
         made = quantize.quantize_decoder_int8(fp32_graph, out / name)
     else:
-        made = quantize.quantize_decoder_int4(fp32_graph, out / name, config, calibration)
+        made = quantize.quantize_decoder_int4(fp32_graph, out / name, config, calibration, adjust)
     return onnx_artefact(out, "decoder", precision, name, {**DECODER_DETAILS, **made})

@@ -6,8 +6,15 @@ Runtime's QNN helpers, calibrated on real sequences run through the fp32 graph i
 images for a checkpoint, plus text prompts: :mod:`mobilevlm.export.decoder_calibration`),
 then compiled into EPContext models for the SoC with CPU fallback disabled. Activations
 are 16-bit: a probe measured logits cosine 0.918 at 8 bits (LLM activation outliers)
-against 0.99998 at 16. Weights are 8-bit per channel; the position tables that RoPE
-gathers from stay 16-bit (angles, not weights).
+against 0.99998 at 16. Weights are 8-bit per channel for an LLM under a billion
+parameters; a larger one's are 4-bit where the CPU int4 recipe's are, in symmetric blocks
+of the recipe's size (a blocked DequantizeLinear before the MatMul, which the HTP takes
+whole), scaled and clipped as the CPU int4 decoder's are (the same activation-aware
+choice), and 8-bit per channel where the recipe keeps 8 bits (the lm_head, llama.cpp's
+wider down projections). The HTP misreads a blocked int4 weight's zero points (logits
+cosine 0.04 against 0.994 symmetric, measured on the simulator), hence symmetric blocks
+where the CPU recipe's are asymmetric. The position tables that RoPE gathers from stay
+16-bit (angles, not weights).
 """
 
 from __future__ import annotations
@@ -21,11 +28,19 @@ import numpy as np
 
 from mobilevlm.config import LLMConfig
 from mobilevlm.errors import ProviderError
+from mobilevlm.export.activation_scaling import ActivationAware, SplitProjections
 from mobilevlm.export.onnx_bundle import onnx_artefact
 from mobilevlm.export.parity import cosine
 from mobilevlm.export.qnn_decoder import ROPE_TABLES, save_static_decoder
 from mobilevlm.export.qnn_vision import compile_context
-from mobilevlm.export.quantize import STRIDED, quiet_root_logger
+from mobilevlm.export.quantize import (
+    LARGE_LLM_PARAMETERS,
+    STRIDED,
+    Blocks,
+    int4_recipe,
+    quiet_root_logger,
+    weight_only,
+)
 from mobilevlm.manifest import Artefact, BundleFile
 from mobilevlm.runtime.ort import qnn
 from mobilevlm.runtime.ort.graph_io import past_names
@@ -40,7 +55,7 @@ ROWS = {"prefill": 64, "decode": 1}
 NPU_CONTEXT = 512  # past positions the graphs read (the cache's capacity on the NPU)
 GRAPHS = {"prefill": "prefill_qnn.onnx", "decode": "decode_qnn.onnx"}
 CONTEXTS = {"prefill": "prefill_qnn_ctx.onnx", "decode": "decode_qnn_ctx.onnx"}
-NPU_LLM_PRECISION = "w8a16"  # 8-bit per-channel weights, 16-bit activations
+W8A16, W4A16 = "w8a16", "w4a16"  # the weights' bits, 16-bit activations
 CALIBRATION_STRIDE = 2  # of the int4 calibration's sequences: 40 of the built-in model's 80
 DECODE_STEPS = 4  # calibration tokens per sequence for the decode graph: its last ones
 HELDOUT = 2  # held-out Shapes-VQA questions the parity is measured on
@@ -164,6 +179,33 @@ def npu_context(config: LLMConfig) -> int:
     return min(NPU_CONTEXT, config.max_position_embeddings)
 
 
+def npu_llm_precision(config: LLMConfig) -> str:
+    return W4A16 if config.parameters >= LARGE_LLM_PARAMETERS else W8A16
+
+
+def four_bit_blocks(config: LLMConfig) -> Callable[[str, int], Blocks | None]:
+    """A MatMul's 4-bit blocks in the NPU graphs (None: left to the 8-bit per-channel QDQ):
+    4-bit where the CPU int4 recipe is, symmetric (see the module docstring)."""
+    recipe, layers = int4_recipe(config), config.num_hidden_layers
+    blocks = Blocks(4, recipe.four_bit.block_size, symmetric=True)
+    return lambda node, k: None if recipe.eight_bit(node, layers) else blocks
+
+
+def weight_details(config: LLMConfig, adjust: ActivationAware | None) -> dict:
+    if npu_llm_precision(config) == W8A16:
+        return {"weights": "uint8 per-channel"}
+    recipe = int4_recipe(config)
+    return {
+        "weights": (
+            f"int4 symmetric, blocks of {recipe.four_bit.block_size} (blocked "
+            "DequantizeLinear), where the int4 recipe is 4-bit; uint8 per-channel where it "
+            "keeps 8 bits"
+        ),
+        "int4_recipe": recipe.name,
+        "activation_aware": adjust is not None,  # the CPU int4 decoder's scales and clipping
+    }
+
+
 @quiet_root_logger()
 def write_qnn_llm(
     static: dict[str, Path],
@@ -176,25 +218,33 @@ def write_qnn_llm(
     table: np.ndarray,
     soc_name: str,
     step: Callable[[str], None],
+    adjust: ActivationAware | None = None,
+    parity_tokens: int = PARITY_TOKENS,
 ) -> list[Artefact]:
     """The QDQ prefill and decode graphs (``parts``) for QNN's HTP and their EPContext
     models for ``soc_name``, calibrated on ``sequences`` (the int4 decoder's, every
     :data:`CALIBRATION_STRIDE`-th), with their parity against the fp32 graph measured on
     ``heldout`` and recorded; ``table``: the token embeddings (vocab, hidden) the parity's
-    greedy tokens are fed back through."""
+    greedy tokens are fed back through, ``parity_tokens`` of them; ``adjust``: the CPU int4
+    decoder's activation-aware scales and clipping, which a 4-bit graph's weights take too."""
     soc = qnn.soc(soc_name)
     context = npu_context(config)
     cpu = resolve_providers(["cpu"])
     reference = StaticGraph(create_session(static["prefill"], cpu), config)
     calibration = list(sequences[::CALIBRATION_STRIDE])  # scenes and text prompts alike
+    precision = npu_llm_precision(config)
     graphs = {}
     for part in parts:
         step(f"{part} qnn")
-        name = GRAPHS[part]
+        name, source = GRAPHS[part], static[part]
+        if precision == W4A16:
+            source = scratch / f"{part}_static_w4.onnx"
+            split = SplitProjections(adjust, config) if adjust is not None else None
+            weight_only(static[part], source, four_bit_blocks(config), split, qdq=True)
         runs = CalibrationRuns(
             calibration_runs(reference, ROWS[part], calibration, DECODE_STEPS), context
         )
-        quantize_static_decoder(static[part], out / name, scratch, runs)
+        quantize_static_decoder(source, out / name, scratch, runs)
         calibrated = len(runs)
         del runs
         step(f"{part} qnn context")
@@ -203,7 +253,7 @@ def write_qnn_llm(
             raise ProviderError(f"{qnn.QNN} wrote no EPContext model for {soc.name}")
         graphs[part] = calibrated
     step("llm qnn parity")
-    parity = measure_parity(out, parts, config, reference, heldout, table, soc)
+    parity = measure_parity(out, parts, config, reference, heldout, table, soc, parity_tokens)
     artefacts = []
     for part in parts:
         details = {
@@ -213,13 +263,13 @@ def write_qnn_llm(
             "shapes": "static, batch 1",
             "builder": "mobilevlm.export.qnn_decoder",
             "quantization": "onnxruntime get_qnn_qdq_config (QDQ, MinMax)",
-            "weights": "uint8 per-channel",
+            **weight_details(config, adjust),
             "activations": "uint16",
             "calibration_sequences": len(calibration),
             "calibration_runs": graphs[part],
             "parity": parity,
         }
-        artefacts.append(onnx_artefact(out, part, NPU_LLM_PRECISION, GRAPHS[part], details))
+        artefacts.append(onnx_artefact(out, part, precision, GRAPHS[part], details))
         binaries = sorted(p.name for p in out.glob(f"{Path(CONTEXTS[part]).stem}*.bin"))
         files = (
             BundleFile.describe(out, CONTEXTS[part]),
@@ -228,7 +278,7 @@ def write_qnn_llm(
         artefacts.append(
             Artefact(
                 part,
-                NPU_LLM_PRECISION,
+                precision,
                 EPCONTEXT,
                 files,
                 {
@@ -253,10 +303,11 @@ def measure_parity(
     heldout: Sequence[np.ndarray],
     table: np.ndarray,
     soc: qnn.Soc,
+    count: int = PARITY_TOKENS,
 ) -> dict:
     """The compiled graphs on the HTP against the fp32 graph on the CPU, on ``heldout``:
     the prompt's last logits and every layer's K/V after the prefill, then
-    :data:`PARITY_TOKENS` greedy tokens decoded on the NPU (when it has the decode graph)
+    ``count`` greedy tokens decoded on the NPU (when it has the decode graph)
     and on the CPU from the NPU's cache (the llm.npu split)."""
     on_npu = resolve_providers(["qnn!"], options=soc.provider_options())
     started = time.perf_counter()
@@ -268,7 +319,7 @@ def measure_parity(
     logits_cos, kv_cos, agree = [], [], {"npu": [], "cpu": []}
     prefill_s, decode_s = [], []
     for embeds in heldout:
-        embeds = embeds[: reference.context - PARITY_TOKENS]
+        embeds = embeds[: reference.context - count]
         ref_cache, npu_cache = (
             KVCache(config, reference.context),
             KVCache(config, reference.context),
@@ -279,14 +330,14 @@ def measure_parity(
         prefill_s.append(time.perf_counter() - t)
         logits_cos.append(float(cosine(ref_logits[None], npu_logits[None])[0]))
         kv_cos.append(_cache_cosine(ref_cache, npu_cache))
-        expected = _greedy(reference, ref_cache, ref_logits, table, PARITY_TOKENS)
+        expected = _greedy(reference, ref_cache, ref_logits, table, count)
         decoders = {"cpu": reference, **({"npu": graphs["decode"]} if "decode" in graphs else {})}
         for where, decoder in decoders.items():
             cache = _copy(npu_cache, config)
             t = time.perf_counter()
-            tokens = _greedy(decoder, cache, npu_logits, table, PARITY_TOKENS)
+            tokens = _greedy(decoder, cache, npu_logits, table, count)
             if where == "npu":
-                decode_s.append((time.perf_counter() - t) / PARITY_TOKENS)
+                decode_s.append((time.perf_counter() - t) / max(count - 1, 1))  # runs made
             agree[where] += [a == b for a, b in zip(tokens, expected, strict=True)]
     return {
         "heldout_sequences": len(heldout),

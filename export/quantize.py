@@ -102,14 +102,17 @@ class Blocks:
     symmetric: bool = True
 
 
-def _weight_only(
+def weight_only(
     source: Path,
     target: Path,
-    blocks_of: Callable[[str, int], Blocks],
+    blocks_of: Callable[[str, int], Blocks | None],
     adjust: ActivationAware | None = None,
+    qdq: bool = False,
 ) -> None:
     """MatMulNBits for every MatMul of the float graph ``source`` (its weights external) in
-    ``target``, stored as ``blocks_of(node name, K)`` says, one weight at a time.
+    ``target``, stored as ``blocks_of(node name, K)`` says (None: left float), one weight at
+    a time; ``qdq``: a blocked DequantizeLinear before the MatMul instead (the form an NPU's
+    QDQ graph takes).
     ``adjust``: activation-aware scales and clipping, applied to every float tensor they
     touch as it is read (:mod:`mobilevlm.export.activation_scaling`).
 
@@ -118,6 +121,7 @@ def _weight_only(
     a 1.4B decoder holds 5.6 GB of float weights). Its node quantizer does the same work
     here on one weight read from ``source``'s data file, whose result goes straight into
     ``target``'s, so the float model is never in memory."""
+    from onnxruntime.quantization import QuantFormat
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         DefaultWeightOnlyQuantizer,
@@ -136,12 +140,16 @@ def _weight_only(
                 nodes.append(node)
                 continue
             blocks = blocks_of(node.name, floats[node.input[1]].dims[0])
+            if blocks is None:
+                nodes.append(node)
+                continue
             if blocks not in quantizers:
                 config = DefaultWeightOnlyQuantConfig(
                     block_size=blocks.block_size,
                     is_symmetric=blocks.symmetric,
                     accuracy_level=ACCURACY_LEVEL,
                     bits=blocks.bits,
+                    quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
                 )
                 quantizers[blocks] = DefaultWeightOnlyQuantizer(config)
             # a graph of its own for this weight: protobuf frees what a message holds only
@@ -176,7 +184,7 @@ def _adjust(tensor: onnx.TensorProto, adjust: ActivationAware | None) -> None:
 
 @quiet_root_logger()
 def quantize_decoder_int8(source: Path, target: Path) -> dict:
-    _weight_only(source, target, lambda node, k: Blocks(8))
+    weight_only(source, target, lambda node, k: Blocks(8))
     return {
         "method": "onnxruntime MatMulNBitsQuantizer (RTN)",
         "weights": f"int8 symmetric, blocks of {BLOCK_SIZE}",
@@ -254,15 +262,13 @@ def _more_bits(layer: int, layers: int) -> bool:
     return layer < eighth or layer >= 7 * layers // 8 or (layer - eighth) % 3 == 2
 
 
-@quiet_root_logger()
-def quantize_decoder_int4(
-    source: Path,
-    target: Path,
-    config: LLMConfig,
-    calibration: Sequence[np.ndarray] | None = None,
-) -> dict:
-    """``calibration``: input-embedding sequences (:mod:`mobilevlm.export.decoder_calibration`)
-    to choose activation-aware scales and clipping on; without them, plain round-to-nearest."""
+def int4_adjustments(
+    source: Path, config: LLMConfig, calibration: Sequence[np.ndarray]
+) -> ActivationAware:
+    """Activation-aware scales and clipping for the 4-bit weights of the int4 recipe, chosen
+    on the fp32 decoder graph ``source`` with input-embedding sequences ``calibration``
+    (:mod:`mobilevlm.export.decoder_calibration`). The NPU's 4-bit graphs take the same
+    ones (:class:`~mobilevlm.export.activation_scaling.SplitProjections`)."""
     from mobilevlm.export.activation_scaling import choose_adjustments
     from mobilevlm.export.decoder_calibration import input_statistics
 
@@ -272,20 +278,30 @@ def quantize_decoder_int4(
     def four_bit(node: str) -> bool:
         return not recipe.eight_bit(node, layers)
 
-    adjust = None
-    if calibration:
-        graph = onnx.load(str(source), load_external_data=False).graph
-        weights = [n.input[1] for n in graph.node if n.op_type == "MatMul" and four_bit(n.name)]
-        statistics = input_statistics(source, calibration, weights)
-        adjust = choose_adjustments(
-            source,
-            statistics,
-            four_bit,
-            recipe.four_bit.block_size,
-            recipe.four_bit.symmetric,
-        )
-        del statistics
-    _weight_only(source, target, lambda node, k: recipe.blocks(node, k, layers), adjust=adjust)
+    graph = onnx.load(str(source), load_external_data=False).graph
+    weights = [n.input[1] for n in graph.node if n.op_type == "MatMul" and four_bit(n.name)]
+    statistics = input_statistics(source, calibration, weights)
+    return choose_adjustments(
+        source, statistics, four_bit, recipe.four_bit.block_size, recipe.four_bit.symmetric
+    )
+
+
+@quiet_root_logger()
+def quantize_decoder_int4(
+    source: Path,
+    target: Path,
+    config: LLMConfig,
+    calibration: Sequence[np.ndarray] | None = None,
+    adjust: ActivationAware | None = None,
+) -> dict:
+    """``calibration``: input-embedding sequences to choose activation-aware scales and
+    clipping on (:func:`int4_adjustments`, unless ``adjust`` holds them already); without
+    them, plain round-to-nearest."""
+    recipe = int4_recipe(config)
+    layers = config.num_hidden_layers
+    if adjust is None and calibration:
+        adjust = int4_adjustments(source, config, calibration)
+    weight_only(source, target, lambda node, k: recipe.blocks(node, k, layers), adjust=adjust)
     made = {
         "method": "onnxruntime MatMulNBitsQuantizer (RTN)",
         "recipe": recipe.name,

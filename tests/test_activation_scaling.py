@@ -118,3 +118,66 @@ def test_clipping_chosen_on_rows_lowers_the_output_error_of_rounding(symmetric):
 
     assert error(clip_blocks(weight, ratios, 32, symmetric)) < 0.95 * error(weight)
     assert error(clip_blocks(weight, np.full_like(ratios, 0.9), 32, symmetric)) > error(weight)
+
+
+def test_the_npu_graphs_separate_projections_take_the_packed_weights_adjustments(tmp_path):
+    """Scales, folds and clipping chosen on the CPU graph's packed QKV and gate/up weights,
+    applied to the NPU graph's separate projections: the same weights, column for column."""
+    from tiny_models import build_tiny_model
+
+    from mobilevlm.export.activation_scaling import SplitProjections
+    from mobilevlm.export.qnn_decoder import save_static_decoder
+
+    model = build_tiny_model()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "npu").mkdir()
+    with torch.inference_mode():
+        save_decoder(model, tmp_path / "cpu" / "decoder.onnx")
+        save_static_decoder(model, tmp_path / "npu" / "prefill.onnx", 4, 16)
+
+    def arrays(graph):
+        proto = onnx.load(str(graph), load_external_data=False)
+        return {
+            t.name: onnx.numpy_helper.to_array(load_tensor(onnx.TensorProto(), t, graph.parent))
+            for t in proto.graph.initializer
+        }
+
+    cpu, npu = arrays(tmp_path / "cpu" / "decoder.onnx"), arrays(tmp_path / "npu" / "prefill.onnx")
+    rng = np.random.default_rng(1)
+    weights = [n for n in cpu if n.endswith("_proj.weight")]
+    adjust = ActivationAware(
+        16,
+        False,
+        {
+            n: rng.uniform(0.25, 4.0, cpu[n].shape[0]).astype(np.float32)
+            for n in weights
+            if fold_target(n) is not None
+        },
+        clips={
+            n: rng.choice([0.5, 0.8, 1.0], (-(-cpu[n].shape[0] // 16), cpu[n].shape[1]))
+            for n in weights
+        },
+    )
+    split = SplitProjections(adjust, model.config.llm)
+    config = model.config.llm
+    for layer in range(config.num_hidden_layers):
+        a, m = f"model.layers.{layer}.self_attn", f"model.layers.{layer}.mlp"
+        for packed, parts in (
+            (f"{a}.qkv_proj", ("q_proj", "k_proj", "v_proj")),
+            (f"{m}.gate_up_proj", ("gate_proj", "up_proj")),
+            (f"{a}.o_proj", ("o_proj",)),
+            (f"{m}.down_proj", ("down_proj",)),
+        ):
+            prefix = packed.rsplit(".", 1)[0]
+            pieces = [f"{prefix}.{part}.weight" for part in parts]
+            assert all(split.touches(p) for p in pieces)
+            got = np.concatenate([split.apply(p, npu[p]) for p in pieces], axis=1)
+            np.testing.assert_array_equal(
+                got, adjust.apply(f"{packed}.weight", cpu[f"{packed}.weight"])
+            )
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            name = f"model.layers.{layer}.{norm}.weight"
+            np.testing.assert_array_equal(
+                split.apply(name, npu[name]), adjust.apply(name, cpu[name])
+            )
+    assert not split.touches("lm_head.weight")

@@ -278,3 +278,56 @@ def test_everything_on_the_npu_needs_no_cpu_decoder_on_disk(npu_bundle, tmp_path
     assert on_npu.generate(rgb_image, PROMPT, max_new_tokens=2).token_ids
     with pytest.raises(MobileVLMError, match="decoder_int4.onnx"):
         Pipeline.load(phone, precision="int4", providers=("qnn!",), npu_parts=("vision", "prefill"))
+
+
+@needs_htp
+def test_a_billion_parameter_llms_npu_graphs_take_4_bit_blocks(tiny_models, tmp_path):
+    """The tiny LLM counted as a billion-parameter one: its NPU graphs are w4a16, the int4
+    recipe's 4-bit MatMuls as symmetric blocked DequantizeLinear (the HTP reads blocked
+    zero points wrong), scaled and clipped as the CPU int4 decoder is; placed whole, and
+    answering from the prompt the NPU prefilled."""
+    import onnx
+    from test_npu import _calibration_images
+
+    from mobilevlm.export import qnn_llm
+    from mobilevlm.export.quantize import int4_recipe
+
+    model = tiny_models()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(qnn_llm, "LARGE_LLM_PARAMETERS", 0)
+        export_bundle(
+            model, tmp_path / "bundle", ["int4"], calibration_dir=_calibration_images(tmp_path),
+            check_parity=False, npu="qnn", npu_parts=["prefill", "decode"], random_weights=True,
+        )  # fmt: skip
+    manifest = BundleManifest.read(tmp_path / "bundle")
+    recipe, layers = int4_recipe(model.config.llm), model.config.llm.num_hidden_layers
+    for part in ("prefill", "decode"):
+        graph = manifest.find(part, "w4a16", "onnx")
+        assert manifest.find(part, "w4a16", EPCONTEXT) is not None
+        assert graph.details["activation_aware"] is True
+        assert "int4 symmetric, blocks of 32" in graph.details["weights"]
+        proto = onnx.load(str(tmp_path / "bundle" / graph.files[0].path), load_external_data=False)
+        initializers = {t.name: t for t in proto.graph.initializer}
+        four_bit = {
+            node.output[0].split("_DQ")[0].removesuffix(".weight")
+            for node in proto.graph.node
+            if node.op_type == "DequantizeLinear"
+            and node.input[0] in initializers
+            and initializers[node.input[0]].data_type == onnx.TensorProto.INT4
+        }
+        wanted = {
+            f"model.layers.{i}.mlp.{p}"
+            for i in range(layers)
+            for p in ("gate_proj", "up_proj", "down_proj")
+            if not recipe.eight_bit(f"model.layers.{i}.mlp.{p}", layers)
+        }
+        assert four_bit == wanted and len(wanted) == 3 * layers  # attention, lm_head: 8 bits
+        parity = graph.details["parity"]
+        assert parity["logits_cosine_min"] > 0.99 and parity["kv_cosine_min"] > 0.99
+    pipeline = Pipeline.load(
+        tmp_path / "bundle", providers=("qnn!",), npu_parts=("prefill", "decode")
+    )
+    info = pipeline.runtime_info()
+    assert (info["prefill_provider"], info["decoder_provider"]) == (QNN, QNN)
+    assert info["prefill_nodes"] == {QNN: 1}
+    assert pipeline.generate(None, PROMPT, max_new_tokens=4).token_ids

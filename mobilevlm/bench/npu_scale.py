@@ -1,15 +1,23 @@
-"""The vision graph of MobileVLM_V2-1.7B's geometry on Qualcomm's HTP simulator.
+"""MobileVLM_V2-1.7B's geometry on Qualcomm's HTP simulator, one half at a time.
 
-CLIP ViT-L/14-336 (23 of 24 blocks) + LDPv2 to 2048, random weights (placement
-and compilation do not depend on them; nothing can be downloaded here), put
-through ``export --npu qnn``'s steps: the static QDQ graph, whether the HTP
-takes it whole (CPU fallback disabled), its EPContext model for ``--soc``, and
-one encode timed on the simulator. The LLM is a tiny stand-in: only the vision
-graph is measured. Simulator times say nothing about a phone's latency.
+``--part vision``: CLIP ViT-L/14-336 (23 of 24 blocks) + LDPv2 to 2048 before a
+tiny stand-in LLM. ``--part llm``: MobileLLaMA-1.4B's prefill and decode graphs
+(w4a16: the int4 recipe's 4-bit blocks, 8-bit where it keeps 8 bits) behind a
+tiny stand-in vision tower. Random weights (placement and compilation do not
+depend on them; nothing can be downloaded here), put through ``export --npu
+qnn``'s steps: the static QDQ graphs, whether the HTP takes them whole (CPU
+fallback disabled), their EPContext models for ``--soc``, and a run timed on
+the simulator (an encode; a prefill chunk and decode steps, with their parity
+against the fp32 graph). The LLM's calibration and held-out sequences are rows of
+its random embedding table (no text means anything to random weights), and its
+4-bit weights are plain round-to-nearest (the activation-aware scales need
+calibration of the CPU int4 decoder, which this command does not export).
+Simulator times say nothing about a phone's latency.
 
-    python -m mobilevlm.bench.npu_scale [--work DIR] [--soc SM8650]
+    python -m mobilevlm.bench.npu_scale [--part vision|llm] [--work DIR] [--soc SM8650]
 
-Expect tens of minutes on a 2-core machine (the simulator is slow). A command, not a test.
+Expect tens of minutes on a 2-core machine (the simulator is slow), and about 12 GB of
+memory for the LLM. A command, not a test.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import time
 from pathlib import Path
 
 from mobilevlm.bench.scale import CALIBRATION_IMAGES, v2_1_7b_config
-from mobilevlm.config import LLMConfig, ModelConfig
+from mobilevlm.config import ClipVisionConfig, LLMConfig, ModelConfig, ProjectorConfig
 
 
 def vision_only_config() -> ModelConfig:
@@ -38,11 +46,30 @@ def vision_only_config() -> ModelConfig:
     return ModelConfig(vision=config.vision, projector=config.projector, llm=llm)
 
 
+LLM_CALIBRATION = (6, 96)  # sequences, positions: 3 calibrate (every other), 2 chunks each
+LLM_HELDOUT = 40  # positions of the one held-out sequence: a prefill chunk
+LLM_PARITY_TOKENS = 3  # greedy tokens: 2 decode steps per side (each about a minute)
+
+
+def llm_only_config() -> ModelConfig:
+    """MobileLLaMA-1.4B behind a tiny CLIP of the same output width."""
+    config = v2_1_7b_config()
+    vision = ClipVisionConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        image_size=56, patch_size=14,
+    )  # fmt: skip
+    projector = ProjectorConfig("ldpnetv2", 64, config.llm.hidden_size)
+    return ModelConfig(vision=vision, projector=projector, llm=config.llm)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mobilevlm.bench.npu_scale")
+    parser.add_argument("--part", choices=("vision", "llm"), default="vision")
     parser.add_argument("--work", type=Path, default=Path(".cache/npu-scale"))
     parser.add_argument("--soc", default="SM8650")
     args = parser.parse_args(argv)
+    if args.part == "llm":
+        return measure_llm(args.work, args.soc)
 
     import torch
 
@@ -86,6 +113,60 @@ def main(argv: list[str] | None = None) -> int:
         "placement_with_fallback": graph.to_dict(),
     }
     (args.work / "npu_scale.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def measure_llm(work: Path, soc: str) -> int:
+    import numpy as np
+    import torch
+
+    from mobilevlm.export.qnn_llm import save_static_graphs, write_qnn_llm
+    from mobilevlm.reference.model import MobileVLM
+    from mobilevlm.reference.random_weights import random_init_, tiny_tokenizer
+    from mobilevlm.runtime.ort.placement import graph_placement
+    from mobilevlm.runtime.ort.providers import resolve_providers
+
+    config = llm_only_config()
+    print("building the random MobileLLaMA-1.4B-shaped LLM ...", flush=True)
+    model = MobileVLM(config, tiny_tokenizer(config.llm.vocab_size))
+    model = random_init_(model, seed=0, std=0.02).float().eval()
+    table = model.language_model.get_input_embeddings().weight.detach().numpy().copy()
+    rng = np.random.default_rng(0)
+    count, positions = LLM_CALIBRATION
+    sequences = [table[rng.integers(0, len(table), positions)] for _ in range(count)]
+    heldout = [table[rng.integers(0, len(table), LLM_HELDOUT)]]
+    out = work / "npu-llm"
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    steps: dict[str, float] = {}
+
+    def step(name: str) -> None:
+        steps[name] = round(time.perf_counter() - started, 1)
+        print(f"[{steps[name]:7.1f} s] {name}", flush=True)
+
+    parts = ["prefill", "decode"]
+    with tempfile.TemporaryDirectory(dir=work) as scratch, torch.inference_mode():
+        step("llm qnn graphs")
+        static = save_static_graphs(model, Path(scratch), parts)
+        del model
+        artefacts = write_qnn_llm(
+            static, parts, out, Path(scratch), config.llm, sequences, heldout, table, soc,
+            step, parity_tokens=LLM_PARITY_TOKENS,
+        )  # fmt: skip
+    step("done")
+    placements = [
+        graph_placement(out, a.component, a.precision, a.path, resolve_providers(["qnn"]))
+        for a in artefacts
+        if a.format == "onnx"
+    ]
+    report = {
+        "geometry": "MobileVLM_V2-1.7B LLM: MobileLLaMA-1.4B (random weights)",
+        "steps_s": steps,
+        "artefacts": [a.to_dict() for a in artefacts],
+        "placement_with_fallback": [p.to_dict() for p in placements],
+    }
+    (work / "npu_scale_llm.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0
 

@@ -60,7 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=NPUS,
         help="add graphs for this NPU: 'qnn' (Qualcomm Hexagon through ONNX Runtime's QNN "
         "provider): the vision graph (QDQ w8a16 or w8a8 by measured accuracy) and the LLM's "
-        "prefill and decode graphs (static, w8a16), each with its EPContext model "
+        "prefill and decode graphs (static; w8a16, w4a16 for an LLM of a billion parameters "
+        "or more), each with its EPContext model "
         "precompiled for --soc (needs the [npu] extra; docs/npu.md)",
     )
     ex.add_argument(
@@ -69,7 +70,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="PARTS",
         help="with --npu: which parts get an NPU form, of vision, prefill, decode (default: "
-        "all three; the vision graph alone for an LLM of a billion parameters or more)",
+        "all three)",
     )
     ex.add_argument(
         "--soc",
