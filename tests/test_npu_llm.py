@@ -247,6 +247,16 @@ def test_the_npu_evaluation_resumes_where_it_stopped(npu_bundle, tmp_path, capsy
         assert min(line["int4/qnn-prefill"]["kv_cosine"]) > 0.99
     table = capsys.readouterr().out
     assert "| `int4/qnn-all` |" in table and "3 questions." in table
+    # another export's answers are never appended to: the file names its bundle
+    other = tmp_path / "other"
+    other.mkdir()
+    for file in npu_bundle.iterdir():
+        (other / file.name).symlink_to(file)
+    (other / "bundle.json").unlink()
+    (other / "bundle.json").write_text((npu_bundle / "bundle.json").read_text() + "\n")
+    assert npu_eval.main([str(other), "--out", str(out), "--n", "4", "--variants", variants]) == 2
+    assert "its answers are another bundle's" in capsys.readouterr().err
+    assert len(out.read_text().splitlines()) == 3
 
 
 @needs_htp

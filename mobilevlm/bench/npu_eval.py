@@ -17,15 +17,19 @@ fp32 reference's cache.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from mobilevlm.bench.evaluate import EVAL_GENERATION, score, shapes_vqa_items
 from mobilevlm.bench.variants import parse_variant
+from mobilevlm.errors import BundleError
 from mobilevlm.export.parity import cosine
+from mobilevlm.manifest import MANIFEST_FILE
 from mobilevlm.runtime.pipeline import Pipeline
 
 VARIANTS = ("fp32", "int4", "int4/qnn-prefill", "int4/qnn-all")
@@ -48,12 +52,26 @@ def cache_rows(pipeline: Pipeline, length: int) -> list[np.ndarray]:
     return [b.numpy()[0, :, :length].copy() for b in (*cache.keys, *cache.values)]
 
 
+def identity(bundle: Path) -> str:
+    """The sha256 of ``bundle``'s manifest, which holds every file's own sha256."""
+    return hashlib.sha256((bundle / MANIFEST_FILE).read_bytes()).hexdigest()[:16]
+
+
 def run(
     bundle: Path, out: Path, n: int, variants: tuple[str, ...], cpu_bundle: Path | None = None
 ) -> None:
     """``cpu_bundle``: where the CPU variants load from (a bundle with the fp32 decoder the
-    NPU bundle may lack; the same model), else ``bundle``."""
-    done = len(out.read_text().splitlines()) if out.is_file() else 0
+    NPU bundle may lack; the same model), else ``bundle``. Each line records the bundles'
+    identity, and a run goes on only from lines of the same ones: a table never mixes
+    two exports' answers."""
+    made_by = {"bundle": identity(bundle), "cpu_bundle": identity(cpu_bundle or bundle)}
+    lines = [json.loads(text) for text in out.read_text().splitlines()] if out.is_file() else []
+    if any({key: line.get(key) for key in made_by} != made_by for line in lines):
+        raise BundleError(
+            f"{out}: its answers are another bundle's (or older than the bundle check): "
+            "write to another --out, or delete it to start again"
+        )
+    done = len(lines)
     pipelines = {
         name: load(bundle if parse_variant(name).providers else cpu_bundle or bundle, name)
         for name in variants
@@ -62,7 +80,7 @@ def run(
         if index < done:
             continue
         line = {"index": index, "question": item.question, "answer": item.answer}
-        line["kind"] = item.kind
+        line.update(kind=item.kind, **made_by)
         reference_rows = None
         for name, pipeline in pipelines.items():
             pipeline.reset()
@@ -142,7 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     if not args.report:
-        run(args.bundle, args.out, args.n, variants, args.cpu_bundle)
+        try:
+            run(args.bundle, args.out, args.n, variants, args.cpu_bundle)
+        except BundleError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     print(report(args.out, variants))
     return 0
 
