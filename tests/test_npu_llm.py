@@ -84,6 +84,24 @@ def test_static_graphs_compute_what_the_cpu_decoder_does(float_graphs, decode_on
         )
 
 
+def test_a_static_graph_never_reads_what_an_earlier_prompt_left_in_the_cache(float_graphs):
+    """The graph reads every cache position (unused ones masked): after a reset, or a
+    follow-up that keeps a shorter prefix, the positions past the length are zero again."""
+    from mobilevlm.runtime.ort.kv_cache import KVCache
+
+    config, root = float_graphs
+    prefill = _static(root, "prefill.onnx", config)
+    cache = KVCache(config, CONTEXT)
+    rng = np.random.default_rng(1)
+    prefill.run(cache, rng.standard_normal((ROWS, config.hidden_size)).astype(np.float32))
+    for kept in (3, 0):  # a shorter prefix kept, then a reset
+        cache.length = kept
+        prefill.run(cache, rng.standard_normal((2, config.hidden_size)).astype(np.float32))
+        for buffer in cache.keys + cache.values:
+            assert np.any(buffer.numpy()[0, :, kept : kept + 2])
+            assert not np.any(buffer.numpy()[0, :, kept + 2 :])
+
+
 def test_a_cache_of_another_size_or_too_full_is_refused(float_graphs):
     from mobilevlm.errors import ContextOverflowError
     from mobilevlm.runtime.ort.kv_cache import KVCache

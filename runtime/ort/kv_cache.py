@@ -18,6 +18,9 @@ class KVCache:
         import onnxruntime
 
         self.capacity = capacity
+        self.written = (
+            0  # positions written since they were last zeroed (a static graph reads them)
+        )
         self.length = 0  # positions filled
         shape = (1, config.num_key_value_heads, capacity, config.head_dim)
 
@@ -30,6 +33,15 @@ class KVCache:
         self.keys = [buffer() for _ in range(config.num_hidden_layers)]
         self.values = [buffer() for _ in range(config.num_hidden_layers)]
         self.nbytes = 2 * config.num_hidden_layers * int(np.prod(shape)) * np.dtype(dtype).itemsize
+
+    @property
+    def length(self) -> int:
+        return self._length
+
+    @length.setter
+    def length(self, value: int) -> None:
+        self._length = value
+        self.written = max(self.written, value)
 
     @property
     def free(self) -> int:

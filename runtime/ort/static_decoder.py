@@ -70,6 +70,18 @@ def run_inputs(rows: int, context: int, past: int, embeds: np.ndarray) -> dict[s
     return {INPUT_EMBEDS: padded, POSITION_IDS: positions, ATTENTION_MASK: mask}
 
 
+def _zero_unused(cache: KVCache, end: int) -> None:
+    """Zero ``cache``'s positions from its length to ``end``. A static graph reads every
+    position, the unused ones masked, and the mask is not enough: a NaN of uninitialized
+    memory survives it, and on the HTP simulator the K/V a previous question left there
+    changed the next question's answer (Shapes-VQA held-out question 5 after question 4:
+    "yes" where a fresh session answers "no")."""
+    if end > cache.length:
+        for buffer in (*cache.keys, *cache.values):
+            buffer.numpy()[0, :, cache.length : end] = 0.0
+    cache.written = cache.length
+
+
 class StaticGraph:
     """One fixed-shape decoder session: ``rows`` positions per run over a past of
     ``context`` positions (the graph's input shapes)."""
@@ -95,10 +107,8 @@ class StaticGraph:
         self._bound_cache: KVCache | None = None
 
     def _bind(self, cache: KVCache) -> None:
-        """Bind ``cache`` as the past, its unwritten positions zeroed: the graph reads them
-        (masked, but a NaN of uninitialized memory would survive the mask)."""
-        for buffer in (*cache.keys, *cache.values):
-            buffer.numpy()[0, :, cache.length :] = 0.0
+        """Bind ``cache`` as the past, its unwritten positions zeroed (:func:`_zero_unused`)."""
+        _zero_unused(cache, cache.capacity)
         b = self.binding
         b.clear_binding_outputs()
         b.bind_ortvalue_output(LOGITS, self._logits)
@@ -129,6 +139,7 @@ class StaticGraph:
             )
         if cache is not self._bound_cache:
             self._bind(cache)
+        _zero_unused(cache, cache.written)  # what a reset or a shorter prefix left behind
         pad = self.rows - count
         b = self.binding
         for name, value in run_inputs(self.rows, self.context, past, embeds).items():
