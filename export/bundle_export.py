@@ -18,7 +18,6 @@ model (:mod:`mobilevlm.export.qnn_vision`).
 from __future__ import annotations
 
 import gc
-import logging
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -58,8 +57,6 @@ from mobilevlm.reference.checkpoint import atomic_directory
 from mobilevlm.reference.model import MobileVLM
 from mobilevlm.runtime.heap import give_back
 from mobilevlm.runtime.ort import qnn
-
-log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "gguf")
 UNQUANTIZED = ("fp32", "f16")
