@@ -16,7 +16,7 @@ Simulator times say nothing about a phone's latency.
 
     python -m mobilevlm.bench.npu_scale [--part vision|llm] [--work DIR] [--soc SM8650]
 
-Expect tens of minutes on a 2-core machine (the simulator is slow), and about 12 GB of
+Expect tens of minutes on a 2-core machine (the simulator is slow), and about 15 GB of
 memory for the LLM. A command, not a test.
 """
 
