@@ -147,6 +147,26 @@ def npu_bundle(tmp_path_factory):
 
 
 @needs_htp
+def test_the_logits_keep_a_fixed_range_that_confident_answers_do_not_saturate(npu_bundle):
+    """Calibrated, the logits' range clipped the top logits of confident answers into
+    ties; every LLM graph quantizes them over a fixed +-128 instead."""
+    import onnx
+    from onnx.numpy_helper import to_array
+
+    from mobilevlm.export.qnn_llm import LOGITS_RANGE
+    from mobilevlm.runtime.ort.graph_io import LOGITS
+
+    for graph in ("prefill_qnn.onnx", "decode_qnn.onnx"):
+        proto = onnx.load(str(npu_bundle / graph), load_external_data=False)
+        values = {t.name: t for t in proto.graph.initializer}
+        (dequantize,) = [n for n in proto.graph.node if n.output[0] == LOGITS]
+        scale, zero = (to_array(values[name]) for name in dequantize.input[1:3])
+        low, high = -int(zero) * float(scale), (65535 - int(zero)) * float(scale)
+        assert low == pytest.approx(-LOGITS_RANGE, rel=1e-3)
+        assert high == pytest.approx(LOGITS_RANGE, rel=1e-3)
+
+
+@needs_htp
 def test_manifest_records_the_llm_graphs_their_contexts_and_parity(npu_bundle):
     manifest = BundleManifest.read(npu_bundle)
     for part, rows in (("prefill", 64), ("decode", 1)):
@@ -271,7 +291,9 @@ def test_the_npu_evaluation_resumes_where_it_stopped(npu_bundle, tmp_path, capsy
     for file in npu_bundle.iterdir():
         (other / file.name).symlink_to(file)
     (other / "bundle.json").unlink()
-    (other / "bundle.json").write_text((npu_bundle / "bundle.json").read_text() + "\n")
+    manifest = json.loads((npu_bundle / "bundle.json").read_text())
+    manifest["artefacts"][0]["files"][0]["sha256"] = "0" * 64  # another export's graph
+    (other / "bundle.json").write_text(json.dumps(manifest))
     assert npu_eval.main([str(other), "--out", str(out), "--n", "4", "--variants", variants]) == 2
     assert "its answers are another bundle's" in capsys.readouterr().err
     assert len(out.read_text().splitlines()) == 3

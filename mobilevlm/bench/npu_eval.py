@@ -29,7 +29,8 @@ from mobilevlm.bench.evaluate import EVAL_GENERATION, score, shapes_vqa_items
 from mobilevlm.bench.variants import parse_variant
 from mobilevlm.errors import BundleError
 from mobilevlm.export.parity import cosine
-from mobilevlm.manifest import MANIFEST_FILE
+from mobilevlm.manifest import BundleManifest
+from mobilevlm.runtime.ort.select import EPCONTEXT
 from mobilevlm.runtime.pipeline import Pipeline
 
 VARIANTS = ("fp32", "int4", "int4/qnn-prefill", "int4/qnn-all")
@@ -53,8 +54,15 @@ def cache_rows(pipeline: Pipeline, length: int) -> list[np.ndarray]:
 
 
 def identity(bundle: Path) -> str:
-    """The sha256 of ``bundle``'s manifest, which holds every file's own sha256."""
-    return hashlib.sha256((bundle / MANIFEST_FILE).read_bytes()).hexdigest()[:16]
+    """A digest of ``bundle``'s graphs and tables, from the sha256 its manifest records of
+    each: the same for the same export made again (a run resumes across machines that
+    rebuild the bundle alike), other for anything that answers differently. The EPContext
+    binaries are left out: they are compiled from the QDQ graphs, which are in."""
+    manifest = BundleManifest.read(bundle)
+    files = sorted(
+        (f.path, f.sha256) for a in manifest.artefacts if a.format != EPCONTEXT for f in a.files
+    )
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
 
 
 def run(
