@@ -18,9 +18,8 @@ class KVCache:
         import onnxruntime
 
         self.capacity = capacity
-        self.written = (
-            0  # positions written since they were last zeroed (a static graph reads them)
-        )
+        # positions written since they were last zeroed (a static graph reads them all)
+        self.written = 0
         self.length = 0  # positions filled
         shape = (1, config.num_key_value_heads, capacity, config.head_dim)
 
