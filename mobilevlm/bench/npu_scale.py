@@ -51,6 +51,23 @@ LLM_HELDOUT = 40  # positions of the one held-out sequence: a prefill chunk
 LLM_PARITY_TOKENS = 3  # greedy tokens: 2 decode steps per side (each about a minute)
 
 
+class StepClock:
+    """The export steps' callback: seconds since the start as each step begins, printed."""
+
+    def __init__(self) -> None:
+        self.started, self.steps = time.perf_counter(), {}
+
+    def __call__(self, name: str) -> None:
+        self.steps[name] = round(time.perf_counter() - self.started, 1)
+        print(f"[{self.steps[name]:7.1f} s] {name}", flush=True)
+
+
+def write_report(path: Path, report: dict) -> int:
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def llm_only_config() -> ModelConfig:
     """MobileLLaMA-1.4B behind a tiny CLIP of the same output width."""
     config = v2_1_7b_config()
@@ -90,13 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     heldout = [preprocess(shapes_vqa.sample("heldout", 0).image(), config.preprocess)]
     out = args.work / "npu"
     out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    steps: dict[str, float] = {}
-
-    def step(name: str) -> None:
-        steps[name] = round(time.perf_counter() - started, 1)
-        print(f"[{steps[name]:7.1f} s] {name}", flush=True)
-
+    step = StepClock()
     with tempfile.TemporaryDirectory() as scratch, torch.inference_mode():
         static = export_vision(model, Path(scratch) / "vision_static.onnx", for_npu=True)
         artefacts = write_qnn_vision(
@@ -108,13 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     report = {
         "geometry": "MobileVLM_V2-1.7B vision: CLIP ViT-L/14-336 + LDPv2 (random weights)",
-        "steps_s": steps,
+        "steps_s": step.steps,
         "artefacts": [a.to_dict() for a in artefacts],
         "placement_with_fallback": graph.to_dict(),
     }
-    (args.work / "npu_scale.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    return 0
+    return write_report(args.work / "npu_scale.json", report)
 
 
 def measure_llm(work: Path, soc: str) -> int:
@@ -138,13 +147,7 @@ def measure_llm(work: Path, soc: str) -> int:
     heldout = [table[rng.integers(0, len(table), LLM_HELDOUT)]]
     out = work / "npu-llm"
     out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    steps: dict[str, float] = {}
-
-    def step(name: str) -> None:
-        steps[name] = round(time.perf_counter() - started, 1)
-        print(f"[{steps[name]:7.1f} s] {name}", flush=True)
-
+    step = StepClock()
     parts = ["prefill", "decode"]
     with tempfile.TemporaryDirectory(dir=work) as scratch, torch.inference_mode():
         step("llm qnn graphs")
@@ -162,13 +165,11 @@ def measure_llm(work: Path, soc: str) -> int:
     ]
     report = {
         "geometry": "MobileVLM_V2-1.7B LLM: MobileLLaMA-1.4B (random weights)",
-        "steps_s": steps,
+        "steps_s": step.steps,
         "artefacts": [a.to_dict() for a in artefacts],
         "placement_with_fallback": [p.to_dict() for p in placements],
     }
-    (work / "npu_scale_llm.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    return 0
+    return write_report(work / "npu_scale_llm.json", report)
 
 
 if __name__ == "__main__":
