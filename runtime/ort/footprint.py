@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 
+from mobilevlm.config import LLMConfig
 from mobilevlm.manifest import Artefact, BundleManifest
 from mobilevlm.runtime.engine import EngineMemory, VisionMemory
 from mobilevlm.runtime.options import ONNXRUNTIME, LoadOptions
@@ -95,13 +96,7 @@ def engine_memory(manifest: BundleManifest, selection, options: LoadOptions) -> 
     if npu:
         return _npu_llm_memory(manifest, selection, options, npu)
     weights = selection.decoder.bytes
-    if selection.precision == "fp32":
-        working = FLOAT_WORKING
-        load_transient = llm.vocab_size * llm.hidden_size * 4
-    else:
-        fixed, share = QUANTIZED_WORKING
-        working = int(fixed + share * weights)
-        load_transient = int(QUANTIZED_LOAD_SHARE * weights)
+    working, load_transient = _cpu_decoder_costs(llm, selection.precision, weights)
     threads = options.threads or os.cpu_count() or 1
     return EngineMemory(
         backend=ONNXRUNTIME,
@@ -122,6 +117,15 @@ def engine_memory(manifest: BundleManifest, selection, options: LoadOptions) -> 
     )
 
 
+def _cpu_decoder_costs(llm: LLMConfig, precision: str, weights: int) -> tuple[int, int]:
+    """A CPU decoder's working memory beyond its weights, and what loading it holds beyond
+    what it keeps: MatMulNBits packs copies of its weights; fp32 copies the lm_head."""
+    if precision == "fp32":
+        return FLOAT_WORKING, llm.vocab_size * llm.hidden_size * 4
+    fixed, share = QUANTIZED_WORKING
+    return int(fixed + share * weights), int(QUANTIZED_LOAD_SHARE * weights)
+
+
 def _npu_llm_memory(manifest: BundleManifest, selection, options: LoadOptions, npu) -> EngineMemory:
     """The lines where the LLM's prompt (and tokens) run on the NPU: each graph's session in
     host memory, the CPU decoder only where the tokens stay on the CPU, and a cache of the
@@ -137,12 +141,8 @@ def _npu_llm_memory(manifest: BundleManifest, selection, options: LoadOptions, n
     if selection.decode is None:  # tokens on the CPU: its decoder is loaded too
         weights = selection.decoder.bytes
         fixed.append((f"LLM weights ({selection.precision} decoder, tokens on the CPU)", weights))
-        fixed_working, share = QUANTIZED_WORKING
-        if selection.precision == "fp32":
-            working = FLOAT_WORKING
-        else:
-            working = int(fixed_working + share * weights)
-            transient = max(transient, int(QUANTIZED_LOAD_SHARE * weights))
+        working, cpu_transient = _cpu_decoder_costs(llm, selection.precision, weights)
+        transient = max(transient, cpu_transient)
     context = selection.prefill.graph.details.get("context", llm.max_position_embeddings)
     return EngineMemory(
         backend=ONNXRUNTIME,
