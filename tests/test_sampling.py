@@ -75,6 +75,12 @@ def test_top_k_one_samples_the_argmax(logits):
     assert {sampler(logits) for _ in range(20)} == {int(np.argmax(logits))}
 
 
+@pytest.mark.parametrize("temperature", [1e-39, 1e-45, 1e-30])
+def test_a_temperature_near_zero_samples_the_argmax(logits, temperature):
+    sampler = Sampler(GenerationConfig(temperature=temperature, seed=0), 64)
+    assert {sampler(logits) for _ in range(20)} == {int(np.argmax(logits))}
+
+
 def test_sampling_frequencies_follow_the_softmax():
     logits = np.log(np.array([0.5, 0.3, 0.15, 0.05], dtype=np.float32))
     sampler = Sampler(GenerationConfig(temperature=1.0, seed=7), 4)

@@ -133,7 +133,10 @@ class Sampler:
         if cfg.greedy:
             token = int(np.argmax(scores))
         else:
-            scores = top_p_filter(top_k_filter(scores / cfg.temperature, cfg.top_k), cfg.top_p)
+            # shifted first: a tiny temperature sends the rest to -inf, not the best to inf
+            with np.errstate(over="ignore"):
+                scaled = (scores - scores.max()) / cfg.temperature
+            scores = top_p_filter(top_k_filter(scaled, cfg.top_k), cfg.top_p)
             cdf = np.cumsum(softmax(scores))
             token = int(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right"))
             token = min(token, len(cdf) - 1)

@@ -183,6 +183,7 @@ SAMPLER_CASES = [
     (50, {"temperature": 0.5, "top_k": 1}, ()),
     (50, {"temperature": 1.0, "top_k": 49}, ()),
     (50, {"temperature": 1.0, "repetition_penalty": 0.7}, tuple(range(0, 50, 2))),
+    (50, {"temperature": 1e-39}, ()),  # a temperature near 0: the argmax, never NaN
     (
         49152,
         {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "repetition_penalty": 1.1},

@@ -32,8 +32,11 @@ public final class Sampler {
             token = argmax(scores);
         } else {
             float t = (float) config.temperature;
+            float max = Float.NEGATIVE_INFINITY;
+            for (float v : scores) max = Math.max(max, v);
+            // shifted first: a tiny temperature sends the rest to -inf, not the best to inf
             float[] scaled = new float[scores.length];
-            for (int k = 0; k < scaled.length; k++) scaled[k] = scores[k] / t;
+            for (int k = 0; k < scaled.length; k++) scaled[k] = (scores[k] - max) / t;
             scaled = topP(topK(scaled, config.topK), config.topP);
             double[] cdf = softmax(scaled);
             for (int k = 1; k < cdf.length; k++) cdf[k] += cdf[k - 1];
