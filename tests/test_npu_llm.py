@@ -170,10 +170,11 @@ def test_the_logits_keep_a_fixed_range_that_confident_answers_do_not_saturate(np
 def test_manifest_records_the_llm_graphs_their_contexts_and_parity(npu_bundle):
     manifest = BundleManifest.read(npu_bundle)
     for part, rows in (("prefill", 64), ("decode", 1)):
-        graph = manifest.find(part, "w8a16", "onnx")
-        context = manifest.find(part, "w8a16", EPCONTEXT)
+        graph = manifest.find(part, "w16a16", "onnx")
+        context = manifest.find(part, "w16a16", EPCONTEXT)
         assert graph.details["rows"] == rows and graph.details["context"] == 256
         assert graph.details["activations"] == "uint16" and graph.details["npu"] == "qnn"
+        assert graph.details["weights"] == "uint16 per-channel"
         assert context.details["soc"] == qnn.DEFAULT_SOC
         assert [f.path for f in context.files] == [
             f"{part}_qnn_ctx.onnx",
@@ -230,13 +231,17 @@ def test_the_cache_the_npu_fills_is_the_cpu_decoders_own(npu_bundle, rgb_image):
     for a, b in zip(mine.keys + mine.values, theirs.keys + theirs.values, strict=True):
         a, b = a.numpy()[0, :, : mine.length], b.numpy()[0, :, : mine.length]
         assert cosine(a.reshape(1, -1), b.reshape(1, -1))[0] > 0.999
-        assert np.linalg.norm(a - b) < 0.05 * np.linalg.norm(b)  # 8-bit weights' error
+        assert np.linalg.norm(a - b) < 0.05 * np.linalg.norm(b)  # the QDQ graph's error
 
 
 @needs_htp
 def test_a_conversation_reuses_the_npu_cache(npu_bundle, rgb_image):
     """The second turn prefills only its new positions over the cache the first left on
-    the NPU, and answers as the same prompt prefilled from nothing does."""
+    the NPU, and holds what the same prompt prefilled from nothing holds: the first
+    answer's positions were written by the decode graph there and by the prefill graph
+    here (each with its own activation ranges), so every layer's keys and values agree
+    at cosine > 0.999, and so does the next token. (The random model's later tokens are
+    near ties that such differences may flip.)"""
     pipeline = Pipeline.load(npu_bundle, precision="fp32", providers=("qnn!",))
     chat = pipeline.conversation(rgb_image)
     first = chat.ask(PROMPT, max_new_tokens=6)
@@ -245,7 +250,12 @@ def test_a_conversation_reuses_the_npu_cache(npu_bundle, rgb_image):
     assert second.stats.cached_tokens >= first.stats.prefill_tokens  # not run again
     fresh = Pipeline.load(npu_bundle, precision="fp32", providers=("qnn!",))
     again = fresh.generate(rgb_image, "And the square?", max_new_tokens=6, input_ids=ids)
-    assert again.stats.cached_tokens == 0 and again.token_ids == second.token_ids
+    assert again.stats.cached_tokens == 0 and again.token_ids[0] == second.token_ids[0]
+    shared = again.stats.prefill_tokens
+    mine, theirs = pipeline.model.decoder.cache, fresh.model.decoder.cache
+    for a, b in zip(mine.keys + mine.values, theirs.keys + theirs.values, strict=True):
+        a, b = a.numpy()[0, :, :shared], b.numpy()[0, :, :shared]
+        assert cosine(a.reshape(1, -1), b.reshape(1, -1))[0] > 0.999
     assert first.token_ids == _run(npu_bundle, rgb_image)[0].token_ids[:6]  # the CPU's
 
 

@@ -34,7 +34,7 @@ INT8_VISION = "int8-vision"
 QDQ_VISION = "qdq-vision"  # INT8_VISION's name before ViT towers got dynamic int8
 QNN_VISION = "qnn-vision"  # the vision graph on QNN's HTP, all of it (qnn!)
 # the LLM too: its prompt (the llm.npu split: tokens on the CPU at the variant's precision),
-# or its prompt and tokens (w8a16 on the NPU: the precision names only the embedding table)
+# or its prompt and tokens (w16a16 on the NPU: the precision names only the embedding table)
 QNN_PREFILL, QNN_ALL = "qnn-prefill", "qnn-all"
 QNN_PARTS = {
     QNN_VISION: ("vision",),

@@ -60,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=NPUS,
         help="add graphs for this NPU: 'qnn' (Qualcomm Hexagon through ONNX Runtime's QNN "
         "provider): the vision graph (QDQ w8a16 or w8a8 by measured accuracy) and the LLM's "
-        "prefill and decode graphs (static; w8a16, w4a16 for an LLM of a billion parameters "
+        "prefill and decode graphs (static; w16a16, w4a16 for an LLM of a billion parameters "
         "or more), each with its EPContext model "
         "precompiled for --soc (needs the [npu] extra; docs/npu.md)",
     )
