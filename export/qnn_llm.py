@@ -10,7 +10,7 @@ against 0.99998 at 16. Weights are 16-bit per channel for an LLM under a billion
 parameters (w16a16, ExecuTorch's 16a16w for the HTP): at 8 bits per channel the built-in
 model's prefill changed the first token of 3 of 100 held-out questions (2 of them answers
 fp32 had right), at 16 bits none (onnxruntime's CPU provider; the simulator agrees on the
-four it was asked), for twice the graphs' size (about 270 MiB each, where a phone holds
+four it was asked), for twice the graphs' size (about 260 MiB each, where a phone holds
 them easily). A larger LLM's are 4-bit where the CPU int4 recipe's are, in symmetric blocks
 of the recipe's size (a blocked DequantizeLinear before the MatMul, which the HTP takes
 whole), scaled and clipped as the CPU int4 decoder's are (the same activation-aware
