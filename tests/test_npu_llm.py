@@ -186,6 +186,12 @@ def test_manifest_records_the_llm_graphs_their_contexts_and_parity(npu_bundle):
         assert parity["greedy_agreement"] == {"npu decode": 1.0, "cpu decode": 1.0}
 
 
+def _layer_pairs(mine, theirs, length: int):
+    """Every layer's keys, then values, of two caches over their first ``length`` positions."""
+    for a, b in zip(mine.keys + mine.values, theirs.keys + theirs.values, strict=True):
+        yield a.numpy()[0, :, :length], b.numpy()[0, :, :length]
+
+
 def _run(bundle, image, **options):
     pipeline = Pipeline.load(bundle, precision="fp32", **options)
     result = pipeline.generate(image, PROMPT, max_new_tokens=8)
@@ -228,8 +234,7 @@ def test_the_cache_the_npu_fills_is_the_cpu_decoders_own(npu_bundle, rgb_image):
     assert isinstance(npu.decoder, SplitDecoder)
     mine, theirs = npu.decoder.cache, cpu.decoder.cache
     assert mine.length == theirs.length == len(ids) - 1 + len(embeds)
-    for a, b in zip(mine.keys + mine.values, theirs.keys + theirs.values, strict=True):
-        a, b = a.numpy()[0, :, : mine.length], b.numpy()[0, :, : mine.length]
+    for a, b in _layer_pairs(mine, theirs, mine.length):
         assert cosine(a.reshape(1, -1), b.reshape(1, -1))[0] > 0.999
         assert np.linalg.norm(a - b) < 0.05 * np.linalg.norm(b)  # the QDQ graph's error
 
@@ -253,8 +258,7 @@ def test_a_conversation_reuses_the_npu_cache(npu_bundle, rgb_image):
     assert again.stats.cached_tokens == 0 and again.token_ids[0] == second.token_ids[0]
     shared = again.stats.prefill_tokens
     mine, theirs = pipeline.model.decoder.cache, fresh.model.decoder.cache
-    for a, b in zip(mine.keys + mine.values, theirs.keys + theirs.values, strict=True):
-        a, b = a.numpy()[0, :, :shared], b.numpy()[0, :, :shared]
+    for a, b in _layer_pairs(mine, theirs, shared):
         assert cosine(a.reshape(1, -1), b.reshape(1, -1))[0] > 0.999
     assert first.token_ids == _run(npu_bundle, rgb_image)[0].token_ids[:6]  # the CPU's
 
