@@ -42,6 +42,7 @@ import numpy as np
 
 from mobilevlm.config import LLMConfig
 from mobilevlm.export.decoder_calibration import InputStatistics
+from mobilevlm.export.gptq import Grid, RoundedWeight, gptq
 
 ALPHAS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 CLIP_RATIOS = tuple(np.round(np.linspace(1.0, 0.5, 11), 2))
@@ -86,6 +87,8 @@ class ActivationAware:
     scales: dict[str, np.ndarray] = field(default_factory=dict)  # weight -> s (K,)
     alphas: dict[str, float] = field(default_factory=dict)
     clips: dict[str, np.ndarray] = field(default_factory=dict)  # weight -> (K blocks, N)
+    # weight -> its GPTQ codes on the clipped grid (:mod:`mobilevlm.export.gptq`)
+    rounded: dict[str, RoundedWeight] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._folded = {fold_target(w)[0]: w for w in self.scales}
@@ -108,9 +111,16 @@ class ActivationAware:
                 array[:, half:] /= s[None, :]
             else:
                 array = array / s
+        if name in self.rounded:  # the float values of the codes the quantizer will store
+            return self.rounded[name].dequantized()
         if name in self.clips:
             array = clip_blocks(array, self.clips[name], self.block_size, self.symmetric)
         return array.astype(np.float32)
+
+    def rounded_weight(self, name: str) -> RoundedWeight | None:
+        """The codes chosen for weight ``name``, where GPTQ chose them: stored as they are,
+        not rounded again."""
+        return self.rounded.get(name)
 
     def summary(self) -> dict:
         alphas = list(self.alphas.values())
@@ -120,6 +130,7 @@ class ActivationAware:
             "alpha_median": float(np.median(alphas)) if alphas else None,
             "weights_clipped": len(clipped),
             "blocks_clipped": round(float(np.mean(clipped)), 3) if clipped else None,
+            "weights_gptq": len(self.rounded),
         }
 
 
@@ -155,19 +166,32 @@ def round_blockwise(
 
 def _round_blocks(blocks: np.ndarray, symmetric: bool, bits: int = 4) -> np.ndarray:
     """:func:`round_blockwise` on ``blocks`` (K blocks, block_size, N), in that layout."""
+    scale, zero = _grid(blocks, symmetric, bits)
+    codes = np.clip(np.round(blocks / scale) + zero, 0, 2**bits - 1)
+    return (codes - zero) * scale
+
+
+def _grid(blocks: np.ndarray, symmetric: bool, bits: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """The (scale, zero point) of each block of ``blocks`` (K blocks, block_size, N), each
+    (K blocks, 1, N), as onnxruntime's MatMulNBits quantizer computes them."""
     if symmetric:
-        # onnxruntime's symmetric blocks: the value of largest magnitude maps to -2^(bits-1)
-        extreme = np.take_along_axis(blocks, np.abs(blocks).argmax(1)[:, None], 1)
+        # the value of largest magnitude maps to code 0 (-2^(bits-1) around the zero point);
+        # of a minimum and a maximum of equal magnitude (a clipped block), the minimum
+        low, high = blocks.min(1, keepdims=True), blocks.max(1, keepdims=True)
+        extreme = np.where(np.abs(high) > np.abs(low), high, low)
         scale = extreme / -(2 ** (bits - 1))
         scale[scale == 0] = 1.0
-        codes = np.clip(np.round(blocks / scale), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
-        return codes * scale
+        return scale, np.full_like(scale, 2 ** (bits - 1))
     low, high = _range(blocks, symmetric)
     scale = (high - low) / (2**bits - 1)
     scale[scale == 0] = 1.0
-    zero = np.round(-low / scale)
-    codes = np.clip(np.round(blocks / scale) + zero, 0, 2**bits - 1)
-    return (codes - zero) * scale
+    return scale, np.round(-low / scale)
+
+
+def clipped_grid(weight: np.ndarray, ratios: np.ndarray, block_size: int, symmetric: bool) -> Grid:
+    """The grid the quantizer would round ``weight`` (K, N) on once clipped to ``ratios``."""
+    scale, zero = _grid(_clip_blocks(_blocks(weight, block_size), ratios, symmetric), symmetric)
+    return Grid(scale[:, 0].astype(np.float32), zero[:, 0].astype(np.float32), symmetric)
 
 
 def _blocks(array: np.ndarray, block_size: int) -> np.ndarray:
@@ -230,10 +254,11 @@ def choose_adjustments(
     four_bit: Callable[[str], bool],
     block_size: int,
     symmetric: bool,
+    error_compensation: bool = False,
 ) -> ActivationAware:
     """Scales for every 4-bit weight of the float graph ``source`` that has a fold target,
     and clipping for every one, where calibration statistics exist; read one weight at a
-    time."""
+    time. ``error_compensation``: then GPTQ's codes on each clipped grid."""
     import onnx
 
     from mobilevlm.export.external_data import load_tensor
@@ -241,7 +266,7 @@ def choose_adjustments(
 
     model = onnx.load(str(source), load_external_data=False)
     weights = {node.input[1]: node.name for node in model.graph.node if node.op_type == "MatMul"}
-    scales, alphas, clips = {}, {}, {}
+    scales, alphas, clips, rounded = {}, {}, {}, {}
     for tensor in model.graph.initializer:
         name = tensor.name
         if name not in weights or name not in statistics or not four_bit(weights[name]):
@@ -255,8 +280,19 @@ def choose_adjustments(
             scales[name] = s
             weight, rows = weight * s[:, None], rows / s
         clips[name] = choose_clipping(weight, rows, block_size, symmetric)
+        if error_compensation:
+            x = rows.astype(np.float32)
+            grid = clipped_grid(weight, clips[name], block_size, symmetric)
+            rounded[name] = gptq(weight, x.T @ x, grid, block_size)
         give_back()  # this weight's temporaries, which glibc's heap would otherwise keep
-    return ActivationAware(block_size, symmetric, scales, alphas, clips)
+    for name, s in scales.items():
+        # a down projection's scales divide the up columns of the gate/up weight: each
+        # column's rounding and clipping scale with it, so only its grid's step changes
+        target, up_columns = fold_target(name)
+        if up_columns and target in rounded:
+            grid = rounded[target].grid
+            grid.scale[:, grid.scale.shape[1] // 2 :] /= s[None, :]
+    return ActivationAware(block_size, symmetric, scales, alphas, clips, rounded)
 
 
 class SplitProjections:

@@ -66,6 +66,7 @@ from onnx.numpy_helper import from_array, to_array
 from mobilevlm.config import LLMConfig
 from mobilevlm.export.activation_scaling import ActivationAware
 from mobilevlm.export.external_data import ExternalData, data_file_name, detached, load_tensor
+from mobilevlm.export.gptq import RoundedWeight, matmul_nbits
 from mobilevlm.export.onnx_decoder import LM_HEAD
 
 BLOCK_SIZE = 32
@@ -152,13 +153,19 @@ def weight_only(
                     quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
                 )
                 quantizers[blocks] = DefaultWeightOnlyQuantizer(config)
-            # a graph of its own for this weight: protobuf frees what a message holds only
-            # with the message, so loaded into the model's graph, it would stay until the end
-            weight = onnx.GraphProto()
-            load_tensor(weight.initializer.add(), floats[node.input[1]], source.parent)
-            _adjust(weight.initializer[0], adjust)
-            nodes += quantizers[blocks].quantize(node, [weight])
-            for tensor in weight.initializer[1:]:
+            rounded = adjust.rounded_weight(node.input[1]) if adjust is not None else None
+            if rounded is not None and not qdq and blocks == rounded_blocks(rounded):
+                packed, made = matmul_nbits(node, rounded, ACCURACY_LEVEL)
+                nodes.append(packed)
+            else:
+                # a graph of its own for this weight: protobuf frees what a message holds
+                # only with the message; in the model's graph, it would stay until the end
+                weight = onnx.GraphProto()
+                load_tensor(weight.initializer.add(), floats[node.input[1]], source.parent)
+                _adjust(weight.initializer[0], adjust)
+                nodes += quantizers[blocks].quantize(node, [weight])
+                made = weight.initializer[1:]
+            for tensor in made:
                 external.spill(tensor)
                 quantized.append(detached(tensor))
             replaced.add(node.input[1])
@@ -174,6 +181,11 @@ def weight_only(
     del graph.node[:]
     graph.node.extend(nodes)
     onnx.save_model(model, str(target))
+
+
+def rounded_blocks(rounded: RoundedWeight) -> Blocks:
+    """How GPTQ's codes ``rounded`` are blocked, in the quantizer's terms."""
+    return Blocks(rounded.grid.bits, rounded.block_size, rounded.grid.symmetric)
 
 
 def _adjust(tensor: onnx.TensorProto, adjust: ActivationAware | None) -> None:
@@ -204,6 +216,8 @@ class Int4Recipe:
     # the MLPs of the first layers, the most fragile: one per this many layers of depth (2 of
     # the built-in model's 30; a tiny test LLM's 2 layers keep 4-bit MLPs); 0: none
     eight_bit_mlp_per_layers: int = 0
+    # GPTQ's error compensation on the clipped grid (:mod:`mobilevlm.export.gptq`)
+    error_compensation: bool = False
 
     def eight_bit(self, node: str, layers: int) -> bool:
         if node == LM_HEAD:
@@ -282,7 +296,12 @@ def int4_adjustments(
     weights = [n.input[1] for n in graph.node if n.op_type == "MatMul" and four_bit(n.name)]
     statistics = input_statistics(source, calibration, weights)
     return choose_adjustments(
-        source, statistics, four_bit, recipe.four_bit.block_size, recipe.four_bit.symmetric
+        source,
+        statistics,
+        four_bit,
+        recipe.four_bit.block_size,
+        recipe.four_bit.symmetric,
+        recipe.error_compensation,
     )
 
 
@@ -309,7 +328,11 @@ def quantize_decoder_int4(
         "activations": "int8 per block, dynamic (accuracy_level 4)",
     }
     if adjust is not None:
-        made["method"] = "activation-aware scaling and clipping (AWQ-style) + " + made["method"]
+        made["method"] = "activation-aware scaling and clipping (AWQ-style) + " + (
+            "GPTQ on the clipped grid (4-bit), onnxruntime MatMulNBitsQuantizer (RTN, 8-bit)"
+            if adjust.rounded
+            else made["method"]
+        )
         made["activation_aware"] = {
             "calibration_sequences": len(calibration),
             "calibration_tokens": int(sum(len(s) for s in calibration)),

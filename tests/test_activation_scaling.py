@@ -181,3 +181,53 @@ def test_the_npu_graphs_separate_projections_take_the_packed_weights_adjustments
                 split.apply(name, npu[name]), adjust.apply(name, cpu[name])
             )
     assert not split.touches("lm_head.weight")
+
+
+def test_gptq_codes_stand_for_the_scaled_folded_and_clipped_weights(
+    tiny_models, tmp_path, monkeypatch
+):
+    """With GPTQ, the int4 decoder stores codes chosen once, before the scales of a down
+    projection are folded into its gate/up weight's up columns: each stored weight is still
+    within rounding noise of the float weight the same scales, folds and clipping make
+    without GPTQ, and the decoder's logits stay with the fp32 graph's."""
+    from dataclasses import replace
+
+    from mobilevlm.export import activation_scaling, quantize
+
+    # scales far from 1 (a tiny model's search chooses them near it), so the folds count
+    def scales(weight, stats, rounding):  # the same for a weight in both runs
+        seed = np.frombuffer(weight.tobytes()[:8], np.uint64)[0]
+        return np.random.default_rng(seed).uniform(0.25, 4.0, len(weight)), 0.5
+
+    monkeypatch.setattr(activation_scaling, "choose_scales", scales)
+    model = tiny_models(projector="ldpnetv2")
+    config = model.config.llm
+    source = tmp_path / "decoder.onnx"
+    with torch.inference_mode():
+        save_decoder(model, source)
+    rng = np.random.default_rng(3)
+    calibration = [
+        rng.standard_normal((24, config.hidden_size)).astype(np.float32) for _ in range(16)
+    ]
+    adjust = {}
+    for compensation in (False, True):
+        recipe = replace(quantize.SMALL_LLM, error_compensation=compensation)
+        monkeypatch.setattr(quantize, "int4_recipe", lambda config, recipe=recipe: recipe)
+        adjust[compensation] = quantize.int4_adjustments(source, config, calibration)
+    assert len(adjust[True].rounded) == 2 * config.num_hidden_layers  # gate/up and down
+    graph = onnx.load(str(source), load_external_data=False).graph
+    for tensor in graph.initializer:
+        if tensor.name in adjust[True].rounded:
+            raw = onnx.numpy_helper.to_array(load_tensor(onnx.TensorProto(), tensor, tmp_path))
+            want = adjust[False].apply(tensor.name, raw)
+            got = adjust[True].rounded_weight(tensor.name).dequantized()
+            assert np.linalg.norm(got - want) < 0.2 * np.linalg.norm(want), tensor.name
+
+    target = tmp_path / "gptq" / "decoder_int4.onnx"
+    target.parent.mkdir()
+    made = quantize.quantize_decoder_int4(source, target, config, calibration, adjust[True])
+    assert "GPTQ" in made["method"]
+    assert made["activation_aware"]["weights_gptq"] == 2 * config.num_hidden_layers
+    embeds = rng.standard_normal((7, config.hidden_size)).astype(np.float32)
+    want, got = _run(source, embeds).ravel(), _run(target, embeds).ravel()
+    assert got @ want / np.linalg.norm(got) / np.linalg.norm(want) > 0.99
