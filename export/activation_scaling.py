@@ -13,8 +13,9 @@ the graph keeps its ops and costs nothing at run time:
   MLP is ``silu(gate) * up``, linear in up).
 
 Per weight, ``s = mean|x|^alpha`` (normalized), with ``alpha`` in [0, 1] chosen
-by grid search to minimize ``||X W - X' Q(W')||`` on sampled calibration rows
-(:mod:`mobilevlm.export.decoder_calibration`), with Q the same 4-bit rounding
+by grid search to minimize ``||X W - X' Q(W')||`` over the calibration inputs
+(their Gram matrix ``X^T X``, or sampled rows for a large LLM:
+:mod:`mobilevlm.export.decoder_calibration`), with Q the same 4-bit rounding
 the quantizer then applies. The output projection of attention is not scaled:
 with grouped-query attention its input channels come from shared value heads.
 Smaller input channels also make ``accuracy_level`` 4's per-block int8
@@ -23,12 +24,16 @@ quantization of the activations finer.
 Then AWQ's second step, clipping: per block and output column, the fraction
 of the block's range that the rounding grid spans, searched in [0.5, 1] for
 the smallest error of that block's share of the output, ``d^T X_b^T X_b d``
-on the same rows (``d`` the block's rounding error). An outlier weight no
+on the same inputs (``d`` the block's rounding error). An outlier weight no
 longer stretches the grid of the 31 others. The weight is clipped to that
 range before the quantizer sees it, so the quantizer's own round-to-nearest
 reproduces the chosen grid exactly (:func:`round_blockwise`). Every 4-bit
-weight with calibration rows is clipped, the attention's output projection
+weight with calibration inputs is clipped, the attention's output projection
 included.
+
+Last, where the recipe asks for it, GPTQ chooses the codes on each clipped grid
+(:mod:`mobilevlm.export.gptq`) from the same Gram matrix; those codes are stored
+as they are, without the quantizer's rounding.
 """
 
 from __future__ import annotations
@@ -111,15 +116,14 @@ class ActivationAware:
                 array[:, half:] /= s[None, :]
             else:
                 array = array / s
-        if name in self.rounded:  # the float values of the codes the quantizer will store
-            return self.rounded[name].dequantized()
         if name in self.clips:
             array = clip_blocks(array, self.clips[name], self.block_size, self.symmetric)
         return array.astype(np.float32)
 
     def rounded_weight(self, name: str) -> RoundedWeight | None:
         """The codes chosen for weight ``name``, where GPTQ chose them: stored as they are,
-        not rounded again."""
+        not rounded again (:meth:`apply` gives the float weight they were chosen for: a
+        grid of another kind, an NPU's symmetric one, rounds that)."""
         return self.rounded.get(name)
 
     def summary(self) -> dict:
@@ -140,16 +144,15 @@ def choose_scales(
     rounding: Callable[[np.ndarray], np.ndarray],
 ) -> tuple[np.ndarray, float]:
     """(s, alpha) for ``weight`` (K, N): the grid point whose rounded, rescaled weight gives
-    the smallest output error on the sampled rows; alpha 0 (s = 1) is plain rounding."""
-    x = stats.rows.astype(np.float32)
+    the smallest output error on the calibration inputs; alpha 0 (s = 1) is plain rounding.
+    ``(X / s) Q(W s) = X (Q(W s) / s)``, so the error is that of ``W - Q(W s) / s``."""
     w = weight.astype(np.float32)
-    reference = x @ w
     magnitude = np.maximum(stats.mean_abs, 1e-6)
     best = (np.ones_like(magnitude), 0.0, np.inf)
     for alpha in ALPHAS:
         s = magnitude**alpha
         s = s / np.sqrt(s.max() * s.min())
-        error = float(np.square(reference - (x / s) @ rounding(w * s[:, None])).sum())
+        error = stats.output_error(w - rounding(w * s[:, None]) / s[:, None])
         if error < best[2]:
             best = (s.astype(np.float32), float(alpha), error)
     return best[0], best[1]
@@ -225,14 +228,13 @@ def _clip_blocks(blocks: np.ndarray, ratios: np.ndarray, symmetric: bool) -> np.
 
 
 def choose_clipping(
-    weight: np.ndarray, rows: np.ndarray, block_size: int, symmetric: bool
+    weight: np.ndarray, stats: InputStatistics, block_size: int, symmetric: bool
 ) -> np.ndarray:
-    """Clip ratios (K blocks, N) for ``weight`` (K, N) with inputs ``rows`` (R, K): per block
+    """Clip ratios (K blocks, N) for ``weight`` (K, N) with inputs ``stats``: per block
     and column, the grid point of :data:`CLIP_RATIOS` whose rounded block gives the smallest
     error in the block's share of the output (1.0: no clipping)."""
-    x = _blocks(rows.T.astype(np.float32), block_size)  # (K blocks, block, R)
-    gram = np.einsum("bir,bjr->bij", x, x)
-    ratios = np.ones((x.shape[0], weight.shape[1]), np.float32)
+    gram = stats.block_grams(block_size)  # (K blocks, block, block)
+    ratios = np.ones((gram.shape[0], weight.shape[1]), np.float32)
     for start in range(0, weight.shape[1], CLIP_COLUMNS):
         w = weight[:, start : start + CLIP_COLUMNS].astype(np.float32)
         blocks = _blocks(w, block_size)
@@ -272,18 +274,17 @@ def choose_adjustments(
         if name not in weights or name not in statistics or not four_bit(weights[name]):
             continue
         weight = onnx.numpy_helper.to_array(load_tensor(onnx.TensorProto(), tensor, source.parent))
-        rows = statistics[name].rows
+        stats = statistics[name]
         if fold_target(name) is not None:
             s, alphas[name] = choose_scales(
-                weight, statistics[name], lambda w: round_blockwise(w, block_size, symmetric)
+                weight, stats, lambda w: round_blockwise(w, block_size, symmetric)
             )
             scales[name] = s
-            weight, rows = weight * s[:, None], rows / s
-        clips[name] = choose_clipping(weight, rows, block_size, symmetric)
+            weight, stats = weight * s[:, None], stats.scaled(s)
+        clips[name] = choose_clipping(weight, stats, block_size, symmetric)
         if error_compensation:
-            x = rows.astype(np.float32)
             grid = clipped_grid(weight, clips[name], block_size, symmetric)
-            rounded[name] = gptq(weight, x.T @ x, grid, block_size)
+            rounded[name] = gptq(weight, stats.gram_matrix(), grid, block_size)
         give_back()  # this weight's temporaries, which glibc's heap would otherwise keep
     for name, s in scales.items():
         # a down projection's scales divide the up columns of the gate/up weight: each

@@ -33,10 +33,11 @@ from mobilevlm.runtime.ort import graph_io
 
 VQA_SEQUENCES = 64
 TEXT_SEQUENCES = 16
-# input rows kept to measure output error on, float16, all MatMul inputs together: about
-# 2,700 of the 135M model's 5,672 calibration tokens, 950 of a 1.4B one's. On 1,000 held-out
-# questions the 135M model's int4 answered as fp32 on 97.4% with 1,024 rows, 98.0% with
-# this, 98.2% with twice this, which took the export's peak to 2.38 GiB (issue 35)
+# what the output error is measured on, all MatMul inputs together: their Gram matrices
+# (float32) where they fit, the 135M model's 323 MiB; else input rows, float16, as many as
+# fit: 950 of a 1.4B LLM's calibration tokens. On 1,000 held-out questions the 135M model's
+# clipped int4 answered as fp32 on 97.4% with 1,024 sampled rows, 98.0% with 2,700 of its
+# 5,672 tokens, 98.2% with 97% of them (issue 35)
 SAMPLED_ROWS_BYTES = 512 << 20
 DESCRIBE = "Describe the image."
 
@@ -49,10 +50,48 @@ def large_model_counts() -> dict[str, int]:
 
 @dataclass
 class InputStatistics:
-    """One MatMul's input over the calibration sequences."""
+    """One MatMul's input X over the calibration sequences: what a candidate quantization's
+    output error ``||X (W - W_q)||^2`` is measured with, either exactly, on the Gram matrix
+    ``X^T X`` of every calibration token, or on a uniform sample of X's rows, where the
+    Gram matrices of all inputs would not fit the budget (a 1.4B LLM's: 4.2 GiB)."""
 
     mean_abs: np.ndarray  # (K,) mean |x| per input channel
-    rows: np.ndarray  # (n, K) float16, a uniform sample of the input rows
+    rows: np.ndarray | None = None  # (n, K) float16, sampled rows
+    gram: np.ndarray | None = None  # (K, K) float32, X^T X
+
+    def scaled(self, s: np.ndarray) -> InputStatistics:
+        """The statistics of ``X / s`` (input channel k divided by ``s[k]``)."""
+        if self.gram is not None:
+            return InputStatistics(self.mean_abs / s, gram=self.gram / np.outer(s, s))
+        return InputStatistics(self.mean_abs / s, rows=(self.rows / s).astype(np.float32))
+
+    def output_error(self, delta: np.ndarray) -> float:
+        """``||X delta||^2`` for a weight error ``delta`` (K, N)."""
+        if self.gram is not None:
+            return float((delta * (self.gram @ delta)).sum())
+        return float(np.square(self.rows.astype(np.float32) @ delta).sum())
+
+    def gram_matrix(self) -> np.ndarray:
+        """``X^T X`` (K, K): exact, or of the sampled rows."""
+        if self.gram is not None:
+            return self.gram
+        x = self.rows.astype(np.float32)
+        return x.T @ x
+
+    def block_grams(self, block_size: int) -> np.ndarray:
+        """The diagonal blocks of ``X^T X``, (K blocks, block_size, block_size), K padded
+        with zero channels to whole blocks."""
+        if self.gram is not None:
+            k = len(self.gram)
+            blocks = -(-k // block_size)
+            padded = np.zeros((blocks * block_size,) * 2, np.float32)
+            padded[:k, :k] = self.gram
+            return np.stack(
+                [padded[b : b + block_size, b : b + block_size] for b in range(0, k, block_size)]
+            )
+        x = self.rows.T.astype(np.float32)
+        x = np.pad(x, ((0, -len(x) % block_size), (0, 0))).reshape(-1, block_size, x.shape[1])
+        return np.einsum("bir,bjr->bij", x, x)
 
 
 def calibration_sequences(
@@ -133,8 +172,10 @@ def input_statistics(
     sums = {name: 0.0 for name in names}
     samples: dict[str, list[np.ndarray]] = {name: [] for name in names}
     total = sum(len(s) for s in sequences)
+    exact = 4 * sum(widths[consumers[0]] ** 2 for consumers in inputs.values()) <= budget
+    grams = {name: 0.0 for name in names} if exact else {}
     row_bytes = 2 * sum(widths[consumers[0]] for consumers in inputs.values())
-    keep = min(1.0, budget / max(row_bytes * total, 1))
+    keep = 0.0 if exact else min(1.0, budget / max(row_bytes * total, 1))
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory(dir=fp32_graph.parent) as scratch:
         graph = Path(scratch) / fp32_graph.name
@@ -159,14 +200,19 @@ def input_statistics(
             for name, x in zip(names, session.run(names, feed), strict=True):
                 x = x.reshape(length, -1)
                 sums[name] = sums[name] + np.abs(x).sum(0, dtype=np.float64)
-                samples[name].append(x[chosen].astype(np.float16))
+                if exact:
+                    grams[name] = grams[name] + x.T @ x
+                else:
+                    samples[name].append(x[chosen].astype(np.float16))
         del session
     stats = {}
     for name, consumers in inputs.items():
-        # popped: each input's chunks go as its array is made, not after the last one
-        found = InputStatistics(
-            (sums[name] / total).astype(np.float32), np.concatenate(samples.pop(name))
-        )
+        mean_abs = (sums[name] / total).astype(np.float32)
+        if exact:
+            found = InputStatistics(mean_abs, gram=grams.pop(name))
+        else:
+            # popped: each input's chunks go as its array is made, not after the last one
+            found = InputStatistics(mean_abs, rows=np.concatenate(samples.pop(name)))
         stats |= {weight: found for weight in consumers}
     give_back()  # the rows' chunks, small and many: glibc would keep them (475 MiB, 135M model)
     return stats

@@ -13,7 +13,10 @@ vision fp32; fp32 decoder 61.0%), see docs/benchmarks.md:
   chosen on calibration sequences before round-to-nearest; issue 35 compared
   it with symmetric and asymmetric RTN, llama.cpp-style k-quant scales, HQQ,
   GPTQ and block sizes 32/64/128 on 1,000 held-out questions
-  (docs/benchmarks.md, "int4 weight methods"). Small LLMs (the built-in
+  (docs/benchmarks.md, "int4 weight methods"). The small recipe then lets
+  GPTQ choose the 4-bit codes on the clipped grids (:mod:`mobilevlm.export.gptq`):
+  teacher-forced top-1 along the reference's continuation 93-95% against
+  90% (64 held-out prompts). Small LLMs (the built-in
   SmolLM2-135M): weight-only MatMulNBits, 4-bit asymmetric blocks of 32 for
   the MLP (three quarters of each layer's weights), 8 bits for the attention
   projections, the lm_head and the MLPs of the first two layers (layer 0's
@@ -244,9 +247,10 @@ SMALL_LLM = Int4Recipe(
     Blocks(4, 32, symmetric=False),
     128,
     True,
-    "MLP int4 asymmetric, blocks of 32; attention, lm_head and the first two layers' MLPs "
-    "int8, blocks of up to 128",
+    "MLP int4 asymmetric, blocks of 32, GPTQ; attention, lm_head and the first two layers' "
+    "MLPs int8, blocks of up to 128",
     eight_bit_mlp_per_layers=15,
+    error_compensation=True,
 )
 LARGE_LLM = Int4Recipe(
     "q4_k_m-like",

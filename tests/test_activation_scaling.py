@@ -16,6 +16,7 @@ from mobilevlm.export.activation_scaling import (
     fold_target,
     round_blockwise,
 )
+from mobilevlm.export.decoder_calibration import InputStatistics
 from mobilevlm.export.external_data import load_tensor
 from mobilevlm.export.onnx_bundle import save_decoder
 from mobilevlm.runtime.ort import graph_io
@@ -108,7 +109,12 @@ def test_clipping_chosen_on_rows_lowers_the_output_error_of_rounding(symmetric):
     rng = np.random.default_rng(2)
     weight = rng.standard_normal((128, 48)).astype(np.float32)
     rows = rng.standard_normal((512, 128)).astype(np.float32)
-    ratios = choose_clipping(weight, rows, 32, symmetric)
+    ratios = choose_clipping(
+        weight, InputStatistics(np.abs(rows).mean(0), rows=rows), 32, symmetric
+    )
+    # the Gram matrix of the same rows chooses alike
+    gram = InputStatistics(np.abs(rows).mean(0), gram=rows.T @ rows)
+    np.testing.assert_array_equal(choose_clipping(weight, gram, 32, symmetric), ratios)
     assert ratios.shape == (4, 48)
     assert 0 < (ratios < 1).mean() < 1
     np.testing.assert_array_equal(clip_blocks(weight, np.ones_like(ratios), 32, symmetric), weight)
