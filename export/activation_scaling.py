@@ -47,7 +47,7 @@ import numpy as np
 
 from mobilevlm.config import LLMConfig
 from mobilevlm.export.decoder_calibration import InputStatistics
-from mobilevlm.export.gptq import Grid, RoundedWeight, gptq
+from mobilevlm.export.gptq import Grid, RoundedWeight, gptq, packable
 
 ALPHAS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 CLIP_RATIOS = tuple(np.round(np.linspace(1.0, 0.5, 11), 2))
@@ -191,10 +191,16 @@ def _grid(blocks: np.ndarray, symmetric: bool, bits: int = 4) -> tuple[np.ndarra
     return scale, np.round(-low / scale)
 
 
-def clipped_grid(weight: np.ndarray, ratios: np.ndarray, block_size: int, symmetric: bool) -> Grid:
-    """The grid the quantizer would round ``weight`` (K, N) on once clipped to ``ratios``."""
-    scale, zero = _grid(_clip_blocks(_blocks(weight, block_size), ratios, symmetric), symmetric)
-    return Grid(scale[:, 0].astype(np.float32), zero[:, 0].astype(np.float32), symmetric)
+def clipped_grid(
+    weight: np.ndarray, ratios: np.ndarray | None, block_size: int, symmetric: bool, bits: int = 4
+) -> Grid:
+    """The grid the quantizer would round ``weight`` (K, N) on once clipped to ``ratios``
+    (None: not clipped)."""
+    blocks = _blocks(weight, block_size)
+    if ratios is not None:
+        blocks = _clip_blocks(blocks, ratios, symmetric)
+    scale, zero = _grid(blocks, symmetric, bits)
+    return Grid(scale[:, 0].astype(np.float32), zero[:, 0].astype(np.float32), symmetric, bits)
 
 
 def _blocks(array: np.ndarray, block_size: int) -> np.ndarray:
@@ -257,10 +263,14 @@ def choose_adjustments(
     block_size: int,
     symmetric: bool,
     error_compensation: bool = False,
+    eight_bit_block: Callable[[str, int], int] | None = None,
 ) -> ActivationAware:
     """Scales for every 4-bit weight of the float graph ``source`` that has a fold target,
     and clipping for every one, where calibration statistics exist; read one weight at a
-    time. ``error_compensation``: then GPTQ's codes on each clipped grid."""
+    time. ``error_compensation``: then GPTQ's codes on each clipped grid (where they can
+    be packed; else the clipped weight is rounded to nearest), and, given
+    ``eight_bit_block`` (node, K -> its block size), on the symmetric 8-bit grids of the
+    other weights with statistics."""
     import onnx
 
     from mobilevlm.export.external_data import load_tensor
@@ -271,10 +281,19 @@ def choose_adjustments(
     scales, alphas, clips, rounded = {}, {}, {}, {}
     for tensor in model.graph.initializer:
         name = tensor.name
-        if name not in weights or name not in statistics or not four_bit(weights[name]):
+        if name not in weights or name not in statistics:
+            continue
+        node = weights[name]
+        eight = not four_bit(node)
+        if eight and not (error_compensation and eight_bit_block):
             continue
         weight = onnx.numpy_helper.to_array(load_tensor(onnx.TensorProto(), tensor, source.parent))
         stats = statistics[name]
+        if eight:
+            size = eight_bit_block(node, weight.shape[0])
+            grid = clipped_grid(weight, None, size, True, bits=8)
+            rounded[name] = gptq(weight, stats.gram_matrix(), grid, size)
+            continue
         if fold_target(name) is not None:
             s, alphas[name] = choose_scales(
                 weight, stats, lambda w: round_blockwise(w, block_size, symmetric)
@@ -282,7 +301,7 @@ def choose_adjustments(
             scales[name] = s
             weight, stats = weight * s[:, None], stats.scaled(s)
         clips[name] = choose_clipping(weight, stats, block_size, symmetric)
-        if error_compensation:
+        if error_compensation and packable(weight.shape[0], block_size, 4):
             grid = clipped_grid(weight, clips[name], block_size, symmetric)
             rounded[name] = gptq(weight, stats.gram_matrix(), grid, block_size)
         give_back()  # this weight's temporaries, which glibc's heap would otherwise keep

@@ -308,6 +308,9 @@ def export_bundle(
                         fp32_decoder, out, precision, model.config.llm, sequences, adjust
                     )
                 )
+                if adjust is not None:  # GPTQ's codes are written (the NPU rounds its own)
+                    adjust.rounded.clear()
+                    give_back()
         for precision in gguf_precisions:
             if precision != "f16":
                 step(f"llm {precision}")

@@ -105,10 +105,17 @@ def gptq(
     return RoundedWeight(restored, grid, block_size)
 
 
+def packable(k: int, block_size: int, bits: int) -> bool:
+    """Whether :func:`matmul_nbits` can store codes of a weight with ``k`` input channels:
+    onnxruntime's packer puts two 4-bit zero points in a byte across columns, which is
+    MatMulNBits' layout only where each column has an even number of blocks (the built-in
+    model's 18 and 48 do)."""
+    return bits == 8 or -(-k // block_size) % 2 == 0
+
+
 def matmul_nbits(node, rounded: RoundedWeight, accuracy_level: int) -> tuple:
     """(MatMulNBits node, its initializers) storing ``rounded`` in place of the MatMul
-    ``node``, packed by onnxruntime's own packer. Its zero points are packed across columns,
-    which is MatMulNBits' layout only where every column has an even number of blocks."""
+    ``node``, packed by onnxruntime's own packer (where :func:`packable`)."""
     from onnxruntime.quantization.neural_compressor.weight_only import (
         make_matmul_weight_only_node,
     )
@@ -116,7 +123,7 @@ def matmul_nbits(node, rounded: RoundedWeight, accuracy_level: int) -> tuple:
     k, n = rounded.codes.shape
     size = rounded.block_size
     blocks = -(-k // size)
-    if blocks % 2 and rounded.grid.bits == 4:
+    if not packable(k, size, rounded.grid.bits):
         raise ValueError(f"{node.name}: {blocks} blocks per column; GPTQ packs even counts")
     codes = np.zeros((blocks * size, n), np.uint8)
     codes[:k] = rounded.codes

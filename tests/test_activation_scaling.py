@@ -193,9 +193,9 @@ def test_gptq_codes_stand_for_the_scaled_folded_and_clipped_weights(
     tiny_models, tmp_path, monkeypatch
 ):
     """With GPTQ, the int4 decoder stores codes chosen once, before the scales of a down
-    projection are folded into its gate/up weight's up columns: each stored weight is still
-    within rounding noise of the float weight the same scales, folds and clipping make
-    without GPTQ, and the decoder's logits stay with the fp32 graph's."""
+    projection are folded into its gate/up weight's up columns: each stored weight, 4-bit
+    or 8-bit, is still within rounding noise of the float weight the same scales, folds and
+    clipping make without GPTQ, and the decoder's logits stay with the fp32 graph's."""
     from dataclasses import replace
 
     from mobilevlm.export import activation_scaling, quantize
@@ -220,7 +220,8 @@ def test_gptq_codes_stand_for_the_scaled_folded_and_clipped_weights(
         recipe = replace(quantize.SMALL_LLM, error_compensation=compensation)
         monkeypatch.setattr(quantize, "int4_recipe", lambda config, recipe=recipe: recipe)
         adjust[compensation] = quantize.int4_adjustments(source, config, calibration)
-    assert len(adjust[True].rounded) == 2 * config.num_hidden_layers  # gate/up and down
+    # every MatMul but the lm_head: QKV, the output projection, gate/up and down
+    assert len(adjust[True].rounded) == 4 * config.num_hidden_layers
     graph = onnx.load(str(source), load_external_data=False).graph
     for tensor in graph.initializer:
         if tensor.name in adjust[True].rounded:
@@ -233,7 +234,7 @@ def test_gptq_codes_stand_for_the_scaled_folded_and_clipped_weights(
     target.parent.mkdir()
     made = quantize.quantize_decoder_int4(source, target, config, calibration, adjust[True])
     assert "GPTQ" in made["method"]
-    assert made["activation_aware"]["weights_gptq"] == 2 * config.num_hidden_layers
+    assert made["activation_aware"]["weights_gptq"] == 4 * config.num_hidden_layers
     embeds = rng.standard_normal((7, config.hidden_size)).astype(np.float32)
     want, got = _run(source, embeds).ravel(), _run(target, embeds).ravel()
     assert got @ want / np.linalg.norm(got) / np.linalg.norm(want) > 0.99

@@ -34,8 +34,8 @@ def _correlated_rows(rng, counts: tuple[int, ...], k: int) -> list[np.ndarray]:
     return [(rng.standard_normal((count, k)) @ mix).astype(np.float32) for count in counts]
 
 
-@pytest.mark.parametrize("symmetric", [True, False])
-def test_codes_without_compensation_are_stored_as_the_quantizer_stores_rounding(symmetric):
+@pytest.mark.parametrize(("bits", "symmetric"), [(4, True), (4, False), (8, True)])
+def test_codes_without_compensation_are_stored_as_the_quantizer_stores_rounding(bits, symmetric):
     """A Gram matrix whose damping swamps the correlations leaves round-to-nearest on the
     clipped grid: matmul_nbits' tensors equal, byte for byte, DefaultWeightOnlyQuantizer's
     on the clipped weight, so the packing and the grid are the quantizer's own."""
@@ -49,14 +49,16 @@ def test_codes_without_compensation_are_stored_as_the_quantizer_stores_rounding(
     weight = rng.standard_normal((k, n)).astype(np.float32)
     ratios = rng.choice([1.0, 0.9, 0.7], size=(k // 32, n)).astype(np.float32)
     clipped = clip_blocks(weight, ratios, 32, symmetric)
-    grid = clipped_grid(weight, ratios, 32, symmetric)
+    grid = clipped_grid(weight, ratios, 32, symmetric, bits)
     rounded = gptq(clipped, np.eye(k), grid, 32, damping=1e9)
-    np.testing.assert_allclose(rounded.dequantized(), round_blockwise(clipped, 32, symmetric))
+    np.testing.assert_allclose(
+        rounded.dequantized(), round_blockwise(clipped, 32, symmetric, bits), atol=1e-6
+    )
 
     node = onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="m")
     stack = onnx.GraphProto()
     stack.initializer.append(onnx.numpy_helper.from_array(clipped, "w"))
-    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=symmetric, bits=4)
+    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=symmetric, bits=bits)
     [theirs] = DefaultWeightOnlyQuantizer(config).quantize(node, [stack])
     ours, tensors = matmul_nbits(node, rounded, accuracy_level=0)
     want = {t.name: onnx.numpy_helper.to_array(t) for t in stack.initializer[1:]}
@@ -89,3 +91,18 @@ def test_compensation_lowers_the_output_error_on_the_same_grid(symmetric):
     got = session.run(None, {"x": heldout})[0]
     want = heldout @ rounded.dequantized()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3 * np.abs(want).max())
+
+
+def test_codes_with_an_odd_number_of_4_bit_blocks_are_refused_not_packed_wrong():
+    """onnxruntime's packer shares zero-point bytes across columns: an odd block count per
+    column would shift every later column's zero points, so such a weight is not packable
+    (the exporter rounds it to nearest instead); 8-bit codes have no such limit."""
+    from mobilevlm.export.gptq import packable
+
+    assert packable(128, 32, 4) and packable(96, 32, 8)
+    assert not packable(96, 32, 4)
+    weight = np.random.default_rng(2).standard_normal((96, 8)).astype(np.float32)
+    rounded = gptq(weight, np.eye(96), clipped_grid(weight, None, 32, False), 32)
+    node = onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="m")
+    with pytest.raises(ValueError, match="3 blocks per column"):
+        matmul_nbits(node, rounded, accuracy_level=0)
