@@ -351,6 +351,11 @@ class SplitProjections:
         packed = self._columns.get(name)
         return self._adjust.touches(packed[0] if packed else name)
 
+    def rounded_weight(self, name: str) -> None:
+        """None: the NPU's grids are symmetric, so its graphs round the float weights on
+        their own grids rather than take the CPU decoder's GPTQ codes."""
+        return None
+
     def apply(self, name: str, array: np.ndarray) -> np.ndarray:
         if name not in self._columns:
             return self._adjust.apply(name, array)
