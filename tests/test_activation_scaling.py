@@ -12,6 +12,7 @@ import torch
 from mobilevlm.export.activation_scaling import (
     ActivationAware,
     choose_clipping,
+    choose_scales,
     clip_blocks,
     fold_target,
     round_blockwise,
@@ -112,9 +113,20 @@ def test_clipping_chosen_on_rows_lowers_the_output_error_of_rounding(symmetric):
     ratios = choose_clipping(
         weight, InputStatistics(np.abs(rows).mean(0), rows=rows), 32, symmetric
     )
-    # the Gram matrix of the same rows chooses alike
+    # the Gram matrix of the same rows chooses alike, the scales too (on channels of
+    # unequal size, where scaling pays)
     gram = InputStatistics(np.abs(rows).mean(0), gram=rows.T @ rows)
     np.testing.assert_array_equal(choose_clipping(weight, gram, 32, symmetric), ratios)
+    wide = (rows * rng.uniform(0.05, 5.0, 128)).astype(np.float32)
+    chosen = [
+        choose_scales(weight, stats, lambda w: round_blockwise(w, 32, symmetric))
+        for stats in (
+            InputStatistics(np.abs(wide).mean(0), rows=wide),
+            InputStatistics(np.abs(wide).mean(0), gram=wide.T @ wide),
+        )
+    ]
+    assert chosen[0][1] == chosen[1][1] > 0
+    np.testing.assert_allclose(chosen[0][0], chosen[1][0])
     assert ratios.shape == (4, 48)
     assert 0 < (ratios < 1).mean() < 1
     np.testing.assert_array_equal(clip_blocks(weight, np.ones_like(ratios), 32, symmetric), weight)
