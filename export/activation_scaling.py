@@ -210,6 +210,18 @@ def _blocks(array: np.ndarray, block_size: int) -> np.ndarray:
     return array.reshape(-1, block_size, *array.shape[1:])
 
 
+def _block_grams(stats: InputStatistics, block_size: int) -> np.ndarray:
+    """The diagonal blocks of ``X^T X``, (K blocks, block_size, block_size), K padded with
+    zero channels to whole blocks."""
+    if stats.gram is not None:
+        gram = np.pad(stats.gram, (0, -len(stats.gram) % block_size))
+        return np.stack(
+            [gram[b : b + block_size, b : b + block_size] for b in range(0, len(gram), block_size)]
+        )
+    x = _blocks(stats.rows.T.astype(np.float32), block_size)  # (K blocks, block, rows)
+    return np.einsum("bir,bjr->bij", x, x)
+
+
 def _range(blocks: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
     """The (low, high) each block's grid spans unclipped, as the quantizer computes it."""
     if symmetric:
@@ -239,7 +251,7 @@ def choose_clipping(
     """Clip ratios (K blocks, N) for ``weight`` (K, N) with inputs ``stats``: per block
     and column, the grid point of :data:`CLIP_RATIOS` whose rounded block gives the smallest
     error in the block's share of the output (1.0: no clipping)."""
-    gram = stats.block_grams(block_size)  # (K blocks, block, block)
+    gram = _block_grams(stats, block_size)  # (K blocks, block, block)
     ratios = np.ones((gram.shape[0], weight.shape[1]), np.float32)
     for start in range(0, weight.shape[1], CLIP_COLUMNS):
         w = weight[:, start : start + CLIP_COLUMNS].astype(np.float32)

@@ -78,21 +78,6 @@ class InputStatistics:
         x = self.rows.astype(np.float32)
         return x.T @ x
 
-    def block_grams(self, block_size: int) -> np.ndarray:
-        """The diagonal blocks of ``X^T X``, (K blocks, block_size, block_size), K padded
-        with zero channels to whole blocks."""
-        if self.gram is not None:
-            k = len(self.gram)
-            blocks = -(-k // block_size)
-            padded = np.zeros((blocks * block_size,) * 2, np.float32)
-            padded[:k, :k] = self.gram
-            return np.stack(
-                [padded[b : b + block_size, b : b + block_size] for b in range(0, k, block_size)]
-            )
-        x = self.rows.T.astype(np.float32)
-        x = np.pad(x, ((0, -len(x) % block_size), (0, 0))).reshape(-1, block_size, x.shape[1])
-        return np.einsum("bir,bjr->bij", x, x)
-
 
 def calibration_sequences(
     backend: LanguageBackend,
