@@ -305,17 +305,17 @@ def choose_adjustments(
             size = eight_bit_block(node, weight.shape[0])
             grid = clipped_grid(weight, None, size, True, bits=8)
             rounded[name] = gptq(weight, stats.gram_matrix(), grid, size)
-            continue
-        if fold_target(name) is not None:
-            s, alphas[name] = choose_scales(
-                weight, stats, lambda w: round_blockwise(w, block_size, symmetric)
-            )
-            scales[name] = s
-            weight, stats = weight * s[:, None], stats.scaled(s)
-        clips[name] = choose_clipping(weight, stats, block_size, symmetric)
-        if error_compensation and packable(weight.shape[0], block_size, 4):
-            grid = clipped_grid(weight, clips[name], block_size, symmetric)
-            rounded[name] = gptq(weight, stats.gram_matrix(), grid, block_size)
+        else:
+            if fold_target(name) is not None:
+                s, alphas[name] = choose_scales(
+                    weight, stats, lambda w: round_blockwise(w, block_size, symmetric)
+                )
+                scales[name] = s
+                weight, stats = weight * s[:, None], stats.scaled(s)
+            clips[name] = choose_clipping(weight, stats, block_size, symmetric)
+            if error_compensation and packable(weight.shape[0], block_size, 4):
+                grid = clipped_grid(weight, clips[name], block_size, symmetric)
+                rounded[name] = gptq(weight, stats.gram_matrix(), grid, block_size)
         give_back()  # this weight's temporaries, which glibc's heap would otherwise keep
     for name, s in scales.items():
         # a down projection's scales divide the up columns of the gate/up weight: each
